@@ -1,0 +1,1 @@
+"""The `faramir` command: thin typer wrappers over `faramir` and `store` library functions."""

@@ -1,0 +1,40 @@
+"""Exceptions of the model package. Each message is one line that names the file and the fix."""
+
+from __future__ import annotations
+
+
+class FaramirError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ImageLoadError(FaramirError):
+    """An image file could not be read or decoded."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+    @classmethod
+    def from_exception(cls, path: str, ex: BaseException, size: int | None = None) -> ImageLoadError:
+        name = type(ex).__name__
+        text = str(ex).strip()
+        if size == 0:
+            return cls(path, "empty file (0 bytes); re-copy it or remove it")
+        if name == "UnidentifiedImageError":
+            return cls(path, "not an image format Pillow can read; convert it to PNG or JPEG")
+        if "truncated" in text:
+            return cls(path, f"{text}; the file is incomplete, re-copy or re-export it")
+        if name == "DecompressionBombError":
+            return cls(path, f"{text}; downscale it first")
+        if isinstance(ex, OSError) and getattr(ex, "strerror", None):
+            return cls(path, f"cannot read file: {ex.strerror}")
+        return cls(path, f"{name}: {text or 'failed to decode'}")
+
+
+class WeightsError(FaramirError):
+    """Model weights are missing, malformed or do not match what the code expects."""
+
+
+class WeightsNotFound(WeightsError):
+    """The weights directory lacks files and they could not be downloaded."""

@@ -1,0 +1,165 @@
+"""The feature cache's tables and columns (schema version 1).
+
+One LanceDB database (a local folder or an object-store URI) holds these tables:
+
+``images``: one row per unique image content.
+    id                   string, not null  sha256 of the file bytes (hex); the primary key
+    paths                list<string>      every path the content was seen at (absolute)
+    size                 int64             bytes
+    mtime_ns             int64             modification time of the path last seen
+    width, height        int32             pixels as stored (EXIF orientation ignored, as upstream)
+    format               string            Pillow format name (JPEG, PNG, ...)
+    mode                 string            Pillow mode of the file (RGB, RGBA, P, LA, ...)
+    faramir_embedding    fixed_size_list<float32>[D]    FARAMIR attention pool (head input)
+    siglip_embedding     fixed_size_list<float32>[D]    stock SigLIP attention pool
+    aesthetic_features   fixed_size_list<float32>[16]   aesthetic v2.5 features (head input)
+    aesthetic_score      float32           aesthetic v2.5 score, about 1-10
+    quality_features     fixed_size_list<float32>[128]  ARNIQA features (head input)
+    experts_fingerprint  string            weights + preprocessing that made the row
+    precision            string            fp32 or bf16
+    ingested_at          timestamp[us, UTC]
+  plus, for every head registered in ``heads``, score columns named with its column prefix P:
+    P_decision           float32           decision logit d
+    P_confidence         float32           sigmoid(d)
+    P_accept_label       string            best accept-side label (argmax of v[0:9])
+    P_reject_label       string            best reject-side label (9 + argmax of v[9:30])
+    P_logits             fixed_size_list<float32>[30]   gated class logits v
+  Thresholds are never stored: accepted = P_confidence > T, label = the accept or reject label.
+
+``files``: one row per path, for incremental ingest (unchanged path + size + mtime: not read).
+    path string not null (primary key), id string, size int64, mtime_ns int64, seen_at timestamp
+
+``failures``: one row per unreadable path.
+    path string not null (primary key), size int64, mtime_ns int64, reason string, failed_at timestamp
+
+``heads``: one row per named head.
+    name string not null (primary key), prefix string, fingerprint string (norm.* + head.*),
+    pool_fingerprint string (attn_pool.* of its checkpoint, or "" for a head-only file),
+    source string (file it came from), created_at timestamp,
+    checkpoint binary (safetensors bytes of norm.* + head.*, so ingest can score new rows)
+
+``labels``: curator labels for finetuning and evaluation.
+    id string not null (primary key), label string, source string, imported_at timestamp
+
+``meta``: key/value strings: schema_version, config (FaramirConfig JSON), experts_fingerprint,
+    pool_fingerprint, weights_generated (non-empty when the cache was built with fake weights).
+
+Migrations: `SCHEMA_VERSION` is stored in ``meta``; opening a cache with an older version runs the
+migrations in `store.db` in order, a newer one is refused with a message to upgrade faramir.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+from faramir.config import FaramirConfig, N_CLASSES
+
+SCHEMA_VERSION = 1
+
+IMAGES = "images"
+FILES = "files"
+FAILURES = "failures"
+HEADS = "heads"
+LABELS = "labels"
+META = "meta"
+
+DEFAULT_HEAD = "faramir-v1"  # the released head, scored at ingest
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+EMBEDDING_COLUMNS = {"faramir": "faramir_embedding", "siglip": "siglip_embedding"}
+
+
+def _vec(n: int) -> pa.DataType:
+    return pa.list_(pa.float32(), n)
+
+
+def images_schema(cfg: FaramirConfig, head_prefixes: list[str] = ()) -> pa.Schema:
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("paths", pa.list_(pa.string())),
+        pa.field("size", pa.int64()),
+        pa.field("mtime_ns", pa.int64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("format", pa.string()),
+        pa.field("mode", pa.string()),
+        pa.field("faramir_embedding", _vec(cfg.backbone_dim)),
+        pa.field("siglip_embedding", _vec(cfg.backbone_dim)),
+        pa.field("aesthetic_features", _vec(cfg.aesthetic_dim)),
+        pa.field("aesthetic_score", pa.float32()),
+        pa.field("quality_features", _vec(cfg.quality_dim)),
+        pa.field("experts_fingerprint", pa.string()),
+        pa.field("precision", pa.string()),
+        pa.field("ingested_at", TIMESTAMP),
+    ]
+    for prefix in head_prefixes:
+        fields.extend(score_fields(prefix))
+    return pa.schema(fields)
+
+
+def score_fields(prefix: str) -> list[pa.Field]:
+    return [
+        pa.field(f"{prefix}_decision", pa.float32()),
+        pa.field(f"{prefix}_confidence", pa.float32()),
+        pa.field(f"{prefix}_accept_label", pa.string()),
+        pa.field(f"{prefix}_reject_label", pa.string()),
+        pa.field(f"{prefix}_logits", _vec(N_CLASSES)),
+    ]
+
+
+FILES_SCHEMA = pa.schema([
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("id", pa.string()),
+    pa.field("size", pa.int64()),
+    pa.field("mtime_ns", pa.int64()),
+    pa.field("seen_at", TIMESTAMP),
+])
+
+FAILURES_SCHEMA = pa.schema([
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("size", pa.int64()),
+    pa.field("mtime_ns", pa.int64()),
+    pa.field("reason", pa.string()),
+    pa.field("failed_at", TIMESTAMP),
+])
+
+HEADS_SCHEMA = pa.schema([
+    pa.field("name", pa.string(), nullable=False),
+    pa.field("prefix", pa.string()),
+    pa.field("fingerprint", pa.string()),
+    pa.field("pool_fingerprint", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("created_at", TIMESTAMP),
+    pa.field("checkpoint", pa.binary()),
+])
+
+LABELS_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("label", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("imported_at", TIMESTAMP),
+])
+
+META_SCHEMA = pa.schema([
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("value", pa.string()),
+])
+
+_HEAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def valid_head_name(name: str) -> bool:
+    """Head names: letters, digits, '.', '_', '-'; at most 64; not starting with punctuation."""
+    return bool(_HEAD_NAME.match(name))
+
+
+def new_prefix(name: str, taken: set[str]) -> str:
+    """A fresh SQL-safe column prefix for a head; a re-scored head gets a new one (atomic swap)."""
+    base = "s_" + re.sub(r"[^a-z0-9]", "_", name.lower())[:40]
+    n = 1
+    while f"{base}_{n}" in taken:
+        n += 1
+    return f"{base}_{n}"
