@@ -23,8 +23,9 @@ class ImageLoadError(FaramirError):
             return cls(path, "empty file (0 bytes); re-copy it or remove it")
         if name == "UnidentifiedImageError":
             return cls(path, "not an image format Pillow can read; convert it to PNG or JPEG")
-        if "truncated" in text:
-            return cls(path, f"{text}; the file is incomplete, re-copy or re-export it")
+        if "truncated" in text.lower():
+            detail = text if text.startswith("image file is truncated") else f"truncated or corrupt ({text})"
+            return cls(path, f"{detail}; the file is incomplete, re-copy or re-export it")
         if name == "DecompressionBombError":
             return cls(path, f"{text}; downscale it first")
         if isinstance(ex, OSError) and getattr(ex, "strerror", None):

@@ -210,7 +210,7 @@ def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu
         pool_fingerprint=pool_fp,
         head_fingerprint=tensor_digest(head_state),
     )
-    return FaramirModel(experts.eval(), head.eval(), info).to(device)
+    return FaramirModel(experts, head, info).eval().to(device)
 
 
 def _digest_cache_path() -> Path:

@@ -1,0 +1,394 @@
+"""Fetching the four weight files, and choosing the weights directory a command uses.
+
+Sources (`UPSTREAM_URLS`): the three `.pth` files come over plain HTTPS from GitHub; the SigLIP
+trunk comes from the Hugging Face Hub through huggingface_hub (repo `HF_REPO_ID`, file
+`HF_FILENAME`, resolved as `{endpoint}/{repo_id}/resolve/main/{filename}`), via its cache, and is
+then hard-linked (or copied) into the weights directory.
+
+Environment:
+
+    FARAMIR_WEIGHTS         a complete weights directory to use as is; never downloaded into.
+    FARAMIR_CACHE           the default weights directory is $FARAMIR_CACHE/weights (else
+                            $XDG_CACHE_HOME/faramir/weights, else ~/.cache/faramir/weights).
+    FARAMIR_WEIGHTS_MIRROR  a base URL under which all four files are found in the weights
+                            layout, e.g. http://host/w/ serving http://host/w/faramir-v1.pth,
+                            http://host/w/vit_so400m_patch14_siglip_384.webli/model.safetensors,
+                            ...; every file (the trunk too) is then fetched from it over plain
+                            HTTP(S), which is how an offline site serves its own copy. file://
+                            URLs work as well.
+    HF_ENDPOINT             the Hub endpoint for the trunk (read at each call, not only at import).
+    HF_HUB_CACHE / HF_HOME  where huggingface_hub caches the trunk; a trunk already there (say,
+                            from timm) is reused without any network access.
+
+Precedence per file: the `urls` argument; for the trunk, an explicit `hf_endpoint` argument; then
+FARAMIR_WEIGHTS_MIRROR; then upstream (for the trunk: HF_ENDPOINT, else huggingface.co).
+
+Every file is written atomically: bytes go to `<name>.<pid>.part` beside the target, the size is
+checked against Content-Length, a `.pth` must load with `torch.load(weights_only=True)` and the
+trunk must open as safetensors, and only then is the file renamed into place. An interrupted or
+rejected download never leaves a file that looks complete. Connections time out after
+`TIMEOUT_S`, so a machine without network fails in seconds. The library never prints: progress
+goes to `progress(file_name, bytes_done, bytes_total_or_None)`, which may be called from a worker
+thread of huggingface_hub for the trunk.
+"""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import os
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+from faramir.errors import WeightsError, WeightsNotFound
+from faramir.weights import (
+    AESTHETIC_FILE,
+    ARNIQA_FILE,
+    FARAMIR_FILE,
+    SIGLIP_FILE,
+    WEIGHT_FILES,
+    load_pth,
+    missing_files,
+    missing_message,
+)
+
+Progress = Callable[[str, int, int | None], None]
+
+HF_REPO_ID = "timm/vit_so400m_patch14_siglip_384.webli"
+HF_FILENAME = "model.safetensors"
+HF_DEFAULT_ENDPOINT = "https://huggingface.co"
+
+UPSTREAM_URLS: dict[str, str] = {
+    FARAMIR_FILE: "https://github.com/redhottensors/FARAMIR/raw/main/faramir-v1.pth",
+    # Informational: with no override the trunk is fetched through huggingface_hub, not urllib.
+    SIGLIP_FILE: f"{HF_DEFAULT_ENDPOINT}/{HF_REPO_ID}/resolve/main/{HF_FILENAME}",
+    ARNIQA_FILE: "https://github.com/miccunifi/ARNIQA/releases/download/weights/ARNIQA.pth",
+    AESTHETIC_FILE: (
+        "https://github.com/discus0434/aesthetic-predictor-v2-5/raw/main/models/aesthetic_predictor_v2_5.pth"
+    ),
+}
+
+WEIGHTS_ENV = "FARAMIR_WEIGHTS"
+CACHE_ENV = "FARAMIR_CACHE"
+MIRROR_ENV = "FARAMIR_WEIGHTS_MIRROR"
+
+TIMEOUT_S = 30.0  # connect and per-read timeout: an offline machine fails fast instead of hanging
+CHUNK_BYTES = 1 << 20  # read size, and so the granularity of progress reports
+USER_AGENT = "faramir-weights-downloader"
+
+
+class DownloadError(WeightsError):
+    """A weight file could not be fetched into place (network, HTTP status, short read, disk)."""
+
+
+# ---------------------------------------------------------------------------- directories
+
+
+def default_weights_dir() -> Path:
+    """$FARAMIR_CACHE/weights, else $XDG_CACHE_HOME/faramir/weights, else ~/.cache/faramir/weights."""
+    if base := os.environ.get(CACHE_ENV):
+        return Path(base).expanduser() / "weights"
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg).expanduser() / "faramir" / "weights"
+    return Path.home() / ".cache" / "faramir" / "weights"
+
+
+def resolve_weights_dir(
+    explicit: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = True,
+    progress: Progress | None = None,
+) -> Path:
+    """The weights directory to use: `explicit`, else $FARAMIR_WEIGHTS, else the default one.
+
+    A directory the user named must already be complete (WeightsNotFound otherwise): we never
+    write into it behind their back. Only the default directory is filled on demand, and a
+    failed download turns into WeightsNotFound listing what is still missing and why; a
+    downloaded file that fails validation (say, a pickle that would run code) stays a plain
+    WeightsError naming it.
+    """
+    named = explicit if explicit not in (None, "") else os.environ.get(WEIGHTS_ENV) or None
+    if named is not None:
+        root = Path(named).expanduser()
+        missing = missing_files(root)
+        if missing:
+            raise WeightsNotFound(missing_message(root, missing))
+        return root
+
+    root = default_weights_dir()
+    missing = missing_files(root)
+    if missing and not download:
+        raise WeightsNotFound(missing_message(root, missing))
+    if missing:
+        try:
+            download_weights(root, progress=progress)
+        except DownloadError as ex:
+            why = _one_line(f"download failed: {ex}")
+            raise WeightsNotFound(missing_message(root, missing_files(root), why=why)) from ex
+    return root
+
+
+# ---------------------------------------------------------------------------- downloading
+
+
+def download_weights(
+    dest_dir: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    urls: Mapping[str, str] | None = None,
+    hf_endpoint: str | None = None,
+    only_missing: bool = True,
+) -> list[Path]:
+    """Fetch the weight files into `dest_dir` (WEIGHT_FILES layout); return the paths written.
+
+    With `only_missing` (the default) files already present are left alone; otherwise all four
+    are fetched again and replaced atomically. Stops at the first failure, keeping the files
+    completed so far, so a later call resumes with what is still missing. Raises DownloadError
+    (a WeightsError) for fetch failures and WeightsError for a file that fails validation.
+    """
+    root = Path(dest_dir).expanduser()
+    names = missing_files(root) if only_missing else list(WEIGHT_FILES)
+    written: list[Path] = []
+    for name in names:
+        target = root / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as ex:
+            raise DownloadError(f"{target}: cannot create its directory ({_describe(ex)})") from ex
+        url = _plain_url(name, urls or {}, hub_requested=hf_endpoint is not None)
+        if url is None:
+            _fetch_from_hub(name, target, progress, hf_endpoint, force=not only_missing)
+        else:
+            _fetch_url(name, url, target, progress)
+        written.append(target)
+    return written
+
+
+def _plain_url(name: str, urls: Mapping[str, str], *, hub_requested: bool) -> str | None:
+    """The URL to fetch `name` from with urllib, or None when it goes through huggingface_hub."""
+    if name in urls:
+        return urls[name]
+    if name == SIGLIP_FILE and hub_requested:  # an explicit hf_endpoint outranks the mirror env var
+        return None
+    if mirror := os.environ.get(MIRROR_ENV):
+        return f"{mirror.rstrip('/')}/{quote(name)}"
+    return None if name == SIGLIP_FILE else UPSTREAM_URLS[name]
+
+
+def _fetch_url(name: str, url: str, target: Path, progress: Progress | None) -> None:
+    """Stream `url` into a `.part` file, check its length, validate, rename into place."""
+    part = _part_path(target)
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, open(part, "wb") as out:
+            total = _content_length(response)
+            done = _copy_stream(response, out, name, total, progress)
+        if total is not None and done != total:
+            # http.client reports a connection closed early as a short read, not an error.
+            raise DownloadError(f"{name}: download from {url} stopped at {done} of {total} bytes; retry")
+        _install(part, target, name, url)
+    except (OSError, http.client.HTTPException, ValueError) as ex:
+        if isinstance(ex, urllib.error.HTTPError):
+            ex.close()  # an HTTPError holds the open error response
+        raise DownloadError(f"{name}: download from {url} failed: {_describe(ex)}") from ex
+    finally:
+        part.unlink(missing_ok=True)  # no-op after a successful rename
+
+
+def _content_length(response: Any) -> int | None:
+    value = response.headers.get("Content-Length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _copy_stream(src: Any, out: BinaryIO, name: str, total: int | None, progress: Progress | None) -> int:
+    done = 0
+    _report(progress, name, done, total)
+    while chunk := src.read(CHUNK_BYTES):
+        out.write(chunk)
+        done += len(chunk)
+        _report(progress, name, done, total)
+    return done
+
+
+def _fetch_from_hub(
+    name: str, target: Path, progress: Progress | None, endpoint: str | None, *, force: bool
+) -> None:
+    """Get the trunk through huggingface_hub's cache, then link or copy it into place."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+
+    # huggingface_hub reads HF_ENDPOINT once at import; read it per call so the env var always counts.
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
+    source = hf_hub_url(HF_REPO_ID, HF_FILENAME, endpoint=endpoint)
+    cache_dir = _hf_cache_dir()
+    reports: list[int] = []
+    try:
+        cached = None if force else try_to_load_from_cache(HF_REPO_ID, HF_FILENAME, cache_dir=cache_dir)
+        if not isinstance(cached, str):
+            # One HEAD without retries first: when the host is unreachable, hf_hub_download
+            # retries its metadata call with backoff for about 25 s before giving up.
+            get_hf_file_metadata(source, timeout=TIMEOUT_S)
+            kwargs: dict[str, Any] = {}
+            if _accepts_tqdm_class(hf_hub_download):  # older huggingface_hub lacks it: no progress then
+                kwargs["tqdm_class"] = _relay_bar_class(name, progress, reports)
+            cached = hf_hub_download(
+                HF_REPO_ID,
+                HF_FILENAME,
+                cache_dir=cache_dir,
+                endpoint=endpoint,
+                etag_timeout=TIMEOUT_S,
+                force_download=force,
+                **kwargs,
+            )
+    except Exception as ex:  # huggingface_hub raises httpx, OSError and its own families alike
+        raise DownloadError(f"{name}: download from {source} via huggingface_hub failed: {_describe(ex)}") from ex
+    _place_cached(Path(cached), target, name, source)
+    if not reports:  # served from the cache: still tell the caller the file is complete
+        size = target.stat().st_size
+        _report(progress, name, size, size)
+
+
+def _hf_cache_dir() -> str:
+    """huggingface_hub's cache directory, from the environment as it is now (it reads it at import)."""
+    from huggingface_hub import constants
+
+    if cache := os.environ.get("HF_HUB_CACHE"):
+        return cache
+    if home := os.environ.get("HF_HOME"):
+        return os.path.join(home, "hub")
+    return constants.HF_HUB_CACHE
+
+
+def _accepts_tqdm_class(fn: Callable[..., Any]) -> bool:
+    try:
+        return "tqdm_class" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _relay_bar_class(name: str, progress: Progress | None, reports: list[int]) -> type:
+    """A tqdm stand-in for huggingface_hub: forwards byte counts to `progress`, prints nothing.
+
+    Not a tqdm subclass on purpose: huggingface_hub then builds it with plain keyword arguments
+    and never turns on a terminal bar. `update_transfer` makes its Xet path use one bar whose
+    `update` counts bytes written (network bytes, which differ with dedup, are ignored).
+    """
+
+    class RelayBar:
+        def __init__(self, *args: Any, total: int | None = None, initial: int = 0, **kwargs: Any) -> None:
+            self.total = total
+            self.n = initial
+            _report(progress, name, self.n, self.total)
+
+        def update(self, n: int | float = 1) -> None:
+            self.n += int(n)  # negative after a restarted transfer; that is the truth
+            reports.append(self.n)
+            _report(progress, name, self.n, self.total)
+
+        def update_transfer(self, n: int | float = 1) -> None:
+            pass
+
+        def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def set_transfer_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def refresh(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def __enter__(self) -> RelayBar:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.close()
+
+    return RelayBar
+
+
+def _place_cached(cached: Path, target: Path, name: str, source: str) -> None:
+    """Hard-link (same filesystem: no second 1.7 GB copy) or copy a cache file into place."""
+    blob = cached.resolve()  # the snapshot entry is a symlink into blobs/
+    part = _part_path(target)
+    try:
+        part.unlink(missing_ok=True)
+        try:
+            os.link(blob, part)
+        except OSError:
+            shutil.copyfile(blob, part)
+        _install(part, target, name, source)
+    except OSError as ex:
+        raise DownloadError(f"{name}: cannot copy {blob} into {target.parent}: {_describe(ex)}") from ex
+    finally:
+        part.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _install(part: Path, target: Path, name: str, source: str) -> None:
+    """Validate a finished `.part` file, then rename it over `target` (atomic within a directory)."""
+    try:
+        _validate(part, name)
+    except WeightsError as ex:
+        part.unlink(missing_ok=True)
+        reason = str(ex).removeprefix(f"{part}: ")
+        raise WeightsError(_one_line(f"{target}: downloaded from {source} but rejected: {reason}")) from ex
+    os.replace(part, target)
+
+
+def _validate(path: Path, name: str) -> None:
+    """A `.pth` must load as plain tensors (no code runs); a `.safetensors` must open as one."""
+    if name.endswith(".pth"):
+        load_pth(path)
+    elif name.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as ex:
+            raise WeightsError(f"{path}: not a readable safetensors file ({_describe(ex)})") from ex
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _part_path(target: Path) -> Path:
+    # Per-process name: two processes filling the same directory never write one file.
+    return target.with_name(f"{target.name}.{os.getpid()}.part")
+
+
+def _report(progress: Progress | None, name: str, done: int, total: int | None) -> None:
+    if progress is not None:
+        progress(name, done, total)
+
+
+def _describe(ex: BaseException) -> str:
+    """A short one-line reason for a fetch failure."""
+    if isinstance(ex, urllib.error.HTTPError):
+        return f"HTTP {ex.code} {ex.reason}"
+    if isinstance(ex, urllib.error.URLError):
+        reason = ex.reason
+        return _describe(reason) if isinstance(reason, BaseException) else _one_line(str(reason))
+    if isinstance(ex, TimeoutError):
+        return f"timed out after {TIMEOUT_S:g} s"
+    text = str(ex).strip().splitlines()[0] if str(ex).strip() else ""
+    if not text and ex.__cause__ is not None:
+        return _describe(ex.__cause__)
+    return _one_line(f"{type(ex).__name__}: {text}" if text else type(ex).__name__)
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
