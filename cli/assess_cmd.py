@@ -54,6 +54,8 @@ def assess(
             failed += 1
             warn(f"{result.path}: {result.reason}")
             continue
+        for message in result.warnings:
+            warn(message)
         if fmt == "tsv":
             line = result.tsv()
         elif fmt == "jsonl":

@@ -31,6 +31,12 @@ def load_model(weights_dir: Optional[Path], device: str, precision: str):
     if precision not in PRECISIONS:
         fail(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
     dev = resolve_device(device)
+    from faramir.pipeline import precision_warning
+
+    if (why := precision_warning(dev, precision)) is not None:
+        from cli.common import warn
+
+        warn(why)
     with _download_progress() as progress:
         root = resolve_weights_dir(weights_dir, download=True, progress=progress)
     model = _load(root, dev)

@@ -146,6 +146,12 @@ class Batch:
     xb: torch.Tensor | None  # (B, 3, 384, 384) float16
     xq: torch.Tensor | None  # (B, 3, 512, 512) float16
 
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader's pin thread (pin_memory=True); without it a Batch stays unpinned."""
+        if self.xb is not None:
+            self.xb, self.xq = self.xb.pin_memory(), self.xq.pin_memory()
+        return self
+
 
 def _collate(items: list[Item]) -> Batch:
     good = [it for it in items if it.xb is not None]
@@ -201,6 +207,7 @@ class Assessment:
     confidence: float  # sigmoid of the decision logit
     logits: list[float]  # the 31 outputs, upstream order (faramir.config.OUTPUT_NAMES)
     aesthetic_score: float
+    warnings: list[str] = field(default_factory=list)  # e.g. an ICC profile that was not applied
 
     def tsv(self) -> str:
         """Upstream inference.py's output line."""
@@ -254,6 +261,25 @@ def assess(
                     confidence=float(conf[row]),
                     logits=outputs[row].tolist(),
                     aesthetic_score=float(scores[row]),
+                    warnings=it.warnings,
                 )
         for index in sorted(results):
             yield results[index]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); else bf16 is emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True  # not Linux: let the user judge
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def precision_warning(device: torch.device, precision: str) -> str | None:
+    """A reason not to use `precision` on `device`, if there is one."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        return ("--precision bf16 on a CPU without native bf16 (no AVX512-BF16/AMX) is emulated and "
+                "slower than fp32 here; use --precision fp32 on this machine")
+    return None
