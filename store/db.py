@@ -142,3 +142,18 @@ class Cache:
 
 def json_dumps(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def read_columns(table, columns: list[str], where: str | None = None) -> pa.Table:
+    """Only `columns` of the rows matching `where` (SQL), read column-wise: no embeddings unless asked."""
+    query = table.search()
+    if where:
+        query = query.where(where)
+    return query.select(columns).limit(None).to_arrow()
+
+
+def cached_ids(cache: Cache) -> set[str]:
+    """Content ids of every cached image."""
+    if not cache.has_images():
+        return set()
+    return set(read_columns(cache.images(), ["id"]).column("id").to_pylist())

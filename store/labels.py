@@ -1,0 +1,207 @@
+"""Curator labels beside the cache: import from CSV/JSONL, list, remove.
+
+A label is `accept`, `reject` or one of the 30 upstream label names (stored canonically; a
+30-name label counts as accept iff it is accept-biased). Rows name an image by content id or by
+path; a path is matched through the `files` table, or by hashing the file when it is on disk.
+Rows naming images that are not cached are reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from faramir.config import ACCEPT_LABELS, LABELS
+from faramir.finetune import label_to_target
+from store import schema
+from store.db import Cache, CacheError, cached_ids as _cached_ids, read_columns
+
+_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+class LabelsError(CacheError):
+    """A labels file cannot be read or used."""
+
+
+@dataclass
+class Skipped:
+    line: int  # 1-based line (CSV: counting the header) or JSONL line number
+    ref: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    file: str
+    imported: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def canonical_label(label: str) -> str:
+    """'accept', 'reject' or the upstream name; raises ValueError with the valid names."""
+    label_to_target(label)  # validates, with a helpful message
+    text = label.strip().lower()
+    if text in ("accept", "reject"):
+        return text
+    return "degraded" if text == "degrated" else text
+
+
+def label_is_accept(label: str) -> bool:
+    return label == "accept" or label in ACCEPT_LABELS
+
+
+def _read_rows(path: Path) -> list[tuple[int, str, str]]:
+    """(line, ref, label) from a CSV with a header (path|id|image, label) or JSON lines."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as ex:
+        raise LabelsError(f"{path}: cannot read ({ex.strerror})") from ex
+    rows = []
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as ex:
+                raise LabelsError(f"{path}:{n}: not valid JSON ({ex})") from ex
+            ref = obj.get("id") or obj.get("path") or obj.get("image")
+            rows.append((n, str(ref or ""), str(obj.get("label") or "")))
+        return rows
+    reader = csv.reader(text.splitlines())
+    header = [h.strip().lower() for h in next(reader, [])]
+    ref_col = next((header.index(c) for c in ("path", "id", "image") if c in header), None)
+    if ref_col is None or "label" not in header:
+        raise LabelsError(f"{path}: the CSV needs a header row with a 'path' (or 'id') column and a "
+                          f"'label' column, e.g. 'path,label'")
+    label_col = header.index("label")
+    for n, row in enumerate(reader, 2):
+        if not any(cell.strip() for cell in row):
+            continue
+        cells = row + [""] * (max(ref_col, label_col) + 1 - len(row))
+        rows.append((n, cells[ref_col].strip(), cells[label_col].strip()))
+    return rows
+
+
+def _path_index(cache: Cache) -> dict[str, str]:
+    files = read_columns(cache.table(schema.FILES), ["path", "id"])
+    return dict(zip(files.column("path").to_pylist(), files.column("id").to_pylist()))
+
+
+def resolve_ref(ref: str, base: Path, paths: dict[str, str], ids: set[str]) -> tuple[str | None, str]:
+    """(content id or None, reason) for an id, or a path absolute / relative to cwd or `base`."""
+    if _ID.match(ref.lower()):
+        return (ref.lower(), "") if ref.lower() in ids else (None, "no cached image has this id")
+    candidates = [Path(ref)] if os.path.isabs(ref) else [Path.cwd() / ref, base / ref]
+    for candidate in candidates:
+        full = os.path.abspath(candidate)
+        if full in paths and paths[full] in ids:
+            return paths[full], ""
+    for candidate in candidates:
+        if candidate.is_file():
+            digest = hashlib.sha256(candidate.read_bytes()).hexdigest()
+            if digest in ids:
+                return digest, ""
+            return None, "not cached; run 'faramir ingest' on it first"
+    return None, "no such cached path, and no such file"
+
+
+def import_labels(file: str | os.PathLike, db: str | os.PathLike | Cache | None = None,
+                  source: str | None = None) -> ImportReport:
+    """Import labels; a later label for the same image replaces the earlier one."""
+    cache = db if isinstance(db, Cache) else Cache.open(db)
+    path = Path(file)
+    rows = _read_rows(path)
+    report = ImportReport(str(path))
+    paths, ids = _path_index(cache), _cached_ids(cache)
+    records: dict[str, dict] = {}
+    now = datetime.now(timezone.utc)
+    for line, ref, label in rows:
+        if not ref:
+            report.skipped.append(Skipped(line, ref, "no path or id"))
+            continue
+        try:
+            label = canonical_label(label)
+        except ValueError as ex:
+            report.skipped.append(Skipped(line, ref, str(ex).split("\n")[0]))
+            continue
+        content_id, reason = resolve_ref(ref, path.parent, paths, ids)
+        if content_id is None:
+            report.skipped.append(Skipped(line, ref, reason))
+            continue
+        records[content_id] = {"id": content_id, "label": label, "source": source or str(path),
+                               "imported_at": now}
+    if records:
+        data = pa.Table.from_pylist(list(records.values()), schema=schema.LABELS_SCHEMA)
+        (cache.table(schema.LABELS).merge_insert("id")
+         .when_matched_update_all().when_not_matched_insert_all().execute(data))
+    report.imported = len(records)
+    return report
+
+
+def list_labels(db: str | os.PathLike | Cache | None = None) -> pa.Table:
+    """id, label, accept (bool), path (first cached path), source, imported_at; by import time."""
+    cache = db if isinstance(db, Cache) else Cache.open(db)
+    labels = cache.table(schema.LABELS).to_arrow()
+    if len(labels) == 0:
+        return pa.table({"id": pa.array([], pa.string()), "label": pa.array([], pa.string()),
+                         "accept": pa.array([], pa.bool_()), "path": pa.array([], pa.string()),
+                         "source": pa.array([], pa.string()),
+                         "imported_at": pa.array([], schema.TIMESTAMP)})
+    first_path: dict[str, str] = {}
+    for p, i in sorted(_path_index(cache).items()):
+        first_path.setdefault(i, p)
+    labels = labels.sort_by([("imported_at", "ascending"), ("id", "ascending")])
+    ids = labels.column("id").to_pylist()
+    return pa.table({
+        "id": labels.column("id"),
+        "label": labels.column("label"),
+        "accept": pa.array([label_is_accept(x) for x in labels.column("label").to_pylist()]),
+        "path": pa.array([first_path.get(i) for i in ids], pa.string()),
+        "source": labels.column("source"),
+        "imported_at": labels.column("imported_at"),
+    })
+
+
+def remove_labels(refs: list[str] = (), *, all: bool = False, source: str | None = None,
+                  db: str | os.PathLike | Cache | None = None) -> int:
+    """Remove the labels of these images (ids or paths), of one `source`, or `all`; returns how many."""
+    cache = db if isinstance(db, Cache) else Cache.open(db)
+    table = cache.table(schema.LABELS)
+    before = table.count_rows()
+    if all:
+        table.delete("true")
+    elif source is not None:
+        table.delete(f"source = '{source.replace(chr(39), chr(39) * 2)}'")
+    else:
+        paths, ids = _path_index(cache), _cached_ids(cache)
+        targets = []
+        for ref in refs:
+            content_id, reason = resolve_ref(ref, Path.cwd(), paths, ids)
+            if content_id is None:
+                raise LabelsError(f"{ref}: {reason}")
+            targets.append(content_id)
+        if targets:
+            table.delete("id IN (" + ", ".join(f"'{t}'" for t in targets) + ")")
+    return before - table.count_rows()
+
+
+def labelled_ids(cache: Cache) -> pa.Table:
+    """id, label, target (bool) of every label whose image is still cached."""
+    labels = cache.table(schema.LABELS).to_arrow().select(["id", "label"])
+    ids = _cached_ids(cache)
+    labels = labels.filter(pc.is_in(labels.column("id"), pa.array(sorted(ids), pa.string())))
+    targets = pa.array([label_is_accept(x) for x in labels.column("label").to_pylist()], pa.bool_())
+    return labels.append_column("target", targets)
+
+
+__all__ = ["import_labels", "list_labels", "remove_labels", "canonical_label", "LABELS"]
