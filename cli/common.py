@@ -121,7 +121,10 @@ def write_rows(rows: Iterable[dict], fmt: str, columns: Sequence[str], out=None)
         for row in rows:
             table.add_row(*(_cell(row.get(c)) for c in columns))
             n += 1
-        Console(file=out, highlight=False, width=max(120, Console(file=out).width)).print(table)
+        console = Console(file=out, highlight=False)
+        if not console.is_terminal:  # piped or redirected: never truncate ids and paths
+            console = Console(file=out, highlight=False, width=100_000)
+        console.print(table)
     else:
         fail(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     out.flush()
