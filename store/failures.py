@@ -1,0 +1,18 @@
+"""Unreadable files recorded by ingest: listed by `faramir failures`, retried when they change."""
+
+from __future__ import annotations
+
+import os
+
+from store import schema
+from store.db import Cache
+
+FAILURE_COLUMNS = ("path", "reason", "failed_at", "size", "mtime_ns")
+
+
+def failures(db: str | os.PathLike | None = None) -> list[dict]:
+    """Recorded failures of the cache at `db`, by path. A failure stays recorded until its file
+    reads fine; `faramir ingest` skips it while its size and mtime are unchanged, unless
+    `retry_failed`."""
+    rows = Cache.open(db).table(schema.FAILURES).to_arrow().to_pylist()
+    return sorted(({c: r[c] for c in FAILURE_COLUMNS} for r in rows), key=lambda r: r["path"])

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny generated weights (made once per session) and generated images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_images(dest: str | Path, n: int, *, size: tuple[int, int] = (64, 48), fmt: str = "png",
+                 seed: int = 0, prefix: str = "img") -> list[Path]:
+    """Write `n` distinct images (seeded noise over a gradient) as `dest/{prefix}{i:05d}.{fmt}`."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    paths = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        pixels = np.clip(ramp * rng.random(3) + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+        path = dest / f"{prefix}{i:05d}.{fmt}"
+        Image.fromarray(pixels, "RGB").save(path, quality=90)  # PNG ignores quality
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A weights directory of GENERATED tiny weights (seed 0), shared by the session."""
+    from faramir.fake_weights import generate
+
+    return Path(generate(tmp_path_factory.mktemp("tiny-weights"), "tiny", 0))
+
+
+@pytest.fixture
+def tiny_model(tiny_weights):
+    """A fresh tiny FaramirModel on the CPU (fresh per test: tests may wrap its methods)."""
+    from faramir.weights import load_model
+
+    return load_model(tiny_weights)
+
+
+@pytest.fixture
+def make_images():
+    """`write_images` as a fixture: make_images(dir, n, size=..., fmt=..., seed=...)."""
+    return write_images
