@@ -1,0 +1,257 @@
+"""Export the rows passing a filter: as a CSV, JSON-lines or Parquet file, or as the image files
+themselves copied, hard-linked or symlinked into a folder (optionally one subfolder per label).
+
+Nothing is ever overwritten:
+
+- a table file that already exists is refused (the new file is written beside it and linked into
+  place with a call that fails if the name is taken, so a concurrent writer cannot be clobbered);
+- in a folder, an image goes in under its own file name; if that name is taken by another file it
+  goes in as ``NAME.<first 12 hex digits of its id>.EXT``; if that is taken too it is skipped and
+  reported as a clash. A name already holding the same content (same size and sha256, as after a
+  rerun of the same export) counts as present and is left alone, so an export can be resumed.
+- a row none of whose paths exists any more is reported as missing; the export goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import nullcontext
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from store.db import Cache
+from store.heads import open_cache
+from store.query import QueryError, _retrying, _score_columns, make_filter, results, sql_str, top
+
+TABLE_FORMATS = ("csv", "jsonl", "parquet")
+FORMATS = (*TABLE_FORMATS, "files")
+LINKS = ("copy", "hardlink", "symlink")
+FACT_COLUMNS = ("size", "mtime_ns", "width", "height", "format", "mode", "ingested_at")
+EMBEDDING_COLUMNS = ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features")
+READ_BATCH = 4096
+
+
+class ExportError(QueryError):
+    """The export cannot be written as asked."""
+
+
+@dataclass
+class ExportResult:
+    """What an export did. `missing`: paths of rows with no file left; `clashes`: names taken."""
+
+    dest: str
+    format: str
+    rows: int = 0
+    written: int = 0
+    present: int = 0
+    missing: list[str] = field(default_factory=list)
+    clashes: list[str] = field(default_factory=list)
+
+
+def infer_format(dest: str | os.PathLike) -> str:
+    suffix = Path(dest).suffix.lower().lstrip(".")
+    return {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl", "parquet": "parquet"}.get(suffix, "files")
+
+
+def export(
+    dest: str | os.PathLike,
+    db: str | os.PathLike | Cache | None = None,
+    *,
+    format: str | None = None,
+    link: str = "copy",
+    by_label: bool = False,
+    with_embeddings: bool = False,
+    sort: str | None = None,
+    descending: bool = True,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **filters,
+) -> ExportResult:
+    """Write the rows passing the filters (see `store.query.Filter`) to `dest`.
+
+    `format`: csv, jsonl, parquet (a file), or files (a folder; `link` copy, hardlink or symlink;
+    `by_label` makes one subfolder per label). Default: from dest's suffix, else files. Table
+    columns: id, path, confidence, accepted, label, aesthetic_score, decision, paths, the file
+    facts, and with `with_embeddings` the four vectors (jsonl and parquet only). `sort`/`limit`
+    export only the best rows, as `top` ranks them. `progress(done, total)` after each batch."""
+    fmt = format or infer_format(dest)
+    if fmt not in FORMATS:
+        raise ExportError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if link not in LINKS:
+        raise ExportError(f"link {link!r}: use one of {', '.join(LINKS)}")
+    if with_embeddings and fmt not in ("jsonl", "parquet"):
+        raise ExportError("embeddings can only be exported to jsonl or parquet")
+    dest = Path(dest)
+    if fmt in TABLE_FORMATS and (dest.exists() or dest.is_symlink()):
+        raise ExportError(f"{dest} exists; choose another name or remove it first")
+    if fmt == "files" and dest.exists() and not dest.is_dir():
+        raise ExportError(f"{dest} exists and is not a folder")
+    cache = open_cache(db)
+    f = make_filter(filters)
+    extra = [*FACT_COLUMNS, *(EMBEDDING_COLUMNS if with_embeddings else ())]
+    result = ExportResult(str(dest), fmt)
+
+    def batches(prefix: str):
+        table = cache.images()
+        columns = ["id", "paths", "aesthetic_score", *_score_columns(prefix), *extra]
+        where = f.where(prefix)
+        if sort is not None or limit is not None:
+            ranked = top(cache, sort=sort or "confidence", descending=descending, limit=limit, **filters)
+            ids = ranked.column("id").to_pylist()
+            total = len(ids)
+            chunks = (_rows_by_id(table, columns, ids[lo:lo + READ_BATCH]) for lo in range(0, total, READ_BATCH))
+        else:
+            total = table.count_rows(where)
+            reader = table.search().where(where).select(columns).to_batches(READ_BATCH)
+            chunks = (pa.Table.from_batches([batch]) for batch in reader)
+        empty = True
+        for rows in chunks:
+            empty = False
+            yield total, results(rows, prefix, f.threshold, extra=extra)
+        if empty:  # still a header / a schema
+            rows = table.search().where(where).select(columns).output_schema().empty_table()
+            yield 0, results(rows, prefix, f.threshold, extra=extra)
+
+    def run(prefix: str) -> ExportResult:
+        if fmt == "files":
+            _export_files(batches(prefix), dest, link, by_label, result, progress)
+        else:
+            _export_table(batches(prefix), dest, fmt, result, progress)
+        return result
+
+    return _retrying(cache, f.head, run)
+
+
+def _rows_by_id(table, columns: list[str], ids: list[str]) -> pa.Table:
+    """The rows of `ids`, in that order."""
+    rows = table.search().where(f"id IN ({', '.join(sql_str(i) for i in ids)})").select(columns).to_arrow()
+    order = {image_id: n for n, image_id in enumerate(ids)}
+    return rows.take(pa.array(sorted(range(len(rows)), key=lambda n: order[rows.column("id")[n].as_py()])))
+
+
+# -- table files ----------------------------------------------------------------------------------
+
+
+def _export_table(batches, dest: Path, fmt: str, result: ExportResult, progress) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer = None
+        with open(tmp, "w", newline="", encoding="utf8") if fmt != "parquet" else nullcontext() as out:
+            for total, table in batches:
+                if fmt == "parquet":
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
+                elif fmt == "csv":
+                    if writer is None:
+                        writer = csv.writer(out, lineterminator="\n")
+                        writer.writerow(table.column_names)
+                    for row in table.to_pylist():
+                        writer.writerow([_csv_cell(v) for v in row.values()])
+                else:
+                    for row in table.to_pylist():
+                        out.write(json.dumps(row, default=_json_default) + "\n")
+                result.rows += len(table)
+                result.written += len(table)
+                if progress is not None:
+                    progress(result.rows, total)
+        if writer is not None and fmt == "parquet":
+            writer.close()
+        try:
+            os.link(tmp, dest)  # fails if dest appeared meanwhile: never overwrite
+        except FileExistsError:
+            raise ExportError(f"{dest} exists; choose another name or remove it first") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _csv_cell(value):
+    if isinstance(value, list):
+        return json.dumps(value)
+    return "" if value is None else value
+
+
+def _json_default(value):
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+# -- image files ----------------------------------------------------------------------------------
+
+
+def _export_files(batches, dest: Path, link: str, by_label: bool, result: ExportResult, progress) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for total, table in batches:
+        for row in table.select(["id", "paths", "label", "size"]).to_pylist():
+            result.rows += 1
+            source = next((p for p in row["paths"] or () if os.path.isfile(p)), None)
+            if source is None:
+                result.missing.append((row["paths"] or ["(no path)"])[0])
+            else:
+                folder = dest / row["label"] if by_label else dest
+                folder.mkdir(exist_ok=True)
+                status = _place(source, folder, row["id"], link)
+                if status == "written":
+                    result.written += 1
+                elif status == "present":
+                    result.present += 1
+                else:
+                    result.clashes.append(status)
+            if progress is not None:
+                progress(result.rows, total)
+
+
+def _place(source: str, folder: Path, image_id: str, link: str) -> str:
+    """Put `source` into `folder` without overwriting: "written", "present" or the clashing path."""
+    name = Path(source).name
+    stem, ext = os.path.splitext(name)
+    for candidate in (folder / name, folder / f"{stem}.{image_id[:12]}{ext}"):
+        try:
+            _create(source, candidate, link)
+            return "written"
+        except FileExistsError:
+            if _same_content(candidate, source, image_id):
+                return "present"
+    return str(folder / name)
+
+
+def _create(source: str, target: Path, link: str) -> None:
+    """Create `target` from `source`; FileExistsError if the name is taken (never replaced)."""
+    if link == "hardlink":
+        os.link(source, target)
+    elif link == "symlink":
+        os.symlink(os.path.abspath(source), target)
+    else:
+        with open(source, "rb") as src, open(target, "xb") as out:
+            try:
+                shutil.copyfileobj(src, out, 1 << 20)
+            except BaseException:
+                out.close()
+                target.unlink(missing_ok=True)
+                raise
+        shutil.copystat(source, target)
+
+
+def _same_content(target: Path, source: str, image_id: str) -> bool:
+    try:
+        if os.path.samefile(target, source):
+            return True
+        if target.stat().st_size != os.stat(source).st_size:
+            return False
+        with open(target, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest() == image_id
+    except OSError:
+        return False

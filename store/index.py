@@ -1,0 +1,134 @@
+"""Indexes: an ANN index per embedding column, scalar indexes on every filter column.
+
+Without an ANN index, `similar` is an exact (flat) cosine search over the rows passing the
+prefilter. From `ANN_MIN_ROWS` rows on, an IVF index pays for itself; it is built by
+`faramir index`, and by `ensure_indexes` (called after a rescore, and for ingest to call after
+it commits). Rows added or changed after the index was built are not in it: LanceDB searches them
+exactly and merges the results, so answers stay complete; `ensure_indexes` folds them into the
+index once they are more than `REINDEX_FRACTION` of it.
+
+Scalar indexes (BTREE on confidence, aesthetic score and id; BITMAP on the two label columns, which
+hold at most 9 and 21 distinct values) make the prefilter of a vector search, counts and `top`
+cheap at any size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from store import schema
+from store.db import Cache
+from store.heads import open_cache
+
+ANN_MIN_ROWS = 100_000  # below this an exact filtered search takes well under 100 ms
+REINDEX_FRACTION = 0.1  # fold unindexed rows into the ANN index past this share of the table
+ROWS_PER_PARTITION = 4096  # IVF partition size (sqrt(N) would give 1000 tiny partitions at 1M)
+NPROBES = 24  # IVF partitions searched per query (of ~244 at 1M rows)
+REFINE_FACTOR = 10  # candidates re-ranked with the full vectors: 10 × k
+ANN_KIND = "IVF_RQ"
+
+
+def ann_config(num_rows: int):
+    """The ANN index configuration for a table of `num_rows` (chosen by bench/stage_two.py)."""
+    from lancedb.index import IvfRq
+
+    return IvfRq(distance_type="cosine", num_partitions=max(1, num_rows // ROWS_PER_PARTITION))
+
+
+def scalar_indexes(prefix: str | None) -> list[tuple[str, str]]:
+    """(column, BTREE or BITMAP) for the filter columns of one head (None: head-independent ones)."""
+    if prefix is None:
+        return [("id", "BTREE"), ("aesthetic_score", "BTREE")]
+    return [(f"{prefix}_confidence", "BTREE"), (f"{prefix}_accept_label", "BITMAP"),
+            (f"{prefix}_reject_label", "BITMAP")]
+
+
+def _indexed_columns(table) -> dict[str, object]:
+    return {tuple(ix.columns)[0]: ix for ix in table.list_indices()}
+
+
+def _scalar_config(kind: str):
+    from lancedb.index import Bitmap, BTree
+
+    return BTree() if kind == "BTREE" else Bitmap()
+
+
+def _ann(table, column: str, replace: bool) -> str | None:
+    existing = _indexed_columns(table).get(column)
+    if existing is not None and not replace:
+        return None
+    table.create_index(column, config=ann_config(table.count_rows()), replace=True)
+    return column
+
+
+def ensure_indexes(
+    cache: Cache,
+    heads: Iterable[str] | None = None,
+    embeddings: Iterable[str] = ("faramir",),
+    min_rows: int = ANN_MIN_ROWS,
+) -> list[str]:
+    """Build what is missing: scalar indexes on the filter columns of `heads` (None: all) and on
+    id and aesthetic score; the ANN index on each of `embeddings` once the table has `min_rows`;
+    and fold unindexed rows into existing indexes once they are a tenth of the table.
+    Returns the columns whose indexes were built or updated."""
+    if not cache.has_images():
+        return []
+    table = cache.images()
+    registered = {h["name"]: h["prefix"] for h in cache.heads()}
+    names = registered if heads is None else [h for h in heads if h in registered]
+    wanted = scalar_indexes(None)
+    for name in names:
+        wanted += scalar_indexes(registered[name])
+    present = _indexed_columns(table)
+    done = []
+    for column, kind in wanted:
+        if column in table.schema.names and column not in present:
+            table.create_index(column, config=_scalar_config(kind))
+            done.append(column)
+    rows = table.count_rows()
+    stale = []
+    for embedding in embeddings:
+        column = schema.EMBEDDING_COLUMNS[embedding]
+        ix = present.get(column)
+        if ix is None:
+            if rows >= min_rows and _ann(table, column, replace=False):
+                done.append(column)
+        elif ix.num_unindexed_rows > REINDEX_FRACTION * max(ix.num_indexed_rows, 1):
+            stale.append(ix.name)
+    for column, ix in present.items():  # scalar indexes fall behind after appends too
+        if column not in schema.EMBEDDING_COLUMNS.values() and ix.num_unindexed_rows > 0:
+            stale.append(ix.name)
+    if stale:
+        table.to_lance().optimize.optimize_indices(index_names=stale)
+        done += [name for name in stale]
+    return done
+
+
+def index(
+    db: str | os.PathLike | Cache | None = None,
+    *,
+    embeddings: Iterable[str] = ("faramir",),
+    replace: bool = False,
+) -> list[dict]:
+    """Build the ANN index on each of `embeddings` (whatever the table's size; `replace` retrains an
+    existing one) and every missing scalar index. Returns the table's indexes afterwards."""
+    from store.query import QueryError
+
+    cache = open_cache(db)
+    table = cache.images()
+    for embedding in embeddings:
+        if embedding not in schema.EMBEDDING_COLUMNS:
+            raise QueryError(f"embedding {embedding!r}: use one of {', '.join(schema.EMBEDDING_COLUMNS)}")
+        _ann(table, schema.EMBEDDING_COLUMNS[embedding], replace)
+    ensure_indexes(cache, embeddings=embeddings, min_rows=0)
+    return list_indexes(cache)
+
+
+def list_indexes(db: str | os.PathLike | Cache | None = None) -> list[dict]:
+    cache = open_cache(db)
+    return [
+        {"name": ix.name, "column": ", ".join(ix.columns), "type": ix.index_type,
+         "indexed_rows": ix.num_indexed_rows, "unindexed_rows": ix.num_unindexed_rows}
+        for ix in cache.images().list_indices()
+    ]
