@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,6 @@ def test_every_command_has_help_with_an_example():
     assert len(commands) >= 4
     for names, cmd in commands:
         assert cmd.help and "Example: faramir " in cmd.help, f"faramir {' '.join(names)} needs help with an example"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for names, _ in commands:
+        assert f"`faramir {' '.join(names)}" in readme, f"faramir {' '.join(names)} is missing from the README"
