@@ -10,7 +10,6 @@ speed does not depend on the values). Model loading is timed separately.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.images import bench_images  # noqa: E402
+from bench.memory import peak_rss_mb  # noqa: E402
 from faramir.fake_weights import generate  # noqa: E402
 from faramir.pipeline import Assessment, Source, assess, resolve_device  # noqa: E402
 from faramir.weights import load_model  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> None:
 
     print(f"machine: {torch.get_num_threads()} torch threads, device {args.device}, "
           f"torch {torch.__version__}; model load {load_s:.1f} s; "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+          f"peak RSS {peak_rss_mb() / 1024:.2f} GB")
     print(f"{'precision':<10}{'images':>8}{'s/image':>10}{'images/s':>10}")
     for precision, n, spi, ips in rows:
         print(f"{precision:<10}{n:>8}{spi:>10.2f}{ips:>10.3f}")

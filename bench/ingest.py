@@ -37,15 +37,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_WEIGHTS = Path("/work/weights-full")
 
+from bench.memory import peak_rss_mb  # noqa: E402
+
 
 # -- children: one measurement each, printed as one JSON line ---------------------------------
 
 
 def _peak_rss_mb() -> tuple[float, float]:
-    """(this process, largest finished child) peak resident set, in MB (Linux reports KB)."""
+    """(this process, largest finished child) peak resident set, in MB. The decode workers are
+    forked from the model process, so theirs counts the model's pages they share."""
     scale = 1 / 1024 if sys.platform != "darwin" else 1 / 1024 / 1024
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale)
+    return peak_rss_mb(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
 
 
 def _child(job: dict) -> dict:

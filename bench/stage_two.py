@@ -44,6 +44,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import peak_rss_mb  # noqa: E402
+
 SEED = 0
 QUERY_SEED = 1
 THRESHOLD = 0.5
@@ -61,7 +63,7 @@ def _usage() -> tuple[float, float]:
 def _done(start: tuple[float, float], **extra) -> dict:
     wall, cpu = _usage()
     return {"wall_s": wall - start[0], "cpu_s": cpu - start[1],
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, **extra}
+            "peak_rss_gb": peak_rss_mb() / 1024, **extra}
 
 
 def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
@@ -91,7 +93,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
             count(cache, threshold=float(t), accepted=True)
             times.append(time.perf_counter() - t0)
         return {"median_s": float(np.median(times)), "max_s": float(np.max(times)),
-                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+                "peak_rss_gb": peak_rss_mb() / 1024}
     if op == "top":
         from store.query import top
 
@@ -102,7 +104,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
             rows = top(cache, labels=[label], threshold=THRESHOLD, limit=100)
             times.append(time.perf_counter() - t0)
         return {"median_s": float(np.median(times)), "max_s": float(np.max(times)), "rows": len(rows),
-                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+                "peak_rss_gb": peak_rss_mb() / 1024}
     if op in ("nearest", "nearest-exact"):
         from store.query import similar
 
@@ -119,7 +121,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
             recall.append(len(set(rows.column("id").to_pylist()) & set(truth[q])) / 10)
         return {"p50_s": float(np.percentile(times, 50)), "p95_s": float(np.percentile(times, 95)),
                 "recall": float(np.mean(recall)), "queries": n,
-                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+                "peak_rss_gb": peak_rss_mb() / 1024}
     if op == "index":
         from store.index import index
 
