@@ -47,7 +47,8 @@ import torch
 
 from faramir.pipeline import InputError, Item, Source, discover, iter_batches, resolve_device
 from store import schema
-from store.db import Cache, CacheError
+from store.db import Cache, CacheError, cached_ids, read_columns
+from store.index import ensure_indexes
 from store.scoring import score_columns
 
 COMMIT_ROWS = 1024  # files per commit: ~10 MB of rows at full size, ~1,000 fragments per 1M images
@@ -118,6 +119,7 @@ class IngestSummary:
     elapsed_s: float  # whole run, compaction included
     compute_s: float  # from the first file read (model loaded) to the last commit
     compacted: list[str]  # tables compacted at the end
+    indexed: list[str] = field(default_factory=list)  # columns whose indexes were built or updated
 
     @property
     def images_per_s(self) -> float:
@@ -149,19 +151,6 @@ class _Plan:
     skipped: list[FailedFile]
 
 
-def _column(table, columns: list[str], where: str | None = None) -> pa.Table:
-    query = table.search()
-    if where:
-        query = query.where(where)
-    return query.select(columns).limit(None).to_arrow()
-
-
-def _cached_ids(cache: Cache) -> set[str]:
-    if not cache.has_images():
-        return set()
-    return set(_column(cache.images(), ["id"])["id"].to_pylist())
-
-
 def _stat(path: str) -> tuple[int | None, int | None]:
     try:
         st = os.stat(path)
@@ -179,7 +168,7 @@ def _plan(cache: Cache, sources: Sequence[Source], known: set[str], retry_failed
             paths.append(path)
     stats = [_stat(p) for p in paths]
 
-    files = _column(cache.table(schema.FILES), ["path", "id", "size", "mtime_ns"])
+    files = read_columns(cache.table(schema.FILES), ["path", "id", "size", "mtime_ns"])
     pos = pc.index_in(pa.array(paths, pa.string()), value_set=files["path"].combine_chunks())
     prev_ids = files["id"].take(pos).to_pylist()
     prev_sizes = files["size"].take(pos).to_pylist()
@@ -401,7 +390,7 @@ class _Writer(threading.Thread):
     def append_paths(self, appends: dict[str, list[tuple[str, int]]], count: bool = True) -> None:
         """Add paths to the `paths` of rows already committed (a merge of id, paths, mtime_ns)."""
         images = self.cache.images()
-        current = _column(images, ["id", "paths"], f"id IN ({_sql_list(appends)})")
+        current = read_columns(images, ["id", "paths"], f"id IN ({_sql_list(appends)})")
         have = dict(zip(current["id"].to_pylist(), current["paths"].to_pylist()))
         updates = []
         for content_id, records in appends.items():
@@ -496,7 +485,7 @@ def ingest(
     sources = discover([os.fspath(p) for p in paths], recursive,
                        os.fspath(file_list) if file_list is not None else None)
     cache = Cache.open(db, create=True)
-    known = _cached_ids(cache)
+    known = cached_ids(cache)
     plan = _plan(cache, sources, known, retry_failed)
     yield IngestPlan(cache.uri, plan.found, len(plan.to_read), plan.unchanged, len(plan.skipped))
 
@@ -520,6 +509,10 @@ def ingest(
             table.optimize(cleanup_older_than=KEEP_VERSIONS)
             compacted.append(name)
 
+    # Scalar indexes on the filter columns, and the ANN index once the table is large enough
+    # (store.index): a collection grown by ingest alone is indexed like a rescored one.
+    indexed = ensure_indexes(cache) if writer is not None and writer.touched else []
+
     already = writer.already_listed if writer else 0
     yield IngestSummary(
         db=cache.uri,
@@ -532,6 +525,7 @@ def ingest(
         elapsed_s=time.monotonic() - started,
         compute_s=compute_s,
         compacted=compacted,
+        indexed=indexed,
     )
 
 
@@ -655,6 +649,7 @@ def _forked_quietly(batches: Iterator) -> Iterator:
     LanceDB operation is running. Fork (not spawn) lets them share the cached-id set for free."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "lancedb fork support is experimental", RuntimeWarning)
+        warnings.filterwarnings("ignore", "lance is not fork-safe", UserWarning)  # pylance's wording
         first = next(batches, None)  # the DataLoader forks its workers here
     if first is not None:
         yield first

@@ -270,3 +270,23 @@ def test_env_var_names_the_cache(tmp_path, tiny_weights, monkeypatch):
                                  "--device", "cpu", "--workers", "0"])
     assert result.exit_code == 0, result.output
     assert len(rows(tmp_path / "env-db", schema.IMAGES, ["id"])) == 1
+
+
+def test_ingest_indexes_the_filter_columns_and_keeps_them_current(tmp_path, tiny_model):
+    from store.index import list_indexes
+
+    db = tmp_path / "db"
+    first = ingest_all([write_images(tmp_path / "a", 4)[0].parent], db=db, model=tiny_model, workers=0)
+    prefix = Cache.open(db).head(schema.DEFAULT_HEAD)["prefix"]
+    wanted = {"id", "aesthetic_score", f"{prefix}_confidence", f"{prefix}_accept_label", f"{prefix}_reject_label"}
+    assert set(first.indexed) == wanted
+    indexes = {ix["column"]: ix for ix in list_indexes(db)}
+    assert set(indexes) == wanted  # no ANN index below store.index.ANN_MIN_ROWS rows
+    assert all(ix["indexed_rows"] == 4 for ix in indexes.values())
+
+    ingest_all([write_images(tmp_path / "b", 3, seed=1)[0].parent], db=db, model=tiny_model, workers=0)
+    indexes = {ix["column"]: ix for ix in list_indexes(db)}
+    assert all((ix["indexed_rows"], ix["unindexed_rows"]) == (7, 0) for ix in indexes.values()), indexes
+
+    again = ingest_all([tmp_path / "a"], db=db, model=tiny_model, workers=0)  # nothing new: nothing to do
+    assert again.indexed == []
