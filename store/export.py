@@ -121,7 +121,7 @@ def export(
             rows = table.search().where(where).select(columns).output_schema().empty_table()
             yield 0, results(rows, prefix, f.threshold, extra=extra)
 
-    def run(prefix: str) -> ExportResult:
+    def run(prefix: str, ds) -> ExportResult:
         if fmt == "files":
             _export_files(batches(prefix), dest, link, by_label, result, progress)
         else:
