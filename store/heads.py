@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from store.db import Cache, CacheError
 from store.scoring import BatchScorer, score_columns, vectors
 
 COMMIT_ATTEMPTS = 5  # tries of the rescore commit while an ingest keeps committing
+RESCORE_THREADS = 2  # fragments scored at once (reading one overlaps the arithmetic on another)
 RESCORE_BATCH = 4096  # rows per head forward: ~19 MB of embeddings, small enough for the allocator to reuse
 SCORE_SUFFIXES = tuple(f.name[len("p_"):] for f in schema.score_fields("p"))
 
@@ -139,22 +142,30 @@ def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
     from lance.dataset import LanceOperation
 
     out_schema = pa.schema(schema.score_fields(prefix))
-    scorer = BatchScorer(model, batch_size)
+    local = threading.local()  # a BatchScorer per thread: each reuses its own input buffer
+    lock = threading.Lock()
     ap_col = schema.EMBEDDING_COLUMNS["faramir"]
     read = [ap_col, "aesthetic_features", "quality_features"]
     done = total = 0
 
     def score(batch: pa.RecordBatch) -> pa.RecordBatch:
         nonlocal done
+        scorer = getattr(local, "scorer", None)
+        if scorer is None:
+            scorer = local.scorer = BatchScorer(model, batch_size)
         arrays = scorer.score_arrays(
             vectors(batch.column(ap_col), cfg.backbone_dim),
             vectors(batch.column("aesthetic_features"), cfg.aesthetic_dim),
             vectors(batch.column("quality_features"), cfg.quality_dim),
         )
-        done += batch.num_rows
-        if progress is not None:
-            progress(min(done, total), total)
+        with lock:
+            done += batch.num_rows
+            if progress is not None:
+                progress(min(done, total), total)
         return pa.RecordBatch.from_arrays(list(arrays.values()), schema=out_schema)
+
+    def merge(fragment):
+        return fragment.merge_columns(udf, columns=read, batch_size=batch_size)
 
     udf = lance.udf.BatchUDF(score, out_schema)
     scored: dict[tuple, object] = {}  # (fragment id, its data files) → the new data file
@@ -169,13 +180,15 @@ def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
         if not fragments:  # an empty table: the columns alone, metadata only
             dataset.add_columns(list(out_schema))
             return 0
-        merged = []
-        for fragment, meta in zip(dataset.get_fragments(), fragments):
-            key = (meta.id, tuple(f.path for f in meta.files))
-            if key not in scored:
-                new_meta, merged_schema = fragment.merge_columns(udf, columns=read, batch_size=batch_size)
+        keys = [(meta.id, tuple(f.path for f in meta.files)) for meta in fragments]
+        todo = [(key, fragment) for key, fragment in zip(keys, dataset.get_fragments()) if key not in scored]
+        # Fragments in parallel: Lance reads one (without the GIL) while the head scores another,
+        # so reading the embeddings and the arithmetic overlap instead of adding up.
+        with ThreadPoolExecutor(RESCORE_THREADS) as pool:
+            for (key, _), (new_meta, merged_schema) in zip(todo, pool.map(merge, [f for _, f in todo])):
                 scored[key] = new_meta.files[-1]
-            merged.append(dataclasses.replace(meta, files=[*meta.files, scored[key]]))
+        merged = [dataclasses.replace(meta, files=[*meta.files, scored[key]])
+                  for key, meta in zip(keys, fragments)]
         try:
             lance.LanceDataset.commit(dataset, LanceOperation.Merge(merged, merged_schema),
                                       read_version=dataset.version)
