@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEFAULT_WEIGHTS = Path("/work/weights-full")
+DEFAULT_WEIGHTS = Path.home() / ".cache/faramir/bench-weights-full"  # shared with bench/assess.py
 
 from bench.memory import peak_rss_mb  # noqa: E402
 
