@@ -22,6 +22,7 @@ from faramir.config import FULL
 from faramir.fake_weights import _random_state
 from faramir.finetune import finetune
 from faramir.head import FaramirHead
+from store.synthetic import learnable_rows
 
 
 def main() -> None:
@@ -41,15 +42,8 @@ def main() -> None:
     head = FaramirHead(cfg)
     head.load_state_dict(_random_state(head, args.seed + 4))
     head.eval()
-    g = torch.Generator().manual_seed(args.seed)
     n = args.rows
-    ap = torch.randn(n, cfg.backbone_dim, generator=g)
-    ae = torch.randn(n, cfg.aesthetic_dim, generator=g)
-    q = torch.randn(n, cfg.quality_dim, generator=g)
-    with torch.no_grad():
-        r, gate, f = head.head.gates(*head.norm(ap, ae, q))
-        score = torch.cat((r * gate.sigmoid(), f), dim=-1) @ torch.randn(32, generator=g)
-    targets = score > score.median()
+    ap, ae, q, targets = learnable_rows(head, n, args.seed)
 
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # warm torch's lazy optimiser import
 

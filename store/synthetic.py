@@ -255,3 +255,21 @@ def write_cache(
         "checkpoint": [head_to_bytes(head_state)],
     }, schema=schema.HEADS_SCHEMA))
     return cache
+
+
+def learnable_rows(head: FaramirHead, n: int, seed: int):
+    """Random pooled vectors labelled by a rule the decision layers can learn.
+
+    Only linear_3 → activation_2 → linear_4 train, and they see cat(v, f) (32 numbers), so the
+    target is a threshold (at the median) on a random linear projection of the base head's own
+    eval-mode (v, f). The base decision is an unrelated function of (v, f), so it scores near 0.
+    """
+    cfg = head.cfg
+    g = torch.Generator().manual_seed(seed)
+    ap = torch.randn(n, cfg.backbone_dim, generator=g)
+    ae = torch.randn(n, cfg.aesthetic_dim, generator=g)
+    q = torch.randn(n, cfg.quality_dim, generator=g)
+    with torch.no_grad():
+        r, gate, f = head.head.gates(*head.norm(ap, ae, q))
+        score = torch.cat((r * gate.sigmoid(), f), dim=-1) @ torch.randn(32, generator=g)
+    return ap, ae, q, score > score.median()

@@ -15,6 +15,7 @@ from faramir.finetune import (
 from faramir.head import FaramirHead
 from faramir.metrics import mcc
 from faramir.weights import check_state_dict, shapes_of
+from store.synthetic import learnable_rows
 
 
 def _head(cfg, seed: int) -> tuple[FaramirHead, dict[str, torch.Tensor]]:
@@ -22,24 +23,6 @@ def _head(cfg, seed: int) -> tuple[FaramirHead, dict[str, torch.Tensor]]:
     state = _random_state(head, seed)
     head.load_state_dict(state)
     return head.eval(), state
-
-
-def _learnable_rows(head: FaramirHead, n: int, seed: int):
-    """Random pooled vectors labelled by a rule the decision layers can learn.
-
-    Only linear_3 → activation_2 → linear_4 train, and they see cat(v, f) (32 numbers), so the
-    target is a threshold (at the median) on a random linear projection of the base head's own
-    eval-mode (v, f). The base decision is an unrelated function of (v, f), so it scores near 0.
-    """
-    cfg = head.cfg
-    g = torch.Generator().manual_seed(seed)
-    ap = torch.randn(n, cfg.backbone_dim, generator=g)
-    ae = torch.randn(n, cfg.aesthetic_dim, generator=g)
-    q = torch.randn(n, cfg.quality_dim, generator=g)
-    with torch.no_grad():
-        r, gate, f = head.head.gates(*head.norm(ap, ae, q))
-        score = torch.cat((r * gate.sigmoid(), f), dim=-1) @ torch.randn(32, generator=g)
-    return ap, ae, q, score > score.median()
 
 
 def _frozen(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -98,7 +81,7 @@ def test_full_checkpoint_frozen_tensors_bit_identical(tmp_path, full_pool_shapes
     head.load_state_dict({k: v for k, v in base.items() if not k.startswith("attn_pool.")})
     assert (head.head.activation_1.gamma_p < 0).any()  # stepping it would have changed it
 
-    ap, ae, q, y = _learnable_rows(head, 600, seed=3)
+    ap, ae, q, y = learnable_rows(head, 600, seed=3)
     result = finetune(head, ap, ae, q, y, epochs=3, lr=1e-2, batch_size=128)
     assert result.best_epoch > 0  # something was trained and kept
 
@@ -131,7 +114,7 @@ def test_full_checkpoint_frozen_tensors_bit_identical(tmp_path, full_pool_shapes
 
 def test_head_only_checkpoint_and_mismatch():
     head, base = _head(TINY, seed=1)
-    ap, ae, q, y = _learnable_rows(head, 400, seed=2)
+    ap, ae, q, y = learnable_rows(head, 400, seed=2)
     finetune(head, ap, ae, q, y, epochs=2, lr=1e-2)
     ckpt = trained_state_dict(base, head)
     assert list(ckpt) == list(base) and len(ckpt) == 26
@@ -148,7 +131,7 @@ def test_head_only_checkpoint_and_mismatch():
 
 def test_finetune_learns_a_learnable_rule():
     head, _ = _head(TINY, seed=0)
-    ap, ae, q, y = _learnable_rows(head, 1500, seed=100)
+    ap, ae, q, y = learnable_rows(head, 1500, seed=100)
     # 1200 training rows are 5 batches an epoch: a higher rate than upstream's 4e-4 keeps the
     # test fast. (Other head/data seeds measured base −0.22…0.12 → tuned 0.79…0.82.)
     tuner = Finetuner(head, ap, ae, q, y, epochs=8, lr=1e-2)
@@ -174,7 +157,7 @@ def test_finetune_learns_a_learnable_rule():
 def test_training_forward_is_upstreams_training_mode():
     """Each step runs the frozen layers in training mode (dropout), the norm in eval mode."""
     head, _ = _head(TINY, seed=0)
-    ap, ae, q, y = _learnable_rows(head, 300, seed=1)
+    ap, ae, q, y = learnable_rows(head, 300, seed=1)
     seen = []
     gates = head.head.gates
 
@@ -191,7 +174,7 @@ def test_training_forward_is_upstreams_training_mode():
 
 def test_weight_decay_only_on_weights():
     head, _ = _head(TINY, seed=0)
-    ap, ae, q, y = _learnable_rows(head, 100, seed=1)
+    ap, ae, q, y = learnable_rows(head, 100, seed=1)
     opt = Finetuner(head, ap, ae, q, y, weight_decay=0.05)._optimizer()
     hh = head.head
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
@@ -206,7 +189,7 @@ def test_weight_decay_only_on_weights():
 
 def _run(seed: int) -> dict[str, torch.Tensor]:
     head, _ = _head(TINY, seed=5)
-    ap, ae, q, y = _learnable_rows(head, 600, seed=6)
+    ap, ae, q, y = learnable_rows(head, 600, seed=6)
     torch.manual_seed(1234 + seed)  # the caller's global RNG state must not matter…
     rng_before = torch.get_rng_state()
     finetune(head, ap, ae, q, y, epochs=3, lr=1e-2, seed=seed)
@@ -239,7 +222,7 @@ def test_split_is_stratified_and_seeded():
 
 def test_stopping_early_keeps_best_so_far():
     head, base = _head(TINY, seed=0)
-    ap, ae, q, y = _learnable_rows(head, 800, seed=100)
+    ap, ae, q, y = learnable_rows(head, 800, seed=100)
     tuner = Finetuner(head, ap, ae, q, y, epochs=10, lr=1e-2)
     run = tuner.run()
     for report in run:
@@ -256,7 +239,7 @@ def test_stopping_early_keeps_best_so_far():
 
 def test_bad_inputs():
     head, _ = _head(TINY, seed=0)
-    ap, ae, q, y = _learnable_rows(head, 50, seed=1)
+    ap, ae, q, y = learnable_rows(head, 50, seed=1)
     with pytest.raises(ValueError, match=r"ap must have shape \(N, 32\)"):
         Finetuner(head, ap[:, :10], ae, q, y)
     with pytest.raises(ValueError, match="row counts differ"):
