@@ -35,6 +35,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from store.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
 DEFAULT_WEIGHTS = Path.home() / ".cache/faramir/bench-weights-full"  # shared with bench/assess.py
 
 from bench.memory import peak_rss_mb  # noqa: E402
