@@ -7,7 +7,7 @@ import typer
 from store.allocator import keep_freed_memory
 
 # Before any command starts LanceDB's or torch's threads: Lance's batch reads reuse freed memory
-# instead of page-faulting every batch in anew (store.allocator; a 1M-row rescore 13.7 -> 8.4 s).
+# instead of page-faulting every batch in anew (store.allocator; a 1M-row rescore 13.7 -> 9-10 s).
 keep_freed_memory()
 
 app = typer.Typer(

@@ -5,7 +5,9 @@ defaults a buffer that large is mmap'd and unmapped again, or comes from a threa
 whose freed memory goes back to the kernel, so every batch page-faults its memory in anew.
 Reading the 1152-d FARAMIR embeddings of a million rows (4.6 GB) cost 5.5 s of system time that
 way and a rescore 13.7 s. With one arena that keeps freed memory for reuse, the same read took
-1.5 s and the rescore 8.4 s, at a lower peak RSS (bench/stage_two.py, 2-core VM).
+1.5 s and the rescore 9-10 s, at a lower peak RSS (bench/stage_two.py, 2-core VM). What is kept is
+bounded by the trim threshold: 512 MB (2 GB was at most a second faster, and let an ingest's peak
+RSS creep up).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ _M_ARENA_MAX = -8
 SETTINGS = (
     (_M_ARENA_MAX, 1),  # every thread allocates from the main heap, where the thresholds below hold
     (_M_MMAP_THRESHOLD, 256 << 20),  # batch buffers come from the heap, not a fresh mmap each
-    (_M_TRIM_THRESHOLD, (1 << 31) - 1),  # freed memory stays for the next batch (up to 2 GB)...
+    (_M_TRIM_THRESHOLD, 512 << 20),  # freed memory stays for the next batch (up to 512 MB)...
     (_M_TOP_PAD, 256 << 20),  # ...and the heap grows in steps of 256 MB, not page by page
 )
 USER_SETTINGS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
