@@ -154,7 +154,7 @@ class Cache:
         """The record of head `name` (without checkpoint bytes): every query resolves its head
         through this, so it reads one row's small columns, not the table."""
         rows = self.dataset(schema.HEADS).to_table(
-            columns=HEAD_COLUMNS, filter="name = '" + name.replace("'", "''") + "'").to_pylist()
+            columns=HEAD_COLUMNS, filter=f"name = {sql_str(name)}").to_pylist()
         if rows:
             return rows[0]
         known = ", ".join(h["name"] for h in self.heads()) or "none"
@@ -163,6 +163,11 @@ class Cache:
 
 
 HEAD_COLUMNS = [f.name for f in schema.HEADS_SCHEMA if f.name != "checkpoint"]
+
+
+def sql_str(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def json_dumps(value) -> str:

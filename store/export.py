@@ -28,9 +28,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from store.db import Cache
+from store.db import Cache, sql_str
 from store.heads import open_cache
-from store.query import QueryError, _retrying, _score_columns, make_filter, results, sql_str, top
+from store.query import QueryError, _retrying, _score_columns, make_filter, results, top
 
 TABLE_FORMATS = ("csv", "jsonl", "parquet")
 FORMATS = (*TABLE_FORMATS, "files")

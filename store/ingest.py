@@ -47,7 +47,7 @@ import torch
 
 from faramir.pipeline import InputError, Item, Source, discover, iter_batches, resolve_device
 from store import schema
-from store.db import Cache, CacheError, cached_ids, read_columns
+from store.db import Cache, CacheError, cached_ids, read_columns, sql_str
 from store.index import ensure_indexes
 from store.scoring import score_columns
 
@@ -286,7 +286,7 @@ class _Chunk:
 
 
 def _sql_list(values) -> str:
-    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    return ", ".join(sql_str(v) for v in values)
 
 
 def _fixed(values: np.ndarray, dim: int) -> pa.Array:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from faramir.config import ACCEPT_LABELS, LABELS
 from store import schema
-from store.db import Cache, CacheError
+from store.db import Cache, CacheError, sql_str
 from store.heads import open_cache
 
 SORTS = ("confidence", "aesthetic")  # top's sort keys (there is no scalar quality score upstream)
@@ -42,11 +42,6 @@ class QueryError(CacheError):
 def f32(value: float) -> float:
     """`value` rounded to float32, as torch rounds a Python scalar compared with a float32 tensor."""
     return float(np.float32(value))
-
-
-def sql_str(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _sql_float(value: float) -> str:
