@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from store.allocator import keep_freed_memory  # noqa: E402
 keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
 DEFAULT_WEIGHTS = Path.home() / ".cache/faramir/bench-weights-full"  # shared with bench/assess.py
 
-from bench.memory import peak_rss_mb  # noqa: E402
+from bench.memory import children_peak_rss_mb, peak_rss_mb  # noqa: E402
 
 
 # -- children: one measurement each, printed as one JSON line ---------------------------------
@@ -50,8 +49,7 @@ from bench.memory import peak_rss_mb  # noqa: E402
 def _peak_rss_mb() -> tuple[float, float]:
     """(this process, largest finished child) peak resident set, in MB. The decode workers are
     forked from the model process, so theirs counts the model's pages they share."""
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 1024 / 1024
-    return peak_rss_mb(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
+    return peak_rss_mb(), children_peak_rss_mb()
 
 
 def _child(job: dict) -> dict:

@@ -20,5 +20,15 @@ def peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024  # kB
     except OSError:
         pass
+    return _maxrss_mb(resource.RUSAGE_SELF)
+
+
+def children_peak_rss_mb() -> float:
+    """Peak resident set of the largest finished child process, in MB (`ru_maxrss`: a forked
+    child's includes the pages it shares with its parent)."""
+    return _maxrss_mb(resource.RUSAGE_CHILDREN)
+
+
+def _maxrss_mb(who: int) -> float:
     scale = 1 / 1024 / 1024 if sys.platform == "darwin" else 1 / 1024  # bytes on macOS, else kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return resource.getrusage(who).ru_maxrss * scale
