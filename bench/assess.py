@@ -22,7 +22,9 @@ import torch  # noqa: E402
 from bench.images import bench_images  # noqa: E402
 from bench.memory import peak_rss_mb  # noqa: E402
 from faramir.fake_weights import generate  # noqa: E402
-from faramir.pipeline import Assessment, Source, assess, resolve_device  # noqa: E402
+from faramir.devices import resolve_device  # noqa: E402
+from faramir.pipeline import Assessment, assess  # noqa: E402
+from faramir.sources import Source  # noqa: E402
 from faramir.weights import load_model  # noqa: E402
 
 

@@ -4,7 +4,7 @@
 
 Builds a random FULL-config head (D = 1152, seeded like faramir.fake_weights), random pooled
 vectors, and targets from a rule the decision layers can learn (a threshold at the median on a
-random projection of the base head's own (v, f)). Times `faramir.finetune.finetune` end to end
+random projection of the base head's own (v, f)). Times `faramir.finetune.finetune_head` end to end
 (validation split, the base head's epoch 0, every epoch's training and validation) at upstream's
 settings. torch's one-time lazy import on the first optimiser is warmed up first and not timed.
 Torch threads stay at their default unless --threads is given. Scores mean nothing; only the time matters. Target on a
@@ -14,15 +14,19 @@ Torch threads stay at their default unless --threads is given. Scores mean nothi
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from faramir.config import FULL
-from faramir.fake_weights import _random_state
-from faramir.finetune import finetune
-from faramir.head import FaramirHead
-from store.synthetic import learnable_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic lives in the repository
+
+from faramir.config import FULL  # noqa: E402
+from faramir.fake_weights import random_state  # noqa: E402
+from faramir.finetune import finetune_head  # noqa: E402
+from faramir.head import FaramirHead  # noqa: E402
+from tests.synthetic import learnable_rows  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +44,7 @@ def main() -> None:
 
     cfg = FULL
     head = FaramirHead(cfg)
-    head.load_state_dict(_random_state(head, args.seed + 4))
+    head.load_state_dict(random_state(head, args.seed + 4))
     head.eval()
     n = args.rows
     ap, ae, q, targets = learnable_rows(head, n, args.seed)
@@ -48,7 +52,7 @@ def main() -> None:
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # warm torch's lazy optimiser import
 
     t0, c0 = time.perf_counter(), time.process_time()
-    result = finetune(head, ap, ae, q, targets, epochs=args.epochs, lr=args.lr,
+    result = finetune_head(head, ap, ae, q, targets, epochs=args.epochs, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed)
     seconds = time.perf_counter() - t0
     cpu_seconds = time.process_time() - c0

@@ -55,7 +55,7 @@ def _peak_rss_mb() -> tuple[float, float]:
 def _child(job: dict) -> dict:
     import torch
 
-    from faramir.pipeline import resolve_device
+    from faramir.devices import resolve_device
     from faramir.weights import load_model
 
     device = resolve_device(job["device"])
@@ -82,12 +82,12 @@ def _child(job: dict) -> dict:
         seconds = time.perf_counter() - start
         out.update(workers=0, done=done)
     else:
-        from store.ingest import ingest_all
+        from store.ingestion import ingest_all
 
         summary = ingest_all(paths, db=job["db"], model=model, precision=job["precision"],
                              workers=job["workers"], batch_size=job["batch_size"])
         seconds = summary.elapsed_s
-        from faramir.pipeline import default_workers
+        from faramir.decoding import default_workers
 
         out.update(workers=default_workers() if job["workers"] is None else job["workers"],
                    done=summary.new, failed=summary.failed)

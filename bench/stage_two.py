@@ -4,17 +4,17 @@
     python bench/stage_two.py --rows 100000 --dir /data/bench --queries 100
 
 Builds (once, then reuses) a cache of the real schema (full-size config: 1152-d embeddings) with
-N synthetic rows from `store.synthetic` (seed 0), then measures each operation in a fresh
+N synthetic rows from `tests.synthetic` (seed 0), then measures each operation in a fresh
 process, reporting wall seconds, CPU seconds (user + sys) and the process's peak RSS:
 
-- rescore: every row with a new head (same pool, other weights), `store.heads.rescore`;
-- count: rows accepted at a new threshold, `store.query.count` (median over 20 thresholds);
-- top100: the best 100 by confidence under a one-label filter, `store.query.top` (median over labels);
-- nearest-10 accepted: `store.query.similar(k=10, accepted=True)` from 100 query rows, p50/p95
+- rescore: every row with a new head (same pool, other weights), `store.rescore`;
+- count: rows accepted at a new threshold, `store.count` (median over 20 thresholds);
+- top100: the best 100 by confidence under a one-label filter, `store.top` (median over labels);
+- nearest-10 accepted: `store.similar(k=10, accepted=True)` from 100 query rows, p50/p95
   latency and recall@10 against exact filtered search (brute force in NumPy over the rows that
   pass, checked against LanceDB's own exact search), without and with the ANN index.
 
-How the synthetic embeddings are made (store.synthetic): unit vectors around a few thousand
+How the synthetic embeddings are made (tests.synthetic): unit vectors around a few thousand
 cluster centres (min(3000, N/100), Zipf-like sizes), centres sharing a common direction (cosine
 about 0.25 between centres), rows at cosine 0.65-0.9 from their centre with noise whose variance
 decays by rank (∝ 1/rank over a random permutation of dimensions). Isotropic random vectors have
@@ -71,24 +71,24 @@ def _done(start: tuple[float, float], **extra) -> dict:
 
 
 def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
-    from store.heads import open_cache
+    from store.db import Cache
 
     if op == "baseline":  # imports and an open cache: what every other figure includes
         start = _usage()
-        from store import heads, index, query  # noqa: F401
+        import store.indexes, store.neighbours, store.query, store.rescoring  # noqa: E401, F401
 
-        open_cache(db).images().count_rows()
+        Cache.open(db).images().count_rows()
         return _done(start)
     if op == "rescore":
-        from store.heads import rescore
+        from store import rescore
 
         checkpoint = workdir / "new-head.pth"
         start = _usage()
         record = rescore(checkpoint, "bench-new", db=db, index=False)
-        return _done(start, rows=record["rows"])
-    cache = open_cache(db)
+        return _done(start, rows=record.rows)
+    cache = Cache.open(db)
     if op == "count":
-        from store.query import count
+        from store import count
 
         count(cache, threshold=0.42, accepted=True)  # warm: open the dataset once
         times = []
@@ -99,7 +99,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
         return {"median_s": float(np.median(times)), "max_s": float(np.max(times)),
                 "peak_rss_gb": peak_rss_mb() / 1024}
     if op == "top":
-        from store.query import top
+        from store import top
 
         top(cache, labels=["text"], limit=100)
         times = []
@@ -110,7 +110,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
         return {"median_s": float(np.median(times)), "max_s": float(np.max(times)), "rows": len(rows),
                 "peak_rss_gb": peak_rss_mb() / 1024}
     if op in ("nearest", "nearest-exact"):
-        from store.query import similar
+        from store import similar
 
         data = np.load(workdir / "queries.npz", allow_pickle=True)
         vectors, truth = data["vectors"], data["truth"]
@@ -127,7 +127,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
                 "recall": float(np.mean(recall)), "queries": n,
                 "peak_rss_gb": peak_rss_mb() / 1024}
     if op == "index":
-        from store.index import index
+        from store import index
 
         start = _usage()
         index(cache)
@@ -151,7 +151,7 @@ def run_child(op: str, db: Path, workdir: Path, queries: int) -> dict:
 
 def build(n: int, db: Path, workdir: Path) -> float | None:
     from faramir.config import FULL
-    from store.synthetic import random_checkpoint, save_checkpoint, write_cache
+    from tests.synthetic import random_checkpoint, save_checkpoint, write_cache
 
     marker = db / "bench.json"
     if marker.is_file() and json.loads(marker.read_text()) == {"rows": n, "seed": SEED}:
@@ -169,14 +169,13 @@ def build(n: int, db: Path, workdir: Path) -> float | None:
 
 def ground_truth(db: Path, workdir: Path, queries: int) -> None:
     """Query vectors (rows of the cache) and their exact 10 nearest accepted rows, by brute force."""
-    from store.heads import open_cache
-    from store.query import dataset
+    from store.db import Cache
 
     path = workdir / "queries.npz"
     if path.is_file() and len(np.load(path)["vectors"]) >= queries:
         return
-    cache = open_cache(db)
-    ds = dataset(cache)
+    cache = Cache.open(db)
+    ds = cache.dataset()
     prefix = cache.head("faramir-v1")["prefix"]
     n = ds.count_rows()
     rows = np.sort(np.random.default_rng(QUERY_SEED).choice(n, queries, replace=False))
@@ -198,10 +197,10 @@ def ground_truth(db: Path, workdir: Path, queries: int) -> None:
 
 
 def drop_ann(db: Path) -> None:
-    from store.heads import open_cache
-    from store.index import ensure_indexes
+    from store.db import Cache
+    from store.indexes import ensure_indexes
 
-    cache = open_cache(db)
+    cache = Cache.open(db)
     table = cache.images()
     for ix in table.list_indices():
         if "embedding" in ",".join(ix.columns):

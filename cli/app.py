@@ -1,14 +1,25 @@
-"""The typer application. Each command parses options, calls one library function, renders."""
+"""The `faramir` command: every command and group, registered in one place.
+
+Each command parses options, calls one library function, renders. Command modules import only
+typer and `cli` helpers at the top; each command imports the library it calls when it runs, so
+`faramir top` never imports torch (nor LanceDB) and starts in well under a second.
+"""
 
 from __future__ import annotations
 
 import typer
 
+from cli import assess_cmd, finetune_cmd, heads_cmd, ingest_cmd, query_cmd, weights_cmd
 from store.allocator import keep_freed_memory
 
 # Before any command starts LanceDB's or torch's threads: Lance's batch reads reuse freed memory
 # instead of page-faulting every batch in anew (store.allocator; a 1M-row rescore 13.7 -> 9-10 s).
 keep_freed_memory()
+
+
+def _group(help: str) -> typer.Typer:
+    return typer.Typer(help=help, no_args_is_help=True)
+
 
 app = typer.Typer(
     name="faramir",
@@ -18,11 +29,40 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Commands register themselves on `app` when their module is imported.
-from cli import assess_cmd, finetune_cmd, ingest_cmd, stage2_cmd, weights_cmd  # noqa: E402
+# Assess without a cache; stage one.
+app.command()(assess_cmd.assess)
+app.command()(ingest_cmd.ingest)
+app.command()(ingest_cmd.failures)
 
-__all__ = ["app", "assess_cmd", "finetune_cmd", "ingest_cmd", "stage2_cmd", "weights_cmd"]
+# Stage two.
+app.command()(heads_cmd.rescore)
+heads = _group("List and remove the heads whose scores the cache holds.")
+heads.command("list")(heads_cmd.heads_list)
+heads.command("rm")(heads_cmd.heads_rm)
+app.add_typer(heads, name="heads")
+for command in (query_cmd.top, query_cmd.stats, query_cmd.similar, query_cmd.index, query_cmd.export):
+    app.command()(command)
+
+# Finetuning.
+labels = _group("Curator labels (accept/reject or one of the 30 label names).")
+labels.command("import")(finetune_cmd.labels_import)
+labels.command("list")(finetune_cmd.labels_list)
+labels.command("rm")(finetune_cmd.labels_rm)
+app.add_typer(labels, name="labels")
+app.command()(finetune_cmd.finetune)
+app.command()(finetune_cmd.evaluate)
+
+# Weights.
+weights = _group("Prepare, generate and check weight directories.")
+weights.command("download")(weights_cmd.download)
+weights.command("generate")(weights_cmd.generate)
+weights.command("check")(weights_cmd.check)
+app.add_typer(weights, name="weights")
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # python -m cli.app
+    main()

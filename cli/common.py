@@ -1,20 +1,17 @@
-"""What every command shares: error handling, stderr notices, progress bars and output formats."""
+"""What every command shares: error handling, stderr notices and progress bars (stderr only, so
+stdout stays pipeable). Output on stdout is `cli.output`."""
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
-from rich.table import Table
 
 from faramir.errors import FaramirError
 
@@ -46,6 +43,11 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def note(message: str) -> None:
+    """A line for the user on stderr (what was done, where it went)."""
+    stderr.print(message, markup=False, soft_wrap=True)
+
+
 def warn(message: str) -> None:
     stderr.print(f"Warning: {message}", markup=False, soft_wrap=True)
 
@@ -60,7 +62,8 @@ def warn_generated(info) -> None:
         )
 
 
-def progress_bar(transient: bool = False, unit: str = "images") -> Progress:
+def progress_bar() -> Progress:
+    """A progress display on stderr, drawn only on a terminal."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -70,13 +73,11 @@ def progress_bar(transient: bool = False, unit: str = "images") -> Progress:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=stderr,
-        transient=transient,
         disable=not stderr.is_terminal,
     )
 
 
-def track(items: Iterable[T], total: int | None, description: str, show: bool = True,
-          count: Callable[[T], int] = lambda _: 1, unit: str = "img") -> Iterator[T]:
+def track(items: Iterable[T], total: int | None, description: str, show: bool = True) -> Iterator[T]:
     """Yield `items`, advancing a progress bar on stderr (only on a terminal)."""
     if not show or not stderr.is_terminal:
         yield from items
@@ -84,48 +85,47 @@ def track(items: Iterable[T], total: int | None, description: str, show: bool = 
     with progress_bar() as bar:
         task = bar.add_task(description, total=total, rate="")
         for item in items:
-            bar.advance(task, count(item))
+            bar.advance(task, 1)
             t = bar.tasks[task]
             speed = t.finished_speed or t.speed
-            bar.update(task, rate=f"{speed:.2f} {unit}/s" if speed else "")
+            bar.update(task, rate=f"{speed:.2f} img/s" if speed else "")
             yield item
 
 
-FORMATS = ("table", "jsonl", "csv", "tsv")
+class Bar:
+    """A progress callback `(done, total)` for the library, drawn as a bar on stderr."""
+
+    def __init__(self, description: str):
+        self.description = description
+
+    def __enter__(self):
+        self.bar = progress_bar()
+        self.bar.__enter__()
+        self.task = None
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task(self.description, total=total, rate="")
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
 
 
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    if isinstance(v, (list, tuple)):
-        return json.dumps(v)
-    return "" if v is None else str(v)
+class download_progress:
+    """A progress callback `(file, done, total)` for weight downloads: a bar per file on stderr."""
 
+    def __enter__(self):
+        self._bar = progress_bar()
+        self._tasks: dict[str, int] = {}
+        self._bar.__enter__()
+        return self
 
-def write_rows(rows: Iterable[dict], fmt: str, columns: Sequence[str], out=None) -> int:
-    """Print rows as a table, JSON lines, CSV or TSV on stdout; returns how many."""
-    out = out or sys.stdout
-    n = 0
-    if fmt == "jsonl":
-        for row in rows:
-            out.write(json.dumps(row, default=str) + "\n")
-            n += 1
-    elif fmt in ("csv", "tsv"):
-        writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
-            n += 1
-    elif fmt == "table":
-        table = Table(*columns, show_edge=False, header_style="bold")
-        for row in rows:
-            table.add_row(*(_cell(row.get(c)) for c in columns))
-            n += 1
-        console = Console(file=out, highlight=False)
-        if not console.is_terminal:  # piped or redirected: never truncate ids and paths
-            console = Console(file=out, highlight=False, width=100_000)
-        console.print(table)
-    else:
-        fail(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    out.flush()
-    return n
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        if name not in self._tasks:
+            self._tasks[name] = self._bar.add_task(f"download {name}", total=total, rate="")
+        self._bar.update(self._tasks[name], completed=done, total=total)
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)

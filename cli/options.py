@@ -1,64 +1,125 @@
-"""Options shared by several commands, declared once."""
+"""Options shared by several commands, declared once (typer `Annotated` aliases), their choices
+as enums, and `filter_options`: the nine filter options of every query, turned into one
+`store.filters.Filter`."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-WeightsDir = typer.Option(
-    None, "--weights-dir", envvar="FARAMIR_WEIGHTS",
+
+def _choices(name: str, *values: str) -> type[Enum]:
+    """A str enum whose members are `values`: typer shows them as the choices and checks them."""
+    return Enum(name, [(value, value) for value in values], type=str)
+
+
+AssessFormat = _choices("AssessFormat", "tsv", "jsonl", "csv")
+RowFormat = _choices("RowFormat", "table", "jsonl", "csv", "tsv")
+ListFormat = _choices("ListFormat", "table", "jsonl", "csv")
+ReportFormat = _choices("ReportFormat", "table", "json")
+ExportFormat = _choices("ExportFormat", "csv", "jsonl", "parquet", "files")
+Link = _choices("Link", "copy", "hardlink", "symlink")
+Precision = _choices("Precision", "fp32", "bf16")
+Sort = _choices("Sort", "confidence", "aesthetic")
+Embedding = _choices("Embedding", "faramir", "siglip")
+Variant = _choices("Variant", "tiny", "full")  # of generated weights
+
+
+Db = Annotated[Optional[str], typer.Option(
+    "--db", envvar="FARAMIR_DB", show_envvar=True, show_default=False,
+    help="The cache: a folder or an object-store URI (default: ~/.local/share/faramir/cache.lancedb).",
+)]
+WeightsDir = Annotated[Optional[Path], typer.Option(
+    "--weights-dir", envvar="FARAMIR_WEIGHTS",
     help="Directory with the four weight files (default: download into ~/.cache/faramir/weights).",
-)
-Device = typer.Option("auto", "--device", help="auto, cpu, cuda or mps.")
-Precision = typer.Option("fp32", "--precision", help="fp32 (reference) or bf16 (faster, ~1e-2 off).")
-BatchSize = typer.Option(8, "--batch-size", min=1, help="Images per model batch.")
-Workers = typer.Option(None, "--workers", min=0, help="Decode worker processes (default: spare cores).")
-Recursive = typer.Option(False, "-r", "--recursive", help="Descend into sub-folders.")
-FileList = typer.Option(None, "--file-list", help="Text file of image paths, relative to the one PATH.")
-Threshold = typer.Option(0.5, "--threshold", "-t", min=0.0, max=1.0, help="Accept iff confidence > T.")
+)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda (or cuda:N) or mps.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="fp32 (reference) or bf16 (faster, ~1e-2 off).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Decode worker processes (default: spare cores).")]
+Recursive = Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")]
+FileList = Annotated[Optional[str], typer.Option("--file-list", help="Text file of image paths, relative to the one PATH.")]
+Paths = Annotated[List[str], typer.Argument(help="Image files and/or folders.")]
+Threshold = Annotated[float, typer.Option("--threshold", "-t", min=0.0, max=1.0, help="Accept iff confidence > T.")]
+Head = Annotated[str, typer.Option("--head", help="Whose scores to read: a head name (see 'faramir heads list').")]
+RowFormatOpt = Annotated[RowFormat, typer.Option("--format", "-f", help="table, jsonl, csv or tsv (upstream's assess line).")]
+ListFormatOpt = Annotated[ListFormat, typer.Option("--format", "-f", help="table, jsonl or csv.")]
+ReportFormatOpt = Annotated[ReportFormat, typer.Option("--format", "-f", help="table or json.")]
+
+# The filter of every query (top, stats, similar, export), in the order --help shows them.
+_FILTER_PARAMS = [
+    inspect.Parameter("head", inspect.Parameter.KEYWORD_ONLY, default="faramir-v1", annotation=Head),
+    inspect.Parameter("threshold", inspect.Parameter.KEYWORD_ONLY, default=0.5, annotation=Threshold),
+    inspect.Parameter("accepted", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--accepted", help="Only images accepted at the threshold.")]),
+    inspect.Parameter("rejected", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--rejected", help="Only images rejected at the threshold.")]),
+    inspect.Parameter("labels", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[List[str]], typer.Option("--label", "-l", help="Only these labels (repeat, or comma-separate).")]),
+    inspect.Parameter("min_confidence", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[float], typer.Option("--min-confidence", min=0.0, max=1.0, help="Confidence at least this.")]),
+    inspect.Parameter("max_confidence", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[float], typer.Option("--max-confidence", min=0.0, max=1.0, help="Confidence at most this.")]),
+    inspect.Parameter("min_aesthetic", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[float], typer.Option("--min-aesthetic", help="Aesthetic score (about 1-10) at least this.")]),
+    inspect.Parameter("max_aesthetic", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[float], typer.Option("--max-aesthetic", help="Aesthetic score at most this.")]),
+]
+
+
+def filter_options(command):
+    """Give a command the nine filter options in place of its `filter` parameter, which then
+    receives them as one `store.filters.Filter` (built, and so checked, before the command runs)."""
+    signature = inspect.signature(command, eval_str=True)
+    params = []
+    for param in signature.parameters.values():
+        if param.name == "filter":
+            params.extend(_FILTER_PARAMS)
+        else:
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+    names = [p.name for p in _FILTER_PARAMS]
+
+    @functools.wraps(command)
+    def with_filter(**kwargs):
+        kwargs["filter"] = make_filter(**{name: kwargs.pop(name) for name in names})
+        return command(**kwargs)
+
+    with_filter.__signature__ = signature.replace(parameters=params)
+    with_filter.__annotations__ = {p.name: p.annotation for p in params}
+    return with_filter
+
+
+def make_filter(*, head, threshold, accepted, rejected, labels, min_confidence, max_confidence,
+                min_aesthetic, max_aesthetic):
+    """The `store.filters.Filter` of the nine filter options."""
+    from store.filters import Filter
+
+    if accepted and rejected:
+        raise typer.BadParameter("give --accepted or --rejected, not both")
+    split = tuple(x.strip() for item in labels or () for x in item.split(",") if x.strip())
+    return Filter(head=head, threshold=threshold, accepted=True if accepted else False if rejected else None,
+                  labels=split, min_confidence=min_confidence, max_confidence=max_confidence,
+                  min_aesthetic=min_aesthetic, max_aesthetic=max_aesthetic)
 
 
 def load_model(weights_dir: Optional[Path], device: str, precision: str):
-    """Resolve weights (downloading into the default cache if needed) and load the model."""
-    from cli.common import fail, stderr, warn_generated
+    """Resolve weights (downloading into the default cache if needed) and load the model,
+    saying on stderr what a user should know: a precision that is slow here, generated weights."""
+    from cli.common import download_progress, warn, warn_generated
+    from faramir.devices import precision_warning, resolve_device
     from faramir.download import resolve_weights_dir
-    from faramir.model import PRECISIONS
-    from faramir.pipeline import resolve_device
-    from faramir.weights import load_model as _load
+    from faramir.weights import load_model as load
 
-    if precision not in PRECISIONS:
-        fail(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
     dev = resolve_device(device)
-    from faramir.pipeline import precision_warning
-
     if (why := precision_warning(dev, precision)) is not None:
-        from cli.common import warn
-
         warn(why)
-    with _download_progress() as progress:
+    with download_progress() as progress:
         root = resolve_weights_dir(weights_dir, download=True, progress=progress)
-    model = _load(root, dev)
+    model = load(root, dev)
     warn_generated(model.info)
     return model
-
-
-class _download_progress:
-    """A progress callback for weight downloads that draws a bar per file on stderr."""
-
-    def __enter__(self):
-        from cli.common import progress_bar
-
-        self._bar = progress_bar()
-        self._tasks: dict[str, int] = {}
-        self._bar.__enter__()
-        return self
-
-    def __call__(self, name: str, done: int, total: int | None) -> None:
-        if name not in self._tasks:
-            self._tasks[name] = self._bar.add_task(f"download {name}", total=total, rate="")
-        self._bar.update(self._tasks[name], completed=done, total=total)
-
-    def __exit__(self, *exc):
-        return self._bar.__exit__(*exc)

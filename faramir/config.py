@@ -31,6 +31,12 @@ ACCEPT_LABELS: frozenset[str] = frozenset(OUTPUT_NAMES[:N_ACCEPT])
 # Bump when anything in preprocessing changes numerically; it is part of the cache fingerprint.
 PREPROCESS_VERSION = 1
 
+# Upstream's finetune recipe: only these modules of the gated head (`head.head`) ever train.
+TRAINED_MODULES: tuple[str, ...] = ("linear_3", "activation_2", "linear_4")
+TRAINED_PREFIXES: tuple[str, ...] = tuple(f"head.{m}." for m in TRAINED_MODULES)  # checkpoint keys
+
+PRECISIONS = ("fp32", "bf16")  # stage one's compute precisions: fp32 is the reference
+
 TRUNK_MODEL = "vit_so400m_patch14_siglip_384"  # timm architecture of the SigLIP trunk
 ARNIQA_MODEL = "resnet50"  # timm architecture of the ARNIQA encoder
 

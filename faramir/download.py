@@ -23,9 +23,10 @@ Environment:
 Precedence per file: the `urls` argument; for the trunk, an explicit `hf_endpoint` argument; then
 FARAMIR_WEIGHTS_MIRROR; then upstream (for the trunk: HF_ENDPOINT, else huggingface.co).
 
-Every file is written atomically: bytes go to `<name>.<pid>.part` beside the target, the size is
-checked against Content-Length, a `.pth` must load with `torch.load(weights_only=True)` and the
-trunk must open as safetensors, and only then is the file renamed into place. An interrupted or
+Every file is written atomically (`faramir.files.atomic_path`): bytes go to a `.part` file beside
+the target, the size is checked against Content-Length, a `.pth` must load with
+`torch.load(weights_only=True)` and the trunk must open as safetensors, and only then is the file
+renamed into place. An interrupted or
 rejected download never leaves a file that looks complete. Connections time out after
 `TIMEOUT_S`, so a machine without network fails in seconds. The library never prints: progress
 goes to `progress(file_name, bytes_done, bytes_total_or_None)`, which may be called from a worker
@@ -45,14 +46,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from faramir.errors import WeightsError, WeightsNotFound
+from faramir.checkpoints import load_pth
+from faramir.errors import DownloadError, WeightsError, WeightsNotFound
+from faramir.files import atomic_path
 from faramir.weights import (
     AESTHETIC_FILE,
     ARNIQA_FILE,
     FARAMIR_FILE,
     SIGLIP_FILE,
     WEIGHT_FILES,
-    load_pth,
     missing_files,
     missing_message,
 )
@@ -80,10 +82,6 @@ MIRROR_ENV = "FARAMIR_WEIGHTS_MIRROR"
 TIMEOUT_S = 30.0  # connect and per-read timeout: an offline machine fails fast instead of hanging
 CHUNK_BYTES = 1 << 20  # read size, and so the granularity of progress reports
 USER_AGENT = "faramir-weights-downloader"
-
-
-class DownloadError(WeightsError):
-    """A weight file could not be fetched into place (network, HTTP status, short read, disk)."""
 
 
 # ---------------------------------------------------------------------------- directories
@@ -182,22 +180,20 @@ def _plain_url(name: str, urls: Mapping[str, str], *, hub_requested: bool) -> st
 
 def _fetch_url(name: str, url: str, target: Path, progress: Progress | None) -> None:
     """Stream `url` into a `.part` file, check its length, validate, rename into place."""
-    part = _part_path(target)
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, open(part, "wb") as out:
-            total = _content_length(response)
-            done = _copy_stream(response, out, name, total, progress)
-        if total is not None and done != total:
-            # http.client reports a connection closed early as a short read, not an error.
-            raise DownloadError(f"{name}: download from {url} stopped at {done} of {total} bytes; retry")
-        _install(part, target, name, url)
+        with atomic_path(target, suffix=".part") as part:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, open(part, "wb") as out:
+                total = _content_length(response)
+                done = _copy_stream(response, out, name, total, progress)
+            if total is not None and done != total:
+                # http.client reports a connection closed early as a short read, not an error.
+                raise DownloadError(f"{name}: download from {url} stopped at {done} of {total} bytes; retry")
+            _validate(part, target, name, url)
     except (OSError, http.client.HTTPException, ValueError) as ex:
         if isinstance(ex, urllib.error.HTTPError):
             ex.close()  # an HTTPError holds the open error response
         raise DownloadError(f"{name}: download from {url} failed: {_describe(ex)}") from ex
-    finally:
-        part.unlink(missing_ok=True)  # no-op after a successful rename
 
 
 def _content_length(response: Any) -> int | None:
@@ -319,54 +315,40 @@ def _relay_bar_class(name: str, progress: Progress | None, reports: list[int]) -
 def _place_cached(cached: Path, target: Path, name: str, source: str) -> None:
     """Hard-link (same filesystem: no second 1.7 GB copy) or copy a cache file into place."""
     blob = cached.resolve()  # the snapshot entry is a symlink into blobs/
-    part = _part_path(target)
     try:
-        part.unlink(missing_ok=True)
-        try:
-            os.link(blob, part)
-        except OSError:
-            shutil.copyfile(blob, part)
-        _install(part, target, name, source)
+        with atomic_path(target, suffix=".part") as part:
+            try:
+                os.link(blob, part)
+            except OSError:
+                shutil.copyfile(blob, part)
+            _validate(part, target, name, source)
     except OSError as ex:
         raise DownloadError(f"{name}: cannot copy {blob} into {target.parent}: {_describe(ex)}") from ex
-    finally:
-        part.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- validation
 
 
-def _install(part: Path, target: Path, name: str, source: str) -> None:
-    """Validate a finished `.part` file, then rename it over `target` (atomic within a directory)."""
+def _validate(part: Path, target: Path, name: str, source: str) -> None:
+    """A finished `.part` file must load: a `.pth` as plain tensors (no code runs), a
+    `.safetensors` as one. Otherwise WeightsError naming `target` and where it came from."""
     try:
-        _validate(part, name)
+        if name.endswith(".pth"):
+            load_pth(part)
+        elif name.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(part), framework="pt") as f:
+                    f.keys()
+            except Exception as ex:
+                raise WeightsError(f"{part}: not a readable safetensors file ({_describe(ex)})") from ex
     except WeightsError as ex:
-        part.unlink(missing_ok=True)
         reason = str(ex).removeprefix(f"{part}: ")
         raise WeightsError(_one_line(f"{target}: downloaded from {source} but rejected: {reason}")) from ex
-    os.replace(part, target)
-
-
-def _validate(path: Path, name: str) -> None:
-    """A `.pth` must load as plain tensors (no code runs); a `.safetensors` must open as one."""
-    if name.endswith(".pth"):
-        load_pth(path)
-    elif name.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                f.keys()
-        except Exception as ex:
-            raise WeightsError(f"{path}: not a readable safetensors file ({_describe(ex)})") from ex
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _part_path(target: Path) -> Path:
-    # Per-process name: two processes filling the same directory never write one file.
-    return target.with_name(f"{target.name}.{os.getpid()}.part")
 
 
 def _report(progress: Progress | None, name: str, done: int, total: int | None) -> None:

@@ -1,4 +1,7 @@
-"""Exceptions of the model package. Each message is one line that names the file and the fix."""
+"""Exceptions of the model package (`faramir`). Each message is one line that names the file and the fix.
+
+The cache's own errors are in `store.errors`; both derive from `FaramirError`, which the CLI turns
+into one line on stderr."""
 
 from __future__ import annotations
 
@@ -39,3 +42,11 @@ class WeightsError(FaramirError):
 
 class WeightsNotFound(WeightsError):
     """The weights directory lacks files and they could not be downloaded."""
+
+
+class DownloadError(WeightsError):
+    """A weight file could not be fetched into place (network, HTTP status, short read, disk)."""
+
+
+class InputError(FaramirError):
+    """A path argument, file list or setting cannot be used."""

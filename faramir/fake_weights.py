@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from faramir.checkpoints import save_state_dict
 from faramir.config import VARIANTS, FaramirConfig
+from faramir.files import atomic_path
 from faramir.weights import (
     AESTHETIC_FILE, ARNIQA_FILE, FARAMIR_FILE, META_CONFIG, META_GENERATED, SIGLIP_FILE,
 )
@@ -41,7 +43,7 @@ def _fill(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=gen) / math.sqrt(max(fan_in, 1))
 
 
-def _random_state(module: torch.nn.Module, seed: int, prefix: str = "") -> dict[str, torch.Tensor]:
+def random_state(module: torch.nn.Module, seed: int, prefix: str = "") -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {
         prefix + k: _fill(k, v.shape, gen).to(v.dtype if not v.is_floating_point() else torch.float32)
@@ -61,27 +63,22 @@ def generate(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0) -> P
     root = Path(dest)
     (root / SIGLIP_FILE).parent.mkdir(parents=True, exist_ok=True)
 
-    trunk = _random_state(experts.trunk, seed)
+    trunk = random_state(experts.trunk, seed)
     meta = {
         "format": "pt",
         META_CONFIG: cfg.to_json(),
         META_GENERATED: f"GENERATED {variant} weights, seed {seed}: random values, scores mean nothing",
     }
-    _atomic(root / SIGLIP_FILE, lambda p: save_file(trunk, str(p), metadata=meta))
+    with atomic_path(root / SIGLIP_FILE) as tmp:
+        save_file(trunk, str(tmp), metadata=meta)
     del trunk
     for name, state in (
-        (ARNIQA_FILE, _random_state(experts.quality, seed + 1)),
-        (AESTHETIC_FILE, _random_state(experts.aesthetic, seed + 2)),
+        (ARNIQA_FILE, random_state(experts.quality, seed + 1)),
+        (AESTHETIC_FILE, random_state(experts.aesthetic, seed + 2)),
         (FARAMIR_FILE, {
-            **_random_state(experts.faramir_pool, seed + 3, "attn_pool."),
-            **_random_state(head, seed + 4),
+            **random_state(experts.faramir_pool, seed + 3, "attn_pool."),
+            **random_state(head, seed + 4),
         }),
     ):
-        _atomic(root / name, lambda p, s=state: torch.save(s, p))
+        save_state_dict(state, root / name)
     return root
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)

@@ -36,69 +36,27 @@ global RNG state.
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from faramir.config import ACCEPT_LABELS, LABELS, N_CLASSES
+from faramir.checkpoints import trained_state_dict
+from faramir.config import TRAINED_MODULES, TRAINED_PREFIXES
 from faramir.head import FaramirHead
 from faramir.metrics import mcc
 
 __all__ = [
     "TRAINED_MODULES", "TRAINED_PREFIXES", "EpochReport", "FinetuneResult", "Finetuner",
-    "finetune", "label_to_target", "labels_to_targets", "save_state_dict", "split_indices",
-    "trained_state_dict",
+    "finetune_head", "split_indices", "trained_state_dict",
 ]
 
-TRAINED_MODULES: tuple[str, ...] = ("linear_3", "activation_2", "linear_4")  # under `head.head`
-TRAINED_PREFIXES: tuple[str, ...] = tuple(f"head.{m}." for m in TRAINED_MODULES)  # checkpoint keys
 
 _DECAYED = ("linear_3.weight", "linear_4.weight")  # the only parameters with weight decay
 _EVAL_CHUNK = 65536  # rows per eval-mode forward when precomputing validation features
-_LABEL_ALIASES = {"degrated": "degraded"}  # upstream's README spelling
-
-
-# ---------------------------------------------------------------------------------------- labels
-
-def label_to_target(label: str) -> bool:
-    """True (accept) or False (reject) for 'accept', 'reject' or one of the 30 label names.
-
-    An accept-biased name (index < 9) means accept; a reject-biased one means reject. Matching
-    ignores case and surrounding whitespace; upstream's README spelling 'degrated' is accepted.
-    Raises ValueError naming the label and the valid choices otherwise.
-    """
-    if not isinstance(label, str):
-        raise ValueError(f"label must be a string, got {type(label).__name__}: {label!r}")
-    key = label.strip().lower()
-    key = _LABEL_ALIASES.get(key, key)
-    if key == "accept":
-        return True
-    if key == "reject":
-        return False
-    if key in LABELS:
-        return key in ACCEPT_LABELS
-    close = difflib.get_close_matches(key, ("accept", "reject", *LABELS), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ValueError(
-        f"unknown label {label!r}{hint}: expected 'accept', 'reject' or one of the "
-        f"{N_CLASSES} FARAMIR labels: {', '.join(LABELS)}"
-    )
-
-
-def labels_to_targets(labels: Iterable[str]) -> np.ndarray:
-    """`label_to_target` over many labels: a boolean array (each distinct label is parsed once)."""
-    names = np.asarray(list(labels) if not isinstance(labels, np.ndarray) else labels).astype(str)
-    uniq, inverse = np.unique(names.reshape(-1), return_inverse=True)
-    lookup = np.array([label_to_target(str(u)) for u in uniq], dtype=np.bool_)
-    return lookup[inverse] if len(uniq) else np.zeros(0, dtype=np.bool_)
 
 
 # ------------------------------------------------------------------------------------ the split
@@ -280,8 +238,8 @@ class Finetuner:
     def _frozen_forward(self, idx: torch.Tensor, device: torch.device):
         """(v, r, f) for rows `idx` through the frozen layers, in the head's current mode."""
         head = self.head
-        xa, xe, xq = head.norm(self.ap[idx].to(device), self.ae[idx].to(device), self.q[idx].to(device))
-        r, g, f = head.head.gates(xa, xe, xq)
+        x = head.forward_norm(self.ap[idx].to(device), self.ae[idx].to(device), self.q[idx].to(device))
+        r, g, f = head.head.gates(x)
         return r * g.sigmoid(), r, f
 
     @torch.no_grad()
@@ -299,6 +257,46 @@ class Finetuner:
         accepted = (d.sigmoid() > 0.5).cpu().numpy()
         return loss, mcc(y.cpu().numpy(), accepted)
 
+    def _validation_features(self, device: torch.device):
+        """(v, r, f, y) of the validation rows: the frozen layers in eval mode are deterministic,
+        so they run once, not every epoch."""
+        val_t = torch.as_tensor(self.val_index, dtype=torch.long)
+        v, r, f = zip(*(self._frozen_forward(val_t[i:i + _EVAL_CHUNK], device)
+                        for i in range(0, len(val_t), _EVAL_CHUNK)))
+        return torch.cat(v), torch.cat(r), torch.cat(f), self.targets[val_t].to(device)
+
+    def _train_epoch(self, opt, gen: torch.Generator, y_all: torch.Tensor, device: torch.device) -> float:
+        """One pass over the training rows in a seeded order; the mean training-mode loss."""
+        head = self.head
+        train_t = torch.as_tensor(self.train_index, dtype=torch.long)
+        n_train = len(train_t)
+        order = train_t[torch.randperm(n_train, generator=gen)]
+        epoch_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        total = 0.0
+        with _rng_fork(device):
+            torch.manual_seed(epoch_seed)
+            head.head.train()  # upstream's dropout and v→r swap / zeroing; norm stays eval
+            for b in range(0, n_train, self.batch_size):
+                idx = order[b:b + self.batch_size]
+                v, r, f = self._frozen_forward(idx, device)
+                d = head.head.decide(v, r, f).squeeze(-1)
+                loss = F.binary_cross_entropy_with_logits(d, y_all[idx.to(device)])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                head.head.activation_2.step()  # gamma_p ← |gamma_p|; activation_1 is frozen, never stepped
+                total += loss.detach().item() * len(idx)
+            head.head.eval()
+        return total / n_train
+
+    def _unfreeze(self) -> None:
+        for p in self.head.parameters():
+            p.requires_grad_(False)
+        for mod in self._trained().values():
+            for p in mod.parameters():
+                p.requires_grad_(True)
+        self.head.eval()
+
     # -- the run
 
     def run(self) -> Iterator[EpochReport]:
@@ -315,59 +313,27 @@ class Finetuner:
         best = base = None
         best_state = self._snapshot()
         try:
-            for p in head.parameters():
-                p.requires_grad_(False)
-            for mod in self._trained().values():
-                for p in mod.parameters():
-                    p.requires_grad_(True)
-            head.eval()
-
+            self._unfreeze()
             t0 = time.perf_counter()
-            val_t = torch.as_tensor(self.val_index, dtype=torch.long)
-            v_val, r_val, f_val = zip(*(self._frozen_forward(val_t[i:i + _EVAL_CHUNK], device)
-                                        for i in range(0, len(val_t), _EVAL_CHUNK)))
-            v_val, r_val, f_val = torch.cat(v_val), torch.cat(r_val), torch.cat(f_val)
-            y_val = self.targets[val_t].to(device)
-            y_all = self.targets.to(device=device, dtype=torch.float32)
-
-            val_loss, val_mcc = self._evaluate(v_val, r_val, f_val, y_val)
+            val = self._validation_features(device)
+            val_loss, val_mcc = self._evaluate(*val)
             base = best = (0, val_mcc, val_loss)
-            report = EpochReport(0, None, val_loss, val_mcc, 0, val_mcc, time.perf_counter() - t0)
-            reports.append(report)
-            yield report
+            reports.append(EpochReport(0, None, val_loss, val_mcc, 0, val_mcc, time.perf_counter() - t0))
+            yield reports[-1]
 
             opt = self._optimizer()
-            act_2 = head.head.activation_2
             gen = torch.Generator().manual_seed(self.seed)
-            train_t = torch.as_tensor(self.train_index, dtype=torch.long)
-            n_train = len(train_t)
+            y_all = self.targets.to(device=device, dtype=torch.float32)
             for epoch in range(1, self.epochs + 1):
                 t0 = time.perf_counter()
-                order = train_t[torch.randperm(n_train, generator=gen)]
-                epoch_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-                total = 0.0
-                with _rng_fork(device):
-                    torch.manual_seed(epoch_seed)
-                    head.head.train()  # upstream's dropout and v→r swap / zeroing; norm stays eval
-                    for b in range(0, n_train, self.batch_size):
-                        idx = order[b:b + self.batch_size]
-                        v, r, f = self._frozen_forward(idx, device)
-                        d = head.head.decide(v, r, f).squeeze(-1)
-                        loss = F.binary_cross_entropy_with_logits(d, y_all[idx.to(device)])
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        act_2.step()  # gamma_p ← |gamma_p|; activation_1 is frozen, never stepped
-                        total += loss.detach().item() * len(idx)
-                    head.head.eval()
-                val_loss, val_mcc = self._evaluate(v_val, r_val, f_val, y_val)
+                train_loss = self._train_epoch(opt, gen, y_all, device)
+                val_loss, val_mcc = self._evaluate(*val)
                 if val_mcc > best[1] or (val_mcc == best[1] and val_loss < best[2]):
                     best = (epoch, val_mcc, val_loss)
                     best_state = self._snapshot()
-                report = EpochReport(epoch, total / n_train, val_loss, val_mcc, best[0], best[1],
-                                     time.perf_counter() - t0)
-                reports.append(report)
-                yield report
+                reports.append(EpochReport(epoch, train_loss, val_loss, val_mcc, best[0], best[1],
+                                           time.perf_counter() - t0))
+                yield reports[-1]
             completed = True
         finally:
             with torch.no_grad():
@@ -386,7 +352,7 @@ class Finetuner:
                 )
 
 
-def finetune(head: FaramirHead, ap, ae, q, targets, **settings) -> FinetuneResult:
+def finetune_head(head: FaramirHead, ap, ae, q, targets, **settings) -> FinetuneResult:
     """Run a `Finetuner` to the end (same keyword settings) and return its result.
 
     The head is changed in place and holds the best epoch's weights afterwards.
@@ -396,67 +362,3 @@ def finetune(head: FaramirHead, ap, ae, q, targets, **settings) -> FinetuneResul
         pass
     assert tuner.result is not None
     return tuner.result
-
-
-# ----------------------------------------------------------------------------------- checkpoint
-
-def trained_state_dict(base_state: dict[str, torch.Tensor], head: FaramirHead) -> dict[str, torch.Tensor]:
-    """The base checkpoint with only `head.linear_3.*`, `head.activation_2.*`, `head.linear_4.*` replaced.
-
-    `base_state` is a full FARAMIR checkpoint (`attn_pool.*`, `norm.*`, `head.*`; 39 keys) or a
-    head-only one (`norm.*`, `head.*`). The result has exactly its keys in its order. Trained
-    tensors come from `head` as contiguous CPU float32; every other tensor is a copy of the base's
-    (same dtype, bit-identical). Raises ValueError if the keys do not fit the head or if any
-    head tensor outside the trained modules differs from the base (the head was not loaded from
-    this checkpoint, or something changed it).
-    """
-    current = head.state_dict()
-    missing = [k for k in current if k not in base_state]
-    unexpected = [k for k in base_state if k not in current and not k.startswith("attn_pool.")]
-    if missing or unexpected:
-        raise ValueError(
-            f"base checkpoint does not fit the head: missing {missing or 'none'}; "
-            f"unexpected {unexpected or 'none'}"
-        )
-    changed = []
-    out: dict[str, torch.Tensor] = {}
-    for key, base in base_state.items():
-        if key.startswith(TRAINED_PREFIXES):
-            t = current[key].detach().to(device="cpu", dtype=torch.float32)
-            if t.shape != base.shape:
-                raise ValueError(f"{key}: head has shape {tuple(t.shape)}, base {tuple(base.shape)}")
-            out[key] = t.contiguous().clone()
-            continue
-        if key in current:
-            mine = current[key].detach().cpu()
-            if mine.shape != base.shape or not torch.equal(mine, base.detach().cpu().to(mine.dtype)):
-                changed.append(key)
-        out[key] = base.detach().cpu().contiguous().clone()
-    if changed:
-        shown = ", ".join(changed[:6]) + (f", … ({len(changed)} in all)" if len(changed) > 6 else "")
-        raise ValueError(
-            f"the head differs from the base checkpoint outside the trained modules ({shown}); "
-            f"load the head from this base before finetuning"
-        )
-    return out
-
-
-def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
-    """torch.save a plain dict of tensors atomically (temp file + rename).
-
-    The file loads with `torch.load(path, weights_only=True)`, like upstream's checkpoint.
-    """
-    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"not a plain state dict of tensors: {bad[:6]}")
-    plain = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(plain, tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
-

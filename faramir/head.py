@@ -1,8 +1,9 @@
 """Stage two: ChannelNorm and the FARAMIR gated head, over pooled vectors.
 
 Module and buffer names follow upstream's checkpoint keys (`norm.*`, `head.*`) so a
-`faramir-v1.pth` loads strictly. Inference is `FaramirHead.forward`; training mode reproduces
-upstream's dropout and gate-substitution so a finetune sees what upstream's training saw.
+`faramir-v1.pth` loads strictly. Inference is `FaramirHead.forward` (`forward_norm`, then
+`forward_head`); training mode reproduces upstream's dropout and gate-substitution so a finetune
+sees what upstream's training saw.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from faramir.config import FULL, N_ACCEPT, N_CLASSES, FaramirConfig
+from faramir.decision import decide
 
 
 class AdaptiveSigmoid(nn.Module):
@@ -77,9 +79,10 @@ class ClassifierHead(nn.Module):
         self.activation_2 = AdaptiveSigmoid(cfg.decision_dim)
         self.linear_4 = nn.Linear(cfg.decision_dim, 1)
 
-    def gates(self, ap, ae, q):
-        """(r, g, f): raw class logits, gate logits, free units; all (B, 30 | 30 | 2)."""
-        x = self.dropout(torch.cat((ap, ae, q), dim=-1))  # (B, head_in_dim)
+    def gates(self, x):
+        """(r, g, f) from the normalised input x (B, head_in_dim): raw class logits, gate logits,
+        free units; (B, 30 | 30 | 2)."""
+        x = self.dropout(x)
         x = self.dropout(self.activation_1(self.linear_1(x)))  # (B, hidden)
         x = self.linear_2(x)  # (B, 62)
         x, f = torch.tensor_split(x, (2 * N_CLASSES,), dim=-1)
@@ -97,9 +100,9 @@ class ClassifierHead(nn.Module):
         d = self.dropout(self.activation_2(self.linear_3(d)))  # (B, decision)
         return self.linear_4(d)
 
-    def forward(self, ap, ae, q):
-        """(v, d, r, g) as upstream returns them."""
-        r, g, f = self.gates(ap, ae, q)
+    def forward(self, x):
+        """(v, d, r, g) as upstream returns them, from the normalised input x (B, head_in_dim)."""
+        r, g, f = self.gates(x)
         v = r * g.sigmoid()
         return v, self.decide(v, r, f), r, g
 
@@ -109,7 +112,13 @@ class ClassifierHead(nn.Module):
 
 
 class FaramirHead(nn.Module):
-    """ChannelNorm + gated head: (faramir embedding, aesthetic features, quality) → 31 logits."""
+    """ChannelNorm + gated head: (faramir embedding, aesthetic features, quality) → 31 logits.
+
+    timm-style entry points, so every caller runs the same code: `forward_norm` makes the head's
+    input (each part normalised, then concatenated), `forward_head` runs the gated head on it.
+    `forward` is the two in turn; a caller scoring many rows passes its own buffer to
+    `forward_norm` and so allocates nothing per batch (store.scoring.HeadScorer).
+    """
 
     def __init__(self, cfg: FaramirConfig = FULL):
         super().__init__()
@@ -117,22 +126,44 @@ class FaramirHead(nn.Module):
         self.norm = ClassifierNorm(cfg)
         self.head = ClassifierHead(cfg)
 
+    def forward_norm(self, ap, ae, q, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x = cat(ap_norm(ap), ae_norm(ae), q_norm(q)): (B, head_in_dim) float32.
+
+        With `out`, a (B, head_in_dim) float32 tensor, x is computed in place there (no autograd:
+        for inference and frozen layers); the values are the same to the bit."""
+        if out is None:
+            return torch.cat(self.norm(ap, ae, q), dim=-1)
+        lo = 0
+        for values, norm in zip((ap, ae, q), (self.norm.ap_norm, self.norm.ae_norm, self.norm.q_norm)):
+            part = out[:, lo:lo + values.shape[-1]]
+            torch.sub(values, norm.mean, out=part)  # ChannelNorm: (x - mean) / stddev
+            part.div_(norm.stddev)
+            lo += values.shape[-1]
+        assert lo == out.shape[-1], f"inputs hold {lo} features, the head takes {out.shape[-1]}"
+        return out
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The 31 logits cat(v, d) (B, 31) from the normalised input x (B, head_in_dim)."""
+        v, d, _, _ = self.head(x)
+        return torch.cat((v, d), dim=-1)
+
     def forward_all(self, ap, ae, q):
         """(outputs (B, 31) = cat(v, d), r (B, 30), g (B, 30))."""
-        v, d, r, g = self.head(*self.norm(ap, ae, q))
+        v, d, r, g = self.head(self.forward_norm(ap, ae, q))
         return torch.cat((v, d), dim=-1), r, g
 
     def forward(self, ap, ae, q):
-        return self.forward_all(ap, ae, q)[0]
+        return self.forward_head(self.forward_norm(ap, ae, q))
+
+
+def side_labels(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(best accept-side label index, best reject-side label index), each (B,), from (B, 30 or 31)
+    logits: argmax of v[0:9], and 9 + argmax of v[9:30] (the first index on ties)."""
+    return outputs[:, :N_ACCEPT].argmax(dim=-1), N_ACCEPT + outputs[:, N_ACCEPT:N_CLASSES].argmax(dim=-1)
 
 
 def assess_outputs(outputs: torch.Tensor, threshold: float = 0.5):
     """Upstream's rule on (B, 31) logits: (accepted (B,), label index (B,), confidence (B,))."""
     p = outputs[:, -1].sigmoid()
-    accepted = p > threshold
-    label = torch.where(
-        accepted,
-        outputs[:, :N_ACCEPT].argmax(dim=-1),
-        N_ACCEPT + outputs[:, N_ACCEPT:-1].argmax(dim=-1),
-    )
+    accepted, label = decide(p, *side_labels(outputs), threshold)
     return accepted, label, p

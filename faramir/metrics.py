@@ -19,6 +19,7 @@ Conventions, used everywhere here:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -180,6 +181,11 @@ def best_threshold(sweep: Sequence[dict]) -> dict:
     return min(sweep, key=lambda r: (-r["mcc"], abs(r["threshold"] - 0.5), r["threshold"]))
 
 
+def _label_rank(order: dict[str, int], name: str):
+    """Upstream's names in upstream order, then other names alphabetically."""
+    return (0, order[name], "") if name in order else (1, 0, name)
+
+
 def per_label_breakdown(true_labels, y_true, y_pred, predicted_labels=None) -> list[dict]:
     """How the decision fares on each true label.
 
@@ -205,10 +211,7 @@ def per_label_breakdown(true_labels, y_true, y_pred, predicted_labels=None) -> l
     _same_length(**arrays)
 
     order = {name: i for i, name in enumerate(OUTPUT_NAMES)}
-
-    def rank(name: str):
-        return (0, order[name], "") if name in order else (1, 0, name)
-
+    rank = functools.partial(_label_rank, order)
     uniq, inverse = np.unique(names, return_inverse=True)
     k = len(uniq)
     count = np.bincount(inverse, minlength=k)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from faramir.config import PRECISIONS
 from faramir.experts import ExpertOutputs, Experts
 from faramir.head import FaramirHead
-
-PRECISIONS = ("fp32", "bf16")
 
 
 class FaramirModel(nn.Module):

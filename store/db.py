@@ -1,26 +1,29 @@
-"""Opening the cache: the LanceDB connection, its tables, its meta record and schema version."""
+"""Opening the cache: its tables, meta record and schema version, the heads registry, and the SQL
+literal helpers every query uses.
+
+Reads go through Lance datasets (`Cache.dataset`, `Cache.read`); writes through LanceDB tables
+(`Cache.table`, `Cache.images`), whose connection is made on first use. A stage-two command that
+only reads therefore never imports LanceDB: `import lance` costs about a third of `import
+lancedb` (which loads its namespace clients), and Lance's scans are what the queries run anyway.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
-import lancedb
 import pyarrow as pa
 
 from faramir.config import FaramirConfig
-from faramir.errors import FaramirError
 from store import schema
+from store.errors import CacheError, NoCache
 
-
-class CacheError(FaramirError):
-    """The cache cannot be opened or used as asked."""
-
-
-class NoCache(CacheError):
-    """There is no cache at the given location yet."""
+TABLE_KEYS = {  # every table but images, with its primary key
+    schema.META: "key", schema.FILES: "path", schema.FAILURES: "path", schema.HEADS: "name",
+    schema.LABELS: "id",
+}
+HEAD_COLUMNS = [f.name for f in schema.HEADS_SCHEMA if f.name != "checkpoint"]
 
 
 def default_db() -> str:
@@ -35,50 +38,83 @@ def _is_uri(db: str) -> bool:
     return "://" in db
 
 
-@dataclass
+def sql_str(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_in(column: str, values) -> str:
+    """`column IN ('a', 'b', ...)`; `false` for no values."""
+    values = list(values)
+    return f"{column} IN ({', '.join(sql_str(v) for v in values)})" if values else "false"
+
+
+def ensure_primary_key(table, key: str) -> None:
+    """Declare `key` the table's (unenforced) primary key, if it is not yet: without it, concurrent
+    merge_insert calls inserting the same new key can both succeed and leave duplicate rows."""
+    if b"lance-schema:unenforced-primary-key:position" in (table.schema.field(key).metadata or {}):
+        return
+    try:
+        table.set_unenforced_primary_key(key)
+    except Exception:
+        pass  # a concurrent creator set it first
+
+
 class Cache:
     """An open cache. `images` exists once the first ingest has fixed the embedding width."""
 
-    uri: str
-    conn: lancedb.DBConnection
-    _datasets: dict = field(default_factory=dict, repr=False)  # table name → Lance dataset (see dataset)
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._conn = None
+        self._datasets: dict[str, object] = {}  # table name → Lance dataset (see `dataset`)
+
+    def __repr__(self) -> str:
+        return f"Cache({self.uri!r})"
 
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, db: str | os.PathLike | None = None, create: bool = False) -> Cache:
+    def open(cls, db: str | os.PathLike | Cache | None = None, *, create: bool = False) -> Cache:
+        """The cache at `db`: a folder or an object-store URI (None: `default_db()`); an open
+        `Cache` passes through. With `create` a new cache (or a missing table) is made; without
+        it, a location holding no cache raises NoCache saying how to make one."""
+        if isinstance(db, Cache):
+            return db
         uri = os.fspath(db) if db is not None else default_db()
         if not _is_uri(uri):
             if not create and not Path(uri).is_dir():
                 raise NoCache(f"{uri}: no cache here yet; run 'faramir ingest PATH --db {uri}' first")
             Path(uri).mkdir(parents=True, exist_ok=True)
-        cache = cls(uri, lancedb.connect(uri))
-        existing = set(cache.table_names())
-        if not create and schema.META not in existing:
+        cache = cls(uri)
+        missing = [name for name in TABLE_KEYS if not cache.has_table(name)]
+        if not create and schema.META in missing:
             raise NoCache(f"{uri}: no cache here yet; run 'faramir ingest PATH --db {uri}' first")
-        for name, sch, key in (
-            (schema.META, schema.META_SCHEMA, "key"),
-            (schema.FILES, schema.FILES_SCHEMA, "path"),
-            (schema.FAILURES, schema.FAILURES_SCHEMA, "path"),
-            (schema.HEADS, schema.HEADS_SCHEMA, "name"),
-            (schema.LABELS, schema.LABELS_SCHEMA, "id"),
-        ):
-            if name not in existing:
-                cache._create(name, sch, key)
+        for name in missing:
+            cache._create(name, TABLE_KEYS[name])
         cache._check_version()
         return cache
 
+    @property
+    def conn(self):
+        """The LanceDB connection (made on first use: only writes need it)."""
+        if self._conn is None:
+            import lancedb
+
+            self._conn = lancedb.connect(self.uri)
+        return self._conn
+
     def table_names(self) -> list[str]:
         result = self.conn.list_tables()
-        names = getattr(result, "tables", result)
-        return list(names)
+        return list(getattr(result, "tables", result))
 
-    def _create(self, name: str, sch: pa.Schema, key: str):
-        table = self.conn.create_table(name, schema=sch, exist_ok=True)
-        try:  # concurrent merge_insert of the same new key must not leave duplicates
-            table.set_unenforced_primary_key(key)
-        except Exception:
-            pass  # already set (a concurrent creator won the race)
+    def has_table(self, name: str) -> bool:
+        if _is_uri(self.uri):
+            return name in self.table_names()
+        return os.path.isdir(os.path.join(self.uri, f"{name}.lance", "_versions"))
+
+    def _create(self, name: str, key: str):
+        table = self.conn.create_table(name, schema=_SCHEMAS[name], exist_ok=True)
+        ensure_primary_key(table, key)
         if name == schema.META:
             self.set_meta(schema_version=str(schema.SCHEMA_VERSION))
         return table
@@ -90,15 +126,69 @@ class Cache:
                 f"{self.uri}: cache schema version {version} is newer than this faramir supports "
                 f"({schema.SCHEMA_VERSION}); upgrade faramir"
             )
-        # Version 1 is the first; later versions add their migrations here, oldest first.
+
+    # -- tables (writes) and datasets (reads) ----------------------------------------------
 
     def table(self, name: str):
+        """Table `name` as a LanceDB table, for writing."""
         return self.conn.open_table(name)
+
+    def has_images(self) -> bool:
+        return self.has_table(schema.IMAGES)
+
+    def images(self):
+        """The images table as a LanceDB table, for writing."""
+        if not self.has_images():
+            raise NoCache(f"{self.uri}: the cache holds no images yet; run 'faramir ingest PATH' first")
+        return self.table(schema.IMAGES)
+
+    def create_images(self, cfg: FaramirConfig, head_prefixes: list[str]):
+        """The images table for embeddings of `cfg`'s width, with score columns per prefix."""
+        table = self.conn.create_table(schema.IMAGES, schema=schema.images_schema(cfg, head_prefixes),
+                                       exist_ok=True)
+        ensure_primary_key(table, "id")
+        return table
+
+    def dataset(self, name: str = schema.IMAGES):
+        """Table `name` as a Lance dataset at its latest version, kept between calls.
+
+        Queries read through this rather than LanceDB's table: its per-batch overhead is 10-20
+        times the scan itself for the narrow columns they read, and opening a table costs
+        milliseconds. Keeping one dataset keeps its index cache: a freshly opened one reloads the
+        IVF and scalar indexes on every query, which at a million rows doubled the latency of a
+        nearest-neighbour search. A newer version (an ingest or rescore committed meanwhile) is
+        checked out with the same cache; looking for one costs about 50 µs on a local disk."""
+        ds = self._datasets.get(name)
+        if ds is None:
+            if name == schema.IMAGES and not self.has_images():
+                self.images()  # raises NoCache with the fix
+            if _is_uri(self.uri):
+                ds = self.table(name).to_lance()  # the connection's storage options
+            else:
+                import lance
+
+                ds = lance.dataset(os.path.join(self.uri, f"{name}.lance"))
+        else:
+            latest = ds.latest_version
+            if latest != ds.version:
+                ds = ds.checkout_version(latest)
+        self._datasets[name] = ds
+        return ds
+
+    def read(self, name: str, columns: list[str] | None = None, where: str | None = None) -> pa.Table:
+        """Only `columns` (None: all) of the rows of table `name` matching `where` (SQL)."""
+        return self.dataset(name).to_table(columns=columns, filter=where)
+
+    def ids(self) -> set[str]:
+        """Content ids of every cached image."""
+        if not self.has_images():
+            return set()
+        return set(self.read(schema.IMAGES, ["id"]).column("id").to_pylist())
 
     # -- meta ------------------------------------------------------------------------------
 
     def meta(self) -> dict[str, str]:
-        rows = self.table(schema.META).to_arrow().to_pylist()
+        rows = self.read(schema.META).to_pylist()
         return {r["key"]: r["value"] for r in rows}
 
     def get_meta(self, key: str) -> str | None:
@@ -111,79 +201,48 @@ class Cache:
         (self.table(schema.META).merge_insert("key")
          .when_matched_update_all().when_not_matched_insert_all().execute(data))
 
-    # -- images ------------------------------------------------------------------------------
-
-    def has_images(self) -> bool:
-        return schema.IMAGES in self.table_names()
-
-    def images(self):
-        if not self.has_images():
-            raise NoCache(f"{self.uri}: the cache holds no images yet; run 'faramir ingest PATH' first")
-        return self.table(schema.IMAGES)
-
-    def dataset(self, name: str = schema.IMAGES):
-        """Table `name` as a Lance dataset at its latest version, kept between calls.
-
-        Stage-two queries read through this rather than LanceDB's table: its per-batch overhead
-        is 10-20 times the scan itself for the narrow columns they read, and opening a table
-        costs milliseconds. Keeping one dataset keeps its index cache: a freshly opened one
-        reloads the IVF and scalar indexes on every query, which at a million rows doubled the
-        latency of a nearest-neighbour search. A newer version (an ingest or rescore committed
-        meanwhile) is checked out with the same cache; looking for one costs about 50 µs on a
-        local disk."""
-        ds = self._datasets.get(name)
-        if ds is None:
-            ds = (self.images() if name == schema.IMAGES else self.table(name)).to_lance()
-        else:
-            latest = ds.latest_version
-            if latest != ds.version:
-                ds = ds.checkout_version(latest)
-        self._datasets[name] = ds
-        return ds
-
     def config(self) -> FaramirConfig | None:
         text = self.get_meta("config")
         return FaramirConfig.from_json(text) if text else None
 
+    # -- heads -----------------------------------------------------------------------------
+
     def heads(self) -> list[dict]:
         """Registered heads (without checkpoint bytes), oldest first."""
-        rows = read_columns(self.table(schema.HEADS), HEAD_COLUMNS).to_pylist()
+        rows = self.read(schema.HEADS, HEAD_COLUMNS).to_pylist()
         return sorted(rows, key=lambda r: r["created_at"])
 
     def head(self, name: str) -> dict:
         """The record of head `name` (without checkpoint bytes): every query resolves its head
         through this, so it reads one row's small columns, not the table."""
-        rows = self.dataset(schema.HEADS).to_table(
-            columns=HEAD_COLUMNS, filter=f"name = {sql_str(name)}").to_pylist()
+        rows = self.read(schema.HEADS, HEAD_COLUMNS, f"name = {sql_str(name)}").to_pylist()
         if rows:
             return rows[0]
         known = ", ".join(h["name"] for h in self.heads()) or "none"
         raise CacheError(f"no head named {name!r} in {self.uri} (known: {known}); "
                          f"score one with 'faramir rescore --head FILE --name {name}'")
 
+    def head_checkpoint(self, name: str) -> bytes:
+        """The safetensors bytes (norm.* + head.*) stored with head `name`."""
+        self.head(name)  # raises with the list of known heads
+        return self.read(schema.HEADS, ["checkpoint"], f"name = {sql_str(name)}").column("checkpoint")[0].as_py()
 
-HEAD_COLUMNS = [f.name for f in schema.HEADS_SCHEMA if f.name != "checkpoint"]
+    def put_head(self, *, name: str, prefix: str, fingerprint: str, pool_fingerprint: str, source: str,
+                 checkpoint: bytes, replace: bool = True) -> dict:
+        """Register head `name` (its scores live in the `prefix`_* columns) in one commit, the
+        moment its scores become the ones every reader sees. With `replace` false an existing
+        head of that name stays. Returns the record (without checkpoint bytes)."""
+        record = {"name": name, "prefix": prefix, "fingerprint": fingerprint,
+                  "pool_fingerprint": pool_fingerprint, "source": source,
+                  "created_at": datetime.now(timezone.utc), "checkpoint": checkpoint}
+        merge = self.table(schema.HEADS).merge_insert("name")
+        if replace:
+            merge = merge.when_matched_update_all()
+        merge.when_not_matched_insert_all().execute(pa.Table.from_pylist([record], schema=schema.HEADS_SCHEMA))
+        return {k: v for k, v in record.items() if k != "checkpoint"}
 
 
-def sql_str(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def json_dumps(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def read_columns(table, columns: list[str], where: str | None = None) -> pa.Table:
-    """Only `columns` of the rows matching `where` (SQL), read column-wise: no embeddings unless asked."""
-    query = table.search()
-    if where:
-        query = query.where(where)
-    return query.select(columns).limit(None).to_arrow()
-
-
-def cached_ids(cache: Cache) -> set[str]:
-    """Content ids of every cached image."""
-    if not cache.has_images():
-        return set()
-    return set(read_columns(cache.images(), ["id"]).column("id").to_pylist())
+_SCHEMAS = {
+    schema.META: schema.META_SCHEMA, schema.FILES: schema.FILES_SCHEMA, schema.FAILURES: schema.FAILURES_SCHEMA,
+    schema.HEADS: schema.HEADS_SCHEMA, schema.LABELS: schema.LABELS_SCHEMA,
+}

@@ -1,263 +1,72 @@
-"""Heads: scoring every cached row with a head checkpoint, listing heads, removing them.
+"""The heads registry: which heads' scores the cache holds, listing them, removing one.
 
-A head's scores are five columns of the ``images`` table under a column prefix (store.schema).
-`rescore` never changes a prefix's columns in place:
-
-1. It writes a fresh set of columns under a new prefix. For each fragment, Lance's merge_columns
-   runs a batch UDF over the three head inputs only and writes one new data file holding only
-   the new columns; one ``Merge`` commit then adds them to every fragment. The embedding data
-   files are not rewritten, row ids stay, and the vector index stays valid. If an ingest commits
-   meanwhile, the commit conflicts and is retried: fragments already scored keep their new file,
-   only new fragments are scored.
-2. It points the ``heads`` row of that name at the new prefix: that one-row commit is the moment
-   the new scores replace the old for every reader, who resolves name → prefix through ``heads``
-   (and retries once if the columns it resolved were dropped under it).
-3. It scores any row still without scores under the new prefix (appended by an ingest between
-   steps 1 and 2, which wrote nulls there), then drops the old prefix's columns (metadata only:
-   their data goes at the next compaction).
-
-A crash before step 2 leaves the old scores in force and unreferenced columns behind: harmless,
-and never reused, since a new prefix avoids every prefix present in the table.
+A head's scores are five columns of the ``images`` table under a column prefix (store.schema);
+the ``heads`` table maps each head name to its prefix. Scoring the cache with a head is
+`store.rescoring.rescore` (it needs torch; nothing here does).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import datetime
 
-import pyarrow as pa
-
-from faramir.weights import head_to_bytes, load_head_checkpoint
 from store import schema
-from store.db import Cache, CacheError
-from store.scoring import BatchScorer, score_columns, vectors
-
-COMMIT_ATTEMPTS = 5  # tries of the rescore commit while an ingest keeps committing
-RESCORE_THREADS = 2  # fragments scored at once (reading one overlaps the arithmetic on another)
-RESCORE_BATCH = 4096  # rows per head forward: ~19 MB of embeddings, small enough for the allocator to reuse
-SCORE_SUFFIXES = tuple(f.name[len("p_"):] for f in schema.score_fields("p"))
+from store.db import Cache, sql_str
 
 
-class HeadError(CacheError):
-    """A head cannot be applied to this cache, or is not in it."""
+@dataclass(frozen=True)
+class HeadInfo:
+    """A registered head, as `faramir heads list` shows it."""
+
+    name: str
+    prefix: str  # its score columns are prefix_decision, prefix_confidence, ...
+    fingerprint: str  # sha256 of its norm.* + head.* tensors
+    pool: str  # "cache's", "head only" (no attn_pool.* in its file) or "OTHER"
+    rows: int  # rows holding its scores
+    source: str  # the checkpoint file it came from
+    created_at: datetime
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
-class PoolMismatch(HeadError):
-    """The checkpoint's attention pool is not the one the cached FARAMIR embeddings came from."""
-
-
-def open_cache(db: str | os.PathLike | Cache | None) -> Cache:
-    """`db` as an open cache (a Cache passes through; a location opens; None: the default one)."""
-    return db if isinstance(db, Cache) else Cache.open(db)
-
-
-def score_column_names(prefix: str) -> list[str]:
-    return [f"{prefix}_{suffix}" for suffix in SCORE_SUFFIXES]
-
-
-def _prefixes_in(table_schema: pa.Schema) -> set[str]:
-    """Column prefixes that have a confidence column in the images table (registered or not)."""
-    return {name[: -len("_confidence")] for name in table_schema.names if name.endswith("_confidence")}
-
-
-def _pool_mismatch_message(path, pool_fp: str, cache_pool: str, uri: str) -> str:
-    return (
-        f"{path}: its attention pool (attn_pool.*, fingerprint {pool_fp[:12]}) is not the one this "
-        f"cache's FARAMIR embeddings were made with ({cache_pool[:12]}), so its head cannot be applied "
-        f"to them. To use this checkpoint, rebuild a cache with it: put it as faramir-v1.pth in a "
-        f"weights directory beside the other three files and run 'faramir ingest PATH --weights-dir DIR "
-        f"--db NEW_DB'. A head-only file (norm.* and head.*) trained on this cache's pool can be rescored "
-        f"into {uri} as it is."
+def describe(cache: Cache, head: dict) -> HeadInfo:
+    """A `heads` table record (`Cache.head`) as a HeadInfo."""
+    scored = 0
+    if cache.has_images():
+        ds = cache.dataset(schema.IMAGES)
+        column = f"{head['prefix']}_confidence"
+        scored = ds.count_rows(f"{column} IS NOT NULL") if column in ds.schema.names else 0
+    pool = cache.get_meta("pool_fingerprint") or ""
+    return HeadInfo(
+        name=head["name"], prefix=head["prefix"], fingerprint=head["fingerprint"],
+        pool="head only" if not head["pool_fingerprint"] else
+             "cache's" if head["pool_fingerprint"] == pool else "OTHER",
+        rows=scored, source=head["source"], created_at=head["created_at"],
     )
 
 
-def rescore(
-    head: str | os.PathLike,
-    name: str,
-    *,
-    db: str | os.PathLike | Cache | None = None,
-    batch_size: int = RESCORE_BATCH,
-    index: bool = True,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict:
-    """Score every cached row with the head checkpoint `head` and register it as `name`.
-
-    `head` is in upstream's key format: a full faramir-v1.pth (its attn_pool.* must be the cache's)
-    or a file with only norm.* and head.*. An existing head of that name is replaced atomically.
-    `progress(rows_done, rows_total)` is called after every batch. With `index`, scalar indexes
-    on the new columns (and the ANN index, when the table is large enough) are built afterwards.
-    Returns the head's record (as `list_heads` gives it)."""
-    if not schema.valid_head_name(name):
-        raise HeadError(f"{name!r}: not a valid head name; use letters, digits, '.', '_' and '-' "
-                        f"(at most 64, starting with a letter or digit)")
-    cache = open_cache(db)
+def drop_prefix(cache: Cache, prefix: str) -> None:
+    """Drop the score columns under `prefix` (metadata only: their data goes at the next compaction)."""
     table = cache.images()
-    cfg = cache.config()
-    model, head_state, pool_fp, head_fp = load_head_checkpoint(head, cfg)
-    cache_pool = cache.get_meta("pool_fingerprint") or ""
-    if pool_fp is not None and cache_pool and pool_fp != cache_pool:
-        raise PoolMismatch(_pool_mismatch_message(head, pool_fp, cache_pool, cache.uri))
-
-    heads = {h["name"]: h for h in cache.heads()}
-    taken = {h["prefix"] for h in heads.values()} | _prefixes_in(table.schema)
-    prefix = schema.new_prefix(name, taken)
-    _add_score_columns(cache, prefix, model, cfg, batch_size, progress)
-
-    record = {
-        "name": name, "prefix": prefix, "fingerprint": head_fp, "pool_fingerprint": pool_fp or "",
-        "source": str(Path(head).resolve()), "created_at": datetime.now(timezone.utc),
-        "checkpoint": head_to_bytes(head_state),
-    }
-    (cache.table(schema.HEADS).merge_insert("name")  # the commit point: readers now see the new scores
-     .when_matched_update_all().when_not_matched_insert_all()
-     .execute(pa.Table.from_pylist([record], schema=schema.HEADS_SCHEMA)))
-
-    _fill_missing(cache, prefix, model, cfg)
-
-    old = heads.get(name)
-    if old is not None:
-        _drop_prefix(cache, old["prefix"])
-    if index:
-        from store.index import ensure_indexes
-
-        ensure_indexes(cache, heads=[name])
-    return _describe(cache, {k: v for k, v in record.items() if k != "checkpoint"})
-
-
-def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
-                       progress: Callable[[int, int], None] | None) -> int:
-    """Write the score columns of `prefix` for every row, without rewriting any other column.
-
-    Each fragment gets one new data file holding only the new columns (Lance's merge_columns with
-    a batch UDF reading the three head inputs); one ``Merge`` commit then adds them all. If an
-    ingest commits meanwhile, the commit conflicts: the fragments already scored keep their new
-    file and only the new fragments are scored before the next try. Returns the rows scored."""
-    import lance
-    from lance.commit import CommitConflictError
-    from lance.dataset import LanceOperation
-
-    out_schema = pa.schema(schema.score_fields(prefix))
-    local = threading.local()  # a BatchScorer per thread: each reuses its own input buffer
-    lock = threading.Lock()
-    ap_col = schema.EMBEDDING_COLUMNS["faramir"]
-    read = [ap_col, "aesthetic_features", "quality_features"]
-    done = total = 0
-
-    def score(batch: pa.RecordBatch) -> pa.RecordBatch:
-        nonlocal done
-        scorer = getattr(local, "scorer", None)
-        if scorer is None:
-            scorer = local.scorer = BatchScorer(model, batch_size)
-        arrays = scorer.score_arrays(
-            vectors(batch.column(ap_col), cfg.backbone_dim),
-            vectors(batch.column("aesthetic_features"), cfg.aesthetic_dim),
-            vectors(batch.column("quality_features"), cfg.quality_dim),
-        )
-        with lock:
-            done += batch.num_rows
-            if progress is not None:
-                progress(min(done, total), total)
-        return pa.RecordBatch.from_arrays(list(arrays.values()), schema=out_schema)
-
-    def merge(fragment):
-        return fragment.merge_columns(udf, columns=read, batch_size=batch_size)
-
-    udf = lance.udf.BatchUDF(score, out_schema)
-    scored: dict[tuple, object] = {}  # (fragment id, its data files) → the new data file
-    base_schema = merged_schema = None
-    for _ in range(COMMIT_ATTEMPTS):
-        dataset = cache.images().to_lance()  # the latest version
-        if dataset.schema != base_schema:  # new field ids are assigned from the schema: start over
-            scored.clear()
-            base_schema = dataset.schema
-        fragments = [f.metadata for f in dataset.get_fragments()]
-        total = sum(m.num_rows for m in fragments)
-        if not fragments:  # an empty table: the columns alone, metadata only
-            dataset.add_columns(list(out_schema))
-            return 0
-        keys = [(meta.id, tuple(f.path for f in meta.files)) for meta in fragments]
-        todo = [(key, fragment) for key, fragment in zip(keys, dataset.get_fragments()) if key not in scored]
-        # Fragments in parallel: Lance reads one (without the GIL) while the head scores another,
-        # so reading the embeddings and the arithmetic overlap instead of adding up.
-        with ThreadPoolExecutor(RESCORE_THREADS) as pool:
-            for (key, _), (new_meta, merged_schema) in zip(todo, pool.map(merge, [f for _, f in todo])):
-                scored[key] = new_meta.files[-1]
-        merged = [dataclasses.replace(meta, files=[*meta.files, scored[key]])
-                  for key, meta in zip(keys, fragments)]
-        try:
-            lance.LanceDataset.commit(dataset, LanceOperation.Merge(merged, merged_schema),
-                                      read_version=dataset.version)
-            return total
-        except CommitConflictError:
-            continue
-    raise HeadError(f"{cache.uri} kept changing while rescoring ({COMMIT_ATTEMPTS} tries); "
-                    f"run the rescore again once the ingest writing to it has finished")
-
-
-def _fill_missing(cache: Cache, prefix: str, model, cfg) -> int:
-    """Score rows that have no scores under `prefix`: rows an ingest appended between the column
-    commit and the switch of the heads row (it wrote the columns it knew of, nulls here)."""
-    table = cache.images()
-    where = f"{prefix}_confidence IS NULL"
-    if not table.count_rows(where):
-        return 0
-    ap_col = schema.EMBEDDING_COLUMNS["faramir"]
-    rows = table.search().where(where).select(["id", ap_col, "aesthetic_features", "quality_features"]).to_arrow()
-    columns = score_columns(
-        prefix, model,
-        vectors(rows.column(ap_col), cfg.backbone_dim),
-        vectors(rows.column("aesthetic_features"), cfg.aesthetic_dim),
-        vectors(rows.column("quality_features"), cfg.quality_dim),
-    )
-    update = pa.table({"id": rows.column("id"), **columns},
-                      schema=pa.schema([pa.field("id", pa.string(), nullable=False), *schema.score_fields(prefix)]))
-    table.merge_insert("id").when_matched_update_all().execute(update)
-    return len(rows)
-
-
-def _drop_prefix(cache: Cache, prefix: str) -> None:
-    table = cache.images()
-    present = [c for c in score_column_names(prefix) if c in table.schema.names]
+    present = [c for c in schema.score_column_names(prefix) if c in table.schema.names]
     if present:
         table.drop_columns(present)
 
 
-def _describe(cache: Cache, head: dict) -> dict:
-    table = cache.images()
-    column = f"{head['prefix']}_confidence"
-    scored = table.count_rows(f"{column} IS NOT NULL") if column in table.schema.names else 0
-    pool = cache.get_meta("pool_fingerprint") or ""
-    return {
-        "name": head["name"],
-        "prefix": head["prefix"],
-        "fingerprint": head["fingerprint"],
-        "pool": "head only" if not head["pool_fingerprint"] else
-                "cache's" if head["pool_fingerprint"] == pool else "OTHER",
-        "rows": scored,
-        "source": head["source"],
-        "created_at": head["created_at"],
-    }
+def list_heads(db: str | os.PathLike | Cache | None = None) -> list[HeadInfo]:
+    """Registered heads, oldest first."""
+    cache = Cache.open(db)
+    return [describe(cache, h) for h in cache.heads()]
 
 
-def list_heads(db: str | os.PathLike | Cache | None = None) -> list[dict]:
-    """Registered heads, oldest first: name, prefix, fingerprint, pool, rows scored, source, created_at."""
-    cache = open_cache(db)
-    heads = cache.heads()
-    if not heads:
-        return []
-    return [_describe(cache, h) for h in heads]
-
-
-def remove_head(name: str, db: str | os.PathLike | Cache | None = None) -> dict:
+def remove_head(name: str, db: str | os.PathLike | Cache | None = None) -> HeadInfo:
     """Unregister head `name` and drop its score columns; returns what was removed."""
-    cache = open_cache(db)
-    head = cache.head(name)
-    cache.table(schema.HEADS).delete(f"name = '{name}'")  # name is validated: no quote in it
+    cache = Cache.open(db)
+    removed = describe(cache, cache.head(name))
+    cache.table(schema.HEADS).delete(f"name = {sql_str(name)}")
     if cache.has_images():
-        _drop_prefix(cache, head["prefix"])
-    return {k: v for k, v in head.items() if k != "checkpoint"}
+        drop_prefix(cache, removed.prefix)
+    return removed

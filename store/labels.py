@@ -9,7 +9,6 @@ Rows naming images that are not cached are reported, never silently dropped.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -20,16 +19,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from faramir.config import ACCEPT_LABELS, LABELS
-from faramir.finetune import label_to_target
+from faramir.files import sha256_file
+from faramir.labels import canonical_label, label_is_accept
 from store import schema
-from store.db import Cache, CacheError, cached_ids as _cached_ids, read_columns
+from store.db import Cache, sql_in, sql_str
+from store.errors import LabelsError
 
 _ID = re.compile(r"^[0-9a-f]{64}$")
-
-
-class LabelsError(CacheError):
-    """A labels file cannot be read or used."""
 
 
 @dataclass
@@ -44,19 +40,6 @@ class ImportReport:
     file: str
     imported: int = 0
     skipped: list[Skipped] = field(default_factory=list)
-
-
-def canonical_label(label: str) -> str:
-    """'accept', 'reject' or the upstream name; raises ValueError with the valid names."""
-    label_to_target(label)  # validates, with a helpful message
-    text = label.strip().lower()
-    if text in ("accept", "reject"):
-        return text
-    return "degraded" if text == "degrated" else text
-
-
-def label_is_accept(label: str) -> bool:
-    return label == "accept" or label in ACCEPT_LABELS
 
 
 def _read_rows(path: Path) -> list[tuple[int, str, str]]:
@@ -93,7 +76,7 @@ def _read_rows(path: Path) -> list[tuple[int, str, str]]:
 
 
 def _path_index(cache: Cache) -> dict[str, str]:
-    files = read_columns(cache.table(schema.FILES), ["path", "id"])
+    files = cache.read(schema.FILES, ["path", "id"])
     return dict(zip(files.column("path").to_pylist(), files.column("id").to_pylist()))
 
 
@@ -108,7 +91,7 @@ def resolve_ref(ref: str, base: Path, paths: dict[str, str], ids: set[str]) -> t
             return paths[full], ""
     for candidate in candidates:
         if candidate.is_file():
-            digest = hashlib.sha256(candidate.read_bytes()).hexdigest()
+            digest = sha256_file(candidate)
             if digest in ids:
                 return digest, ""
             return None, "not cached; run 'faramir ingest' on it first"
@@ -118,11 +101,11 @@ def resolve_ref(ref: str, base: Path, paths: dict[str, str], ids: set[str]) -> t
 def import_labels(file: str | os.PathLike, db: str | os.PathLike | Cache | None = None,
                   source: str | None = None) -> ImportReport:
     """Import labels; a later label for the same image replaces the earlier one."""
-    cache = db if isinstance(db, Cache) else Cache.open(db)
+    cache = Cache.open(db)
     path = Path(file)
     rows = _read_rows(path)
     report = ImportReport(str(path))
-    paths, ids = _path_index(cache), _cached_ids(cache)
+    paths, ids = _path_index(cache), cache.ids()
     records: dict[str, dict] = {}
     now = datetime.now(timezone.utc)
     for line, ref, label in rows:
@@ -150,8 +133,8 @@ def import_labels(file: str | os.PathLike, db: str | os.PathLike | Cache | None 
 
 def list_labels(db: str | os.PathLike | Cache | None = None) -> pa.Table:
     """id, label, accept (bool), path (first cached path), source, imported_at; by import time."""
-    cache = db if isinstance(db, Cache) else Cache.open(db)
-    labels = cache.table(schema.LABELS).to_arrow()
+    cache = Cache.open(db)
+    labels = cache.read(schema.LABELS)
     if len(labels) == 0:
         return pa.table({"id": pa.array([], pa.string()), "label": pa.array([], pa.string()),
                          "accept": pa.array([], pa.bool_()), "path": pa.array([], pa.string()),
@@ -175,15 +158,15 @@ def list_labels(db: str | os.PathLike | Cache | None = None) -> pa.Table:
 def remove_labels(refs: list[str] = (), *, all: bool = False, source: str | None = None,
                   db: str | os.PathLike | Cache | None = None) -> int:
     """Remove the labels of these images (ids or paths), of one `source`, or `all`; returns how many."""
-    cache = db if isinstance(db, Cache) else Cache.open(db)
+    cache = Cache.open(db)
     table = cache.table(schema.LABELS)
     before = table.count_rows()
     if all:
         table.delete("true")
     elif source is not None:
-        table.delete(f"source = '{source.replace(chr(39), chr(39) * 2)}'")
+        table.delete(f"source = {sql_str(source)}")
     else:
-        paths, ids = _path_index(cache), _cached_ids(cache)
+        paths, ids = _path_index(cache), cache.ids()
         targets = []
         for ref in refs:
             content_id, reason = resolve_ref(ref, Path.cwd(), paths, ids)
@@ -191,17 +174,15 @@ def remove_labels(refs: list[str] = (), *, all: bool = False, source: str | None
                 raise LabelsError(f"{ref}: {reason}")
             targets.append(content_id)
         if targets:
-            table.delete("id IN (" + ", ".join(f"'{t}'" for t in targets) + ")")
+            table.delete(sql_in("id", targets))
     return before - table.count_rows()
 
 
 def labelled_ids(cache: Cache) -> pa.Table:
     """id, label, target (bool) of every label whose image is still cached."""
-    labels = cache.table(schema.LABELS).to_arrow().select(["id", "label"])
-    ids = _cached_ids(cache)
+    labels = cache.read(schema.LABELS, ["id", "label"])
+    ids = cache.ids()
     labels = labels.filter(pc.is_in(labels.column("id"), pa.array(sorted(ids), pa.string())))
     targets = pa.array([label_is_accept(x) for x in labels.column("label").to_pylist()], pa.bool_())
     return labels.append_column("target", targets)
 
-
-__all__ = ["import_labels", "list_labels", "remove_labels", "canonical_label", "LABELS"]

@@ -44,8 +44,9 @@ One LanceDB database (a local folder or an object-store URI) holds these tables:
 ``meta``: key/value strings: schema_version, config (FaramirConfig JSON), experts_fingerprint,
     pool_fingerprint, weights_generated (non-empty when the cache was built with fake weights).
 
-Migrations: `SCHEMA_VERSION` is stored in ``meta``; opening a cache with an older version runs the
-migrations in `store.db` in order, a newer one is refused with a message to upgrade faramir.
+Versions: `SCHEMA_VERSION` is stored in ``meta``; `store.db.Cache.open` refuses a cache whose
+version is newer, with a message to upgrade faramir. Version 1 is the only one so far, so there is
+nothing to migrate; a change to these tables bumps the version and adds its migration there.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ DEFAULT_HEAD = "faramir-v1"  # the released head, scored at ingest
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 EMBEDDING_COLUMNS = {"faramir": "faramir_embedding", "siglip": "siglip_embedding"}
+HEAD_INPUTS = ["faramir_embedding", "aesthetic_features", "quality_features"]  # what a head reads
 
 
 def _vec(n: int) -> pa.DataType:
@@ -108,6 +110,11 @@ def score_fields(prefix: str) -> list[pa.Field]:
         pa.field(f"{prefix}_reject_label", pa.string()),
         pa.field(f"{prefix}_logits", _vec(N_CLASSES)),
     ]
+
+
+def score_column_names(prefix: str) -> list[str]:
+    """The five score columns of the head whose column prefix is `prefix`."""
+    return [f.name for f in score_fields(prefix)]
 
 
 FILES_SCHEMA = pa.schema([

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from faramir.config import ACCEPT_LABELS, LABELS, N_CLASSES, TINY
-from faramir.weights import head_to_bytes, split_faramir_checkpoint, tensor_digest
+from faramir.checkpoints import head_to_bytes, split_faramir_checkpoint
+from faramir.digests import tensor_digest
 from store import schema
 from store.db import Cache
-from store.synthetic import Generator, image_rows, random_checkpoint, save_checkpoint, write_cache
+from tests.synthetic import Generator, image_rows, random_checkpoint, save_checkpoint, write_cache
 
 ACCEPT = [x for x in LABELS if x in ACCEPT_LABELS]
 REJECT = [x for x in LABELS if x not in ACCEPT_LABELS]
@@ -61,14 +61,10 @@ def hand_cache(db, confidence, accept_label, reject_label, aesthetic=None, seed:
     pool, head_state = split_faramir_checkpoint(state)
     cache.set_meta(config=TINY.to_json(), experts_fingerprint="hand", pool_fingerprint=tensor_digest(pool),
                    weights_generated="hand-made rows")
-    table = cache.conn.create_table(schema.IMAGES, schema=schema.images_schema(TINY, [prefix]))
+    table = cache.create_images(TINY, [prefix])
     table.add(rows.select(schema.images_schema(TINY, [prefix]).names))
-    cache.table(schema.HEADS).add(pa.table({
-        "name": [head], "prefix": [prefix], "fingerprint": [tensor_digest(head_state)],
-        "pool_fingerprint": [tensor_digest(pool)], "source": ["hand"],
-        "created_at": pa.array([datetime.now(timezone.utc)], schema.TIMESTAMP),
-        "checkpoint": [head_to_bytes(head_state)],
-    }, schema=schema.HEADS_SCHEMA))
+    cache.put_head(name=head, prefix=prefix, fingerprint=tensor_digest(head_state),
+                   pool_fingerprint=tensor_digest(pool), source="hand", checkpoint=head_to_bytes(head_state))
     return cache
 
 

@@ -7,20 +7,18 @@ import pytest
 import torch
 
 from faramir.config import ACCEPT_LABELS, FULL, LABELS, TINY
-from faramir.fake_weights import _random_state
-from faramir.finetune import (
-    TRAINED_PREFIXES, Finetuner, finetune, label_to_target, labels_to_targets, save_state_dict,
-    split_indices, trained_state_dict,
-)
+from faramir.fake_weights import random_state
+from faramir.checkpoints import check_state_dict, save_state_dict, shapes_of
+from faramir.finetune import TRAINED_PREFIXES, Finetuner, finetune_head, split_indices, trained_state_dict
 from faramir.head import FaramirHead
 from faramir.metrics import mcc
-from faramir.weights import check_state_dict, shapes_of
-from store.synthetic import learnable_rows
+from faramir.labels import label_to_target, labels_to_targets
+from tests.synthetic import learnable_rows
 
 
 def _head(cfg, seed: int) -> tuple[FaramirHead, dict[str, torch.Tensor]]:
     head = FaramirHead(cfg)
-    state = _random_state(head, seed)
+    state = random_state(head, seed)
     head.load_state_dict(state)
     return head.eval(), state
 
@@ -70,7 +68,7 @@ def _full_checkpoint(pool_shapes, seed: int = 7) -> dict[str, torch.Tensor]:
         head = FaramirHead(FULL)
     gen = torch.Generator().manual_seed(seed)
     pool = {k: 0.02 * torch.randn(shape, generator=gen) for k, shape in pool_shapes.items()}
-    return {**pool, **_random_state(head, seed + 1)}
+    return {**pool, **random_state(head, seed + 1)}
 
 
 def test_full_checkpoint_frozen_tensors_bit_identical(tmp_path, full_pool_shapes):
@@ -82,7 +80,7 @@ def test_full_checkpoint_frozen_tensors_bit_identical(tmp_path, full_pool_shapes
     assert (head.head.activation_1.gamma_p < 0).any()  # stepping it would have changed it
 
     ap, ae, q, y = learnable_rows(head, 600, seed=3)
-    result = finetune(head, ap, ae, q, y, epochs=3, lr=1e-2, batch_size=128)
+    result = finetune_head(head, ap, ae, q, y, epochs=3, lr=1e-2, batch_size=128)
     assert result.best_epoch > 0  # something was trained and kept
 
     after = head.state_dict()
@@ -115,7 +113,7 @@ def test_full_checkpoint_frozen_tensors_bit_identical(tmp_path, full_pool_shapes
 def test_head_only_checkpoint_and_mismatch():
     head, base = _head(TINY, seed=1)
     ap, ae, q, y = learnable_rows(head, 400, seed=2)
-    finetune(head, ap, ae, q, y, epochs=2, lr=1e-2)
+    finetune_head(head, ap, ae, q, y, epochs=2, lr=1e-2)
     ckpt = trained_state_dict(base, head)
     assert list(ckpt) == list(base) and len(ckpt) == 26
     assert all(torch.equal(ckpt[k], base[k]) for k in _frozen(base))
@@ -166,7 +164,7 @@ def test_training_forward_is_upstreams_training_mode():
         return gates(*args)
 
     head.head.gates = spy
-    finetune(head, ap, ae, q, y, epochs=1, batch_size=100)
+    finetune_head(head, ap, ae, q, y, epochs=1, batch_size=100)
     # first call: validation features (eval); then the training batches (train, norm eval)
     assert seen[0] == (False, False, False)
     assert seen[1:] == [(True, True, False)] * 3
@@ -192,7 +190,7 @@ def _run(seed: int) -> dict[str, torch.Tensor]:
     ap, ae, q, y = learnable_rows(head, 600, seed=6)
     torch.manual_seed(1234 + seed)  # the caller's global RNG state must not matter…
     rng_before = torch.get_rng_state()
-    finetune(head, ap, ae, q, y, epochs=3, lr=1e-2, seed=seed)
+    finetune_head(head, ap, ae, q, y, epochs=3, lr=1e-2, seed=seed)
     assert torch.equal(torch.get_rng_state(), rng_before)  # …and is left as it was
     return head.state_dict()
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from faramir.weights import FARAMIR_FILE
 from store.db import Cache
-from store.heads import rescore
+from store.rescoring import rescore
 from store.query import top
 
 pytestmark = pytest.mark.slow

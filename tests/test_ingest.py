@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from store import ingest as ingest_module
 from store import schema
 from store.db import Cache
-from store.failures import failures
-from store.ingest import ExpertsMismatch, IngestPlan, IngestProgress, IngestSummary, ingest, ingest_all
+from store.errors import ExpertsMismatch
+from store.ingestion import IngestPlan, IngestProgress, IngestSummary, driver, ingest, ingest_all
+from store.ingestion.failures import failures
 from tests.conftest import write_images
 
 runner = CliRunner()
@@ -78,7 +78,7 @@ def test_reingest_reads_nothing_and_runs_no_model(tmp_path, tiny_model):
 
 
 def test_duplicates_by_content_are_computed_and_stored_once(tmp_path, tiny_model, monkeypatch):
-    monkeypatch.setattr(ingest_module, "COMPACT_AT", 2)
+    monkeypatch.setattr(driver, "COMPACT_AT", 2)
     src = write_images(tmp_path / "imgs", 3)
     shutil.copy(src[0], tmp_path / "imgs" / "img00000-copy.png")  # same batch as the original
     shutil.copy(src[1], tmp_path / "imgs" / "z-copy.png")  # a later batch
@@ -273,7 +273,7 @@ def test_env_var_names_the_cache(tmp_path, tiny_weights, monkeypatch):
 
 
 def test_ingest_indexes_the_filter_columns_and_keeps_them_current(tmp_path, tiny_model):
-    from store.index import list_indexes
+    from store.indexes import list_indexes
 
     db = tmp_path / "db"
     first = ingest_all([write_images(tmp_path / "a", 4)[0].parent], db=db, model=tiny_model, workers=0)

@@ -16,7 +16,7 @@ import pytest
 
 from store import schema
 from store.db import Cache
-from store.ingest import ingest_all
+from store.ingestion import ingest_all
 from tests.conftest import write_images
 from tests.test_ingest import count_calls
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import sys
-from store.ingest import ingest_all
+from store.ingestion import ingest_all
 imgs, db, weights = sys.argv[1:]
 ingest_all([imgs], db=db, weights_dir=weights, device="cpu", workers=1, batch_size=2, commit_every=2)
 """

@@ -9,7 +9,7 @@ import torch
 from faramir import ImageLoadError, load_image
 from faramir.config import FULL, OUTPUT_NAMES
 from faramir.head import assess_outputs
-from faramir.weights import load_head_checkpoint
+from faramir.checkpoints import load_head_checkpoint
 from tests.parity import PARITY, fixtures, needs_parity, recipe_checkpoint
 
 pytestmark = needs_parity
@@ -105,7 +105,7 @@ def test_assess_equals_upstream_at_every_threshold(head_case):
 
 def test_checkpoint_manifests_match_our_modules():
     from faramir.experts import Experts
-    from faramir.weights import shapes_of
+    from faramir.checkpoints import shapes_of
 
     fx = fixtures()
     with torch.device("meta"):

@@ -15,12 +15,14 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from faramir.config import LABELS
-from store import query
-from store.export import ExportError, export
-from store.index import ensure_indexes, index, list_indexes
-from store.db import CacheError
-from store.query import QueryError, count, similar, stats, top
-from store.synthetic import row_id
+from store import neighbours
+from store.errors import CacheError, ExportError, QueryError
+from store.exporter import export
+from store.filters import Filter
+from store.indexes import ensure_indexes, index, list_indexes
+from store.neighbours import similar
+from store.query import count, stats, top
+from tests.synthetic import row_id
 from tests.stage2_helpers import ACCEPT, REJECT, boundary_confidences, hand_cache, tiny_cache
 
 runner = CliRunner()
@@ -111,12 +113,12 @@ def test_stats_counts_labels_histogram_and_sweep(hand):
     t = 0.3
     accepted, label = upstream(hand, t)
     s = stats(hand["cache"], threshold=t, bins=10)
-    assert (s["total"], s["accepted"], s["rejected"]) == (len(label), accepted.sum(), (~accepted).sum())
-    assert s["labels"] == {name: int((label == name).sum()) for name in LABELS}
-    assert sum(s["histogram"]["counts"]) == len(label) and len(s["histogram"]["counts"]) == 10
-    for row in s["sweep"]:
+    assert (s.total, s.accepted, s.rejected) == (len(label), accepted.sum(), (~accepted).sum())
+    assert s.labels == {name: int((label == name).sum()) for name in LABELS}
+    assert sum(s.histogram["counts"]) == len(label) and len(s.histogram["counts"]) == 10
+    for row in s.sweep:
         assert row["accepted"] == int((torch.from_numpy(hand["conf"]) > row["threshold"]).sum())
-    assert t in [row["threshold"] for row in s["sweep"]]
+    assert t in [row["threshold"] for row in s.sweep]
 
 
 def test_bad_arguments_get_one_clear_message(hand):
@@ -145,7 +147,7 @@ def exact_neighbours(cache, vector, k, embedding="faramir", **filters):
     """Brute force in NumPy over the rows the filter keeps: (ids, distances), nearest first."""
     prefix = cache.head("faramir-v1")["prefix"]
     t = cache.images().to_arrow()
-    f = query.make_filter(filters)
+    f = Filter.of(**filters)
     keep = f.keep(t[f"{prefix}_confidence"].to_numpy(), t[f"{prefix}_accept_label"].to_pylist(),
                   t[f"{prefix}_reject_label"].to_pylist(), t["aesthetic_score"].to_numpy())
     col = f"{embedding}_embedding"
@@ -157,7 +159,7 @@ def exact_neighbours(cache, vector, k, embedding="faramir", **filters):
 
 
 def vector_of(cache, image_id, embedding="faramir"):
-    return query._vector_of(cache.images(), image_id, f"{embedding}_embedding").astype(np.float64)
+    return neighbours._vector_of(cache, image_id, f"{embedding}_embedding").astype(np.float64)
 
 
 @pytest.mark.parametrize("filters", [
@@ -171,7 +173,7 @@ def test_similar_with_a_filter_equals_exact_filtered_search(synth, filters):
     assert got.column("id").to_pylist() == want_ids
     np.testing.assert_allclose(got.column("distance").to_numpy(), want_d, atol=1e-6)
     assert (np.diff(got.column("distance").to_numpy()) >= 0).all()
-    f = query.make_filter(filters)
+    f = Filter.of(**filters)
     for row in got.to_pylist():  # every row passes the filter, judged by upstream's rule
         assert f.accepted is None or row["accepted"] == f.accepted
         assert not f.labels or row["label"] in f.labels

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import lancedb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -15,14 +16,17 @@ from typer.testing import CliRunner
 from cli.app import app
 from faramir.config import TINY
 from faramir.errors import WeightsError
-from faramir.weights import FARAMIR_FILE, load_head_checkpoint
-from store import heads as heads_module
+from faramir.checkpoints import load_head_checkpoint
+from faramir.weights import FARAMIR_FILE
+from store import rescoring, schema
 from store.db import Cache
-from store.heads import HeadError, PoolMismatch, list_heads, remove_head, rescore
-from store.index import index, list_indexes
+from store.errors import HeadError, NotCached, PoolMismatch
+from store.heads import list_heads, remove_head
+from store.indexes import index, list_indexes
 from store.query import top
+from store.rescoring import rescore
 from store.scoring import head_outputs, vectors
-from store.synthetic import row_id
+from tests.synthetic import row_id
 from tests.stage2_helpers import head_file, tiny_cache
 
 runner = CliRunner()
@@ -73,7 +77,7 @@ def data_files(cache) -> dict[int, list[tuple[str, tuple[int, ...]]]]:
 def ingested(tmp_path_factory, tiny_weights):
     """Six images ingested with the tiny weights (the real stage one), and assess's jsonl of them."""
     from faramir.weights import load_model
-    from store.ingest import ingest_all
+    from store.ingestion import ingest_all
     from tests.conftest import write_images
 
     root = tmp_path_factory.mktemp("parity")
@@ -90,7 +94,7 @@ def ingested(tmp_path_factory, tiny_weights):
 def test_rescoring_the_cache_equals_faramir_assess(ingested, tiny_weights):
     db, assessed = ingested
     record = rescore(tiny_weights / FARAMIR_FILE, "again", db=db)
-    assert record["rows"] == len(assessed) == 6 and record["pool"] == "cache's"
+    assert record.rows == len(assessed) == 6 and record.pool == "cache's"
     for name in ("faramir-v1", "again"):  # ingest's scores and the rescore's
         rows = top(db, head=name, limit=None).to_pylist()
         assert len(rows) == 6
@@ -107,12 +111,18 @@ def test_rescoring_the_cache_equals_faramir_assess(ingested, tiny_weights):
 
 
 def test_similar_to_a_new_image_ingests_it_once(ingested, tiny_weights, tmp_path):
-    from store.query import similar
+    from store.neighbours import similar
     from tests.conftest import write_images
 
     db, _ = ingested
     new = write_images(tmp_path, 1, seed=9, prefix="new")[0]
-    got = similar(str(new), db, k=3, weights_dir=tiny_weights, device="cpu").to_pylist()
+    with pytest.raises(NotCached) as ex:  # the library never ingests: stage one is the caller's
+        similar(str(new), db, k=3)
+    assert ex.value.path == str(new)
+    result = runner.invoke(app, ["similar", str(new), "--db", str(db), "--k", "3", "--format", "jsonl",
+                                 "--weights-dir", str(tiny_weights), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    got = [json.loads(line) for line in result.stdout.splitlines()]
     assert got[0]["path"] == str(new) and got[0]["distance"] == 0.0
     again = similar(str(new), db, k=1).to_pylist()  # now cached: no weights needed
     assert again[0]["id"] == got[0]["id"]
@@ -140,7 +150,7 @@ def test_a_head_with_another_pool_is_refused_and_says_how_to_rebuild(cache, tmp_
         f"--db NEW_DB'. A head-only file (norm.* and head.*) trained on this cache's pool can be rescored "
         f"into {cache.uri} as it is."
     )
-    assert [h["name"] for h in list_heads(cache)] == ["faramir-v1"]
+    assert [h.name for h in list_heads(cache)] == ["faramir-v1"]
     result = runner.invoke(app, ["rescore", "--db", cache.uri, "--head", str(other), "--name", "other"])
     assert result.exit_code == 1 and result.stderr.startswith("Error: ") and len(result.stderr.splitlines()) == 1
 
@@ -148,8 +158,8 @@ def test_a_head_with_another_pool_is_refused_and_says_how_to_rebuild(cache, tmp_
 def test_full_and_head_only_checkpoints_score_like_the_head_run_by_hand(cache, tmp_path):
     full = head_file(tmp_path / "full.pth", seed=5)
     head_only = head_file(tmp_path / "head.pth", seed=6, head_only=True)
-    assert rescore(full, "full", db=cache)["pool"] == "cache's"
-    assert rescore(head_only, "head-only", db=cache)["pool"] == "head only"
+    assert rescore(full, "full", db=cache).pool == "cache's"
+    assert rescore(head_only, "head-only", db=cache).pool == "head only"
     assert_scores_equal(cache, "full", full)
     assert_scores_equal(cache, "head-only", head_only)
 
@@ -194,13 +204,13 @@ def test_rescoring_an_existing_name_swaps_it_atomically(cache, tmp_path, monkeyp
 
     # A crash after the new columns are written but before the heads row moves: nothing changes
     # for readers, and the orphaned columns never get in the way.
-    original = heads_module._add_score_columns
+    original = rescoring._add_score_columns
 
     def crash(*args, **kwargs):
         original(*args, **kwargs)
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(heads_module, "_add_score_columns", crash)
+    monkeypatch.setattr(rescoring, "_add_score_columns", crash)
     with pytest.raises(RuntimeError):
         rescore(second, "curated", db=cache)
     monkeypatch.undo()
@@ -208,11 +218,11 @@ def test_rescoring_an_existing_name_swaps_it_atomically(cache, tmp_path, monkeyp
     assert_scores_equal(cache, "curated", first)
 
     record = rescore(second, "curated", db=cache)
-    assert record["prefix"] not in (old_prefix,) and cache.head("curated")["prefix"] == record["prefix"]
+    assert record.prefix not in (old_prefix,) and cache.head("curated")["prefix"] == record.prefix
     assert_scores_equal(cache, "curated", second)
     names = cache.images().schema.names
     assert not any(n.startswith(old_prefix + "_") for n in names)  # the old columns are gone
-    assert [h["name"] for h in list_heads(cache)] == ["faramir-v1", "curated"]
+    assert [h.name for h in list_heads(cache)] == ["faramir-v1", "curated"]
 
 
 def test_rows_an_ingest_commits_during_a_rescore_are_scored_too(cache, tmp_path, monkeypatch):
@@ -226,7 +236,8 @@ def test_rows_an_ingest_commits_during_a_rescore_are_scored_too(cache, tmp_path,
     def progress(done, total):
         calls.append((done, total))
         if len(calls) == 1:  # another process appends while the first fragment is being scored
-            Cache.open(cache.uri).images().add(extra)
+            # (through LanceDB's own runtime: this callback runs inside Lance's, which cannot nest)
+            lancedb.connect(cache.uri).open_table(schema.IMAGES).add(extra)
 
     rescore(checkpoint, "busy", db=cache, batch_size=128, progress=progress)
     assert cache.images().count_rows() == 650
@@ -236,7 +247,7 @@ def test_rows_an_ingest_commits_during_a_rescore_are_scored_too(cache, tmp_path,
 
 def test_rows_appended_after_the_column_commit_are_filled_before_the_switch(cache, tmp_path, monkeypatch):
     checkpoint = head_file(tmp_path / "h.pth", seed=5)
-    original = heads_module._add_score_columns
+    original = rescoring._add_score_columns
     extra = cache.images().search().limit(7).to_arrow()
     extra = extra.set_column(0, "id", pa.array([f"{n:064x}" for n in range(7)]))
 
@@ -245,7 +256,7 @@ def test_rows_appended_after_the_column_commit_are_filled_before_the_switch(cach
         cache_.images().add(extra.drop_columns([c for c in extra.column_names if c.startswith("s_")]))
         return n
 
-    monkeypatch.setattr(heads_module, "_add_score_columns", then_append)
+    monkeypatch.setattr(rescoring, "_add_score_columns", then_append)
     rescore(checkpoint, "late", db=cache)
     assert cache.images().count_rows() == 607
     assert_scores_equal(cache, "late", checkpoint)
@@ -265,11 +276,11 @@ def test_the_vector_index_survives_a_rescore(cache, tmp_path):
 
 def test_heads_list_and_rm(cache, tmp_path):
     rescore(head_file(tmp_path / "h.pth", seed=5), "extra", db=cache)
-    listed = {h["name"]: h for h in list_heads(cache)}
-    assert listed["extra"]["rows"] == 600 and listed["faramir-v1"]["pool"] == "cache's"
-    prefix = listed["extra"]["prefix"]
+    listed = {h.name: h for h in list_heads(cache)}
+    assert listed["extra"].rows == 600 and listed["faramir-v1"].pool == "cache's"
+    prefix = listed["extra"].prefix
     remove_head("extra", cache)
-    assert [h["name"] for h in list_heads(cache)] == ["faramir-v1"]
+    assert [h.name for h in list_heads(cache)] == ["faramir-v1"]
     assert not any(n.startswith(prefix) for n in cache.images().schema.names)
     with pytest.raises(Exception, match="no head named 'extra'"):
         remove_head("extra", cache)

@@ -20,7 +20,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_weights):
-    from store.ingest import ingest_all
+    from store.ingestion import ingest_all
 
     root = tmp_path_factory.mktemp("tuning")
     images = write_images(root / "imgs", 40, size=(48, 40))

@@ -11,8 +11,9 @@ import torch
 from faramir.errors import WeightsError, WeightsNotFound
 from faramir.fake_weights import generate
 from faramir.weights import (
-    AESTHETIC_FILE, ARNIQA_FILE, FARAMIR_FILE, SIGLIP_FILE, WEIGHT_FILES, load_model, load_pth,
+    AESTHETIC_FILE, ARNIQA_FILE, FARAMIR_FILE, SIGLIP_FILE, WEIGHT_FILES, load_model,
 )
+from faramir.checkpoints import load_pth
 
 
 @pytest.fixture(scope="module")

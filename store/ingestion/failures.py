@@ -10,9 +10,9 @@ from store.db import Cache
 FAILURE_COLUMNS = ("path", "reason", "failed_at", "size", "mtime_ns")
 
 
-def failures(db: str | os.PathLike | None = None) -> list[dict]:
+def failures(db: str | os.PathLike | Cache | None = None) -> list[dict]:
     """Recorded failures of the cache at `db`, by path. A failure stays recorded until its file
     reads fine; `faramir ingest` skips it while its size and mtime are unchanged, unless
     `retry_failed`."""
-    rows = Cache.open(db).table(schema.FAILURES).to_arrow().to_pylist()
-    return sorted(({c: r[c] for c in FAILURE_COLUMNS} for r in rows), key=lambda r: r["path"])
+    rows = Cache.open(db).read(schema.FAILURES, list(FAILURE_COLUMNS)).to_pylist()
+    return sorted(rows, key=lambda r: r["path"])

@@ -2,8 +2,8 @@
 
 Without an ANN index, `similar` is an exact (flat) cosine search over the rows passing the
 prefilter. From `ANN_MIN_ROWS` rows on, an IVF index pays for itself; it is built by
-`faramir index`, and by `ensure_indexes` (called after a rescore, and for ingest to call after
-it commits). Rows added or changed after the index was built are not in it: LanceDB searches them
+`faramir index`, and by `ensure_indexes` (called after a rescore, and after an ingest that
+committed something). Rows added or changed after the index was built are not in it: LanceDB searches them
 exactly and merges the results, so answers stay complete; `ensure_indexes` folds them into the
 index once they are more than `REINDEX_FRACTION` of it.
 
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from store import schema
 from store.db import Cache
-from store.heads import open_cache
+from store.errors import QueryError
 
 ANN_MIN_ROWS = 100_000  # below this an exact filtered search takes well under 100 ms
 REINDEX_FRACTION = 0.1  # fold unindexed rows into the ANN index past this share of the table
@@ -28,7 +28,6 @@ NPROBES = 64  # IVF partitions searched per query (of ~244 at 1M rows): recall@1
 # bench/stage_two.py's clustered rows; 24 gave 0.83, 48 0.953. Latency barely grows with it (the
 # prefilter and query planning dominate), and 4x finer partitions needed far more probes.
 REFINE_FACTOR = 10  # candidates re-ranked with the full vectors: 10 × k
-ANN_KIND = "IVF_RQ"
 
 
 def ann_config(num_rows: int):
@@ -103,7 +102,7 @@ def ensure_indexes(
             stale.append(ix.name)
     if stale:
         table.to_lance().optimize.optimize_indices(index_names=stale)
-        done += [name for name in stale]
+        done += stale
     return done
 
 
@@ -115,9 +114,7 @@ def index(
 ) -> list[dict]:
     """Build the ANN index on each of `embeddings` (whatever the table's size; `replace` retrains an
     existing one) and every missing scalar index. Returns the table's indexes afterwards."""
-    from store.query import QueryError
-
-    cache = open_cache(db)
+    cache = Cache.open(db)
     table = cache.images()
     for embedding in embeddings:
         if embedding not in schema.EMBEDDING_COLUMNS:
@@ -128,7 +125,8 @@ def index(
 
 
 def list_indexes(db: str | os.PathLike | Cache | None = None) -> list[dict]:
-    cache = open_cache(db)
+    """The images table's indexes: name, column, type, indexed_rows, unindexed_rows."""
+    cache = Cache.open(db)
     return [
         {"name": ix.name, "column": ", ".join(ix.columns), "type": ix.index_type,
          "indexed_rows": ix.num_indexed_rows, "unindexed_rows": ix.num_unindexed_rows}

@@ -15,22 +15,23 @@ Nothing is ever overwritten:
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
-import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from store.db import Cache, sql_str
-from store.heads import open_cache
-from store.query import QueryError, _retrying, _score_columns, make_filter, results, top
+from faramir.files import atomic_path, sha256_file
+from store.db import Cache, sql_in
+from store.errors import ExportError
+from store.filters import Filter
+from store.query import top
+from store.scores import on_head, read_columns, results
 
 TABLE_FORMATS = ("csv", "jsonl", "parquet")
 FORMATS = (*TABLE_FORMATS, "files")
@@ -38,10 +39,6 @@ LINKS = ("copy", "hardlink", "symlink")
 FACT_COLUMNS = ("size", "mtime_ns", "width", "height", "format", "mode", "ingested_at")
 EMBEDDING_COLUMNS = ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features")
 READ_BATCH = 4096
-
-
-class ExportError(QueryError):
-    """The export cannot be written as asked."""
 
 
 @dataclass
@@ -74,9 +71,10 @@ def export(
     descending: bool = True,
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    filter: Filter | None = None,
     **filters,
 ) -> ExportResult:
-    """Write the rows passing the filters (see `store.query.Filter`) to `dest`.
+    """Write the rows passing the filter (a `Filter`, or its fields as keyword arguments) to `dest`.
 
     `format`: csv, jsonl, parquet (a file), or files (a folder; `link` copy, hardlink or symlink;
     `by_label` makes one subfolder per label). Default: from dest's suffix, else files. Table
@@ -84,58 +82,67 @@ def export(
     facts, and with `with_embeddings` the four vectors (jsonl and parquet only). `sort`/`limit`
     export only the best rows, as `top` ranks them. `progress(done, total)` after each batch."""
     fmt = format or infer_format(dest)
+    dest = Path(dest)
+    _check(dest, fmt, link, with_embeddings)
+    cache = Cache.open(db)
+    f = Filter.of(filter, **filters)
+    extra = [*FACT_COLUMNS, *(EMBEDDING_COLUMNS if with_embeddings else ())]
+    result = ExportResult(str(dest), fmt)
+    ranked = sort is not None or limit is not None
+
+    def run(prefix: str, ds) -> ExportResult:
+        if ranked:
+            ids = top(cache, sort=sort or "confidence", descending=descending, limit=limit,
+                      filter=f).column("id").to_pylist()
+            batches = _ranked_batches(ds, prefix, f, extra, ids)
+        else:
+            batches = _filtered_batches(ds, prefix, f, extra)
+        if fmt == "files":
+            _export_files(batches, dest, link, by_label, result, progress)
+        else:
+            _export_table(batches, dest, fmt, result, progress)
+        return result
+
+    return on_head(cache, f.head, run)
+
+
+def _check(dest: Path, fmt: str, link: str, with_embeddings: bool) -> None:
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
     if link not in LINKS:
         raise ExportError(f"link {link!r}: use one of {', '.join(LINKS)}")
     if with_embeddings and fmt not in ("jsonl", "parquet"):
         raise ExportError("embeddings can only be exported to jsonl or parquet")
-    dest = Path(dest)
     if fmt in TABLE_FORMATS and (dest.exists() or dest.is_symlink()):
         raise ExportError(f"{dest} exists; choose another name or remove it first")
     if fmt == "files" and dest.exists() and not dest.is_dir():
         raise ExportError(f"{dest} exists and is not a folder")
-    cache = open_cache(db)
-    f = make_filter(filters)
-    extra = [*FACT_COLUMNS, *(EMBEDDING_COLUMNS if with_embeddings else ())]
-    result = ExportResult(str(dest), fmt)
 
-    def batches(prefix: str):
-        table = cache.images()
-        columns = ["id", "paths", "aesthetic_score", *_score_columns(prefix), *extra]
-        where = f.where(prefix)
-        if sort is not None or limit is not None:
-            ranked = top(cache, sort=sort or "confidence", descending=descending, limit=limit, **filters)
-            ids = ranked.column("id").to_pylist()
-            total = len(ids)
-            chunks = (_rows_by_id(table, columns, ids[lo:lo + READ_BATCH]) for lo in range(0, total, READ_BATCH))
-        else:
-            total = table.count_rows(where)
-            reader = table.search().where(where).select(columns).to_batches(READ_BATCH)
-            chunks = (pa.Table.from_batches([batch]) for batch in reader)
-        empty = True
-        for rows in chunks:
+
+def _filtered_batches(ds, prefix: str, f: Filter, extra: list[str]) -> Iterator[tuple[int, pa.Table]]:
+    """(total, result rows) per batch of the rows passing `f`; one empty batch when none do."""
+    columns, where = [*read_columns(prefix), *extra], f.where(prefix)
+    total = ds.count_rows(where)
+    empty = True
+    for batch in ds.to_batches(columns=columns, filter=where, batch_size=READ_BATCH):
+        if batch.num_rows:
             empty = False
-            yield total, results(rows, prefix, f.threshold, extra=extra)
-        if empty:  # still a header / a schema
-            rows = table.search().where(where).select(columns).output_schema().empty_table()
-            yield 0, results(rows, prefix, f.threshold, extra=extra)
-
-    def run(prefix: str, ds) -> ExportResult:
-        if fmt == "files":
-            _export_files(batches(prefix), dest, link, by_label, result, progress)
-        else:
-            _export_table(batches(prefix), dest, fmt, result, progress)
-        return result
-
-    return _retrying(cache, f.head, run)
+            yield total, results(pa.Table.from_batches([batch]), prefix, f.threshold, extra=extra)
+    if empty:  # still a header / a schema
+        yield 0, results(ds.to_table(columns=columns, filter="false"), prefix, f.threshold, extra=extra)
 
 
-def _rows_by_id(table, columns: list[str], ids: list[str]) -> pa.Table:
-    """The rows of `ids`, in that order."""
-    rows = table.search().where(f"id IN ({', '.join(sql_str(i) for i in ids)})").select(columns).to_arrow()
-    order = {image_id: n for n, image_id in enumerate(ids)}
-    return rows.take(pa.array(sorted(range(len(rows)), key=lambda n: order[rows.column("id")[n].as_py()])))
+def _ranked_batches(ds, prefix: str, f: Filter, extra: list[str], ids: list[str]) -> Iterator[tuple[int, pa.Table]]:
+    """(total, result rows) per batch of the rows `ids`, in that order."""
+    columns = [*read_columns(prefix), *extra]
+    if not ids:
+        yield 0, results(ds.to_table(columns=columns, filter="false"), prefix, f.threshold, extra=extra)
+    for lo in range(0, len(ids), READ_BATCH):
+        chunk = ids[lo:lo + READ_BATCH]
+        rows = ds.to_table(columns=columns, filter=sql_in("id", chunk))
+        order = {image_id: n for n, image_id in enumerate(chunk)}
+        rows = rows.take(pa.array(sorted(range(len(rows)), key=lambda n: order[rows.column("id")[n].as_py()])))
+        yield len(ids), results(rows, prefix, f.threshold, extra=extra)
 
 
 # -- table files ----------------------------------------------------------------------------------
@@ -143,38 +150,36 @@ def _rows_by_id(table, columns: list[str], ids: list[str]) -> pa.Table:
 
 def _export_table(batches, dest: Path, fmt: str, result: ExportResult, progress) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        writer = None
-        with open(tmp, "w", newline="", encoding="utf8") if fmt != "parquet" else nullcontext() as out:
-            for total, table in batches:
-                if fmt == "parquet":
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema)
-                    writer.write_table(table)
-                elif fmt == "csv":
-                    if writer is None:
-                        writer = csv.writer(out, lineterminator="\n")
-                        writer.writerow(table.column_names)
-                    for row in table.to_pylist():
-                        writer.writerow([_csv_cell(v) for v in row.values()])
-                else:
-                    for row in table.to_pylist():
-                        out.write(json.dumps(row, default=_json_default) + "\n")
-                result.rows += len(table)
-                result.written += len(table)
-                if progress is not None:
-                    progress(result.rows, total)
-        if writer is not None and fmt == "parquet":
-            writer.close()
-        try:
-            os.link(tmp, dest)  # fails if dest appeared meanwhile: never overwrite
-        except FileExistsError:
-            raise ExportError(f"{dest} exists; choose another name or remove it first") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_path(dest, overwrite=False) as tmp:  # never overwrite a file that appeared meanwhile
+            _write_table(batches, tmp, fmt, result, progress)
+    except FileExistsError:
+        raise ExportError(f"{dest} exists; choose another name or remove it first") from None
+
+
+def _write_table(batches, tmp: Path, fmt: str, result: ExportResult, progress) -> None:
+    writer = None
+    with open(tmp, "w", newline="", encoding="utf8") if fmt != "parquet" else nullcontext() as out:
+        for total, table in batches:
+            if fmt == "parquet":
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+            elif fmt == "csv":
+                if writer is None:
+                    writer = csv.writer(out, lineterminator="\n")
+                    writer.writerow(table.column_names)
+                for row in table.to_pylist():
+                    writer.writerow([_csv_cell(v) for v in row.values()])
+            else:
+                for row in table.to_pylist():
+                    out.write(json.dumps(row, default=_json_default) + "\n")
+            result.rows += len(table)
+            result.written += len(table)
+            if progress is not None:
+                progress(result.rows, total)
+    if writer is not None and fmt == "parquet":
+        writer.close()
 
 
 def _csv_cell(value):
@@ -251,7 +256,6 @@ def _same_content(target: Path, source: str, image_id: str) -> bool:
             return True
         if target.stat().st_size != os.stat(source).st_size:
             return False
-        with open(target, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest() == image_id
+        return sha256_file(target) == image_id
     except OSError:
         return False

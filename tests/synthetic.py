@@ -1,5 +1,8 @@
 """Synthetic caches in the real schema, for tests and benchmarks (no image is decoded).
 
+Test scaffolding, not part of the installed packages: benchmarks import it from the repository
+(`from tests.synthetic import ...`).
+
 Rows are shaped like real ones where it matters to stage two:
 
 - Embeddings are clustered, not isotropic: every row belongs to one of a few thousand clusters
@@ -24,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,14 +35,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from faramir.checkpoints import head_to_bytes, load_head_checkpoint, save_state_dict, split_faramir_checkpoint
 from faramir.config import FULL, PREPROCESS_VERSION, FaramirConfig
+from faramir.digests import tensor_digest
 from faramir.head import FaramirHead
-from faramir.weights import head_to_bytes, load_head_checkpoint, tensor_digest
 from store import schema
 from store.db import Cache
-from store.scoring import score_columns
+from store.scoring import fixed_size_list, score_columns
 
-GENERATED = "SYNTHETIC cache rows (store.synthetic): random vectors and a random head, scores mean nothing"
+GENERATED = "SYNTHETIC cache rows (tests.synthetic): random vectors and a random head, scores mean nothing"
 
 
 def random_checkpoint(cfg: FaramirConfig = FULL, seed: int = 0, pool_seed: int | None = None,
@@ -49,14 +53,14 @@ def random_checkpoint(cfg: FaramirConfig = FULL, seed: int = 0, pool_seed: int |
     `pool_seed` fixes the attention pool separately, so two heads can share a pool (a finetune)
     or not (a different model). `decision_bias` overrides head.linear_4.bias."""
     from faramir.experts import build_trunk
-    from faramir.fake_weights import _random_state
+    from faramir.fake_weights import random_state
 
     with torch.device("meta"):
         pool = build_trunk(cfg).attn_pool
         head = FaramirHead(cfg)
     state = {
-        **_random_state(pool, seed + 1000 if pool_seed is None else pool_seed, "attn_pool."),
-        **_random_state(head, seed),
+        **random_state(pool, seed + 1000 if pool_seed is None else pool_seed, "attn_pool."),
+        **random_state(head, seed),
     }
     if decision_bias is not None:
         state["head.linear_4.bias"] = torch.full_like(state["head.linear_4.bias"], decision_bias)
@@ -66,8 +70,7 @@ def random_checkpoint(cfg: FaramirConfig = FULL, seed: int = 0, pool_seed: int |
 def save_checkpoint(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    return path
+    return save_state_dict(state, path)
 
 
 class Generator:
@@ -139,11 +142,6 @@ def row_path(root: str, cluster: int, row: int) -> str:
     return f"{root}/{cluster:04d}/{row:08d}.png"
 
 
-def _fixed(values: np.ndarray) -> pa.FixedSizeListArray:
-    n, d = values.shape
-    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).reshape(-1)), d)
-
-
 def image_rows(gen: Generator, start: int, n: int, heads: dict[str, FaramirHead], root: str = "/synthetic",
                experts_fingerprint: str = "synthetic") -> pa.Table:
     """`n` rows of the images table (with score columns for every prefix → head in `heads`)."""
@@ -159,11 +157,11 @@ def image_rows(gen: Generator, start: int, n: int, heads: dict[str, FaramirHead]
         "height": pa.array(np.full(n, 768), pa.int32()),
         "format": pa.array(["PNG"] * n, pa.string()),
         "mode": pa.array(["RGB"] * n, pa.string()),
-        "faramir_embedding": _fixed(b["faramir"]),
-        "siglip_embedding": _fixed(b["siglip"]),
-        "aesthetic_features": _fixed(b["ae"]),
+        "faramir_embedding": fixed_size_list(b["faramir"]),
+        "siglip_embedding": fixed_size_list(b["siglip"]),
+        "aesthetic_features": fixed_size_list(b["ae"]),
         "aesthetic_score": pa.array(b["aesthetic_score"], pa.float32()),
-        "quality_features": _fixed(b["q"]),
+        "quality_features": fixed_size_list(b["q"]),
         "experts_fingerprint": pa.array([experts_fingerprint] * n, pa.string()),
         "precision": pa.array(["fp32"] * n, pa.string()),
         "ingested_at": pa.array([now] * n, schema.TIMESTAMP),
@@ -179,7 +177,7 @@ def calibrated_checkpoint(gen: Generator, seed: int = 0, pool_seed: int | None =
     `spread` over the collection (head.linear_4 rescaled), so confidences fill (0, 1)."""
     state = random_checkpoint(gen.cfg, seed, pool_seed)
     head = FaramirHead(gen.cfg)
-    head.load_state_dict(_split(state)[1])
+    head.load_state_dict(split_faramir_checkpoint(state)[1])
     b = gen.batch(0, min(gen.n, 2000))
     with torch.inference_mode():
         d = head(*(torch.from_numpy(b[k]) for k in ("faramir", "ae", "q")))[:, -1].double()
@@ -188,12 +186,6 @@ def calibrated_checkpoint(gen: Generator, seed: int = 0, pool_seed: int | None =
     bias = k * (state["head.linear_4.bias"].double() - float(d.median())) + math.log(median / (1 - median))
     state["head.linear_4.bias"] = bias.to(torch.float32)
     return state
-
-
-def _split(state):
-    from faramir.weights import split_faramir_checkpoint
-
-    return split_faramir_checkpoint(state)
 
 
 def write_cache(
@@ -221,8 +213,8 @@ def write_cache(
     if checkpoint is None:
         state = calibrated_checkpoint(gen, seed)
         source = "synthetic"
-        head_state = _split(state)[1]
-        pool_fp = tensor_digest(_split(state)[0])
+        pool_state, head_state = split_faramir_checkpoint(state)
+        pool_fp = tensor_digest(pool_state)
         head_fp = tensor_digest(head_state)
         head = FaramirHead(cfg)
         head.load_state_dict(head_state)
@@ -234,8 +226,7 @@ def write_cache(
     experts_fp = hashlib.sha256(f"synthetic|{PREPROCESS_VERSION}|{pool_fp}".encode()).hexdigest()
     cache.set_meta(config=cfg.to_json(), experts_fingerprint=experts_fp, pool_fingerprint=pool_fp or "",
                    weights_generated=GENERATED)
-    table = cache.conn.create_table(schema.IMAGES, schema=schema.images_schema(cfg, [prefix]))
-    table.set_unenforced_primary_key("id")
+    table = cache.create_images(cfg, [prefix])
     files = cache.table(schema.FILES)
     for start in range(0, n, batch_rows):
         rows = image_rows(gen, start, min(batch_rows, n - start), {prefix: head}, root, experts_fp)
@@ -249,11 +240,8 @@ def write_cache(
             }, schema=schema.FILES_SCHEMA))
         if progress:
             progress(len(rows))
-    cache.table(schema.HEADS).add(pa.table({
-        "name": [head_name], "prefix": [prefix], "fingerprint": [head_fp], "pool_fingerprint": [pool_fp or ""],
-        "source": [source], "created_at": pa.array([datetime.now(timezone.utc)], schema.TIMESTAMP),
-        "checkpoint": [head_to_bytes(head_state)],
-    }, schema=schema.HEADS_SCHEMA))
+    cache.put_head(name=head_name, prefix=prefix, fingerprint=head_fp, pool_fingerprint=pool_fp or "",
+                   source=source, checkpoint=head_to_bytes(head_state))
     return cache
 
 
@@ -270,6 +258,6 @@ def learnable_rows(head: FaramirHead, n: int, seed: int):
     ae = torch.randn(n, cfg.aesthetic_dim, generator=g)
     q = torch.randn(n, cfg.quality_dim, generator=g)
     with torch.no_grad():
-        r, gate, f = head.head.gates(*head.norm(ap, ae, q))
+        r, gate, f = head.head.gates(head.forward_norm(ap, ae, q))
         score = torch.cat((r * gate.sigmoid(), f), dim=-1) @ torch.randn(32, generator=g)
     return ap, ae, q, score > score.median()

@@ -1,0 +1,5 @@
+"""`python -m cli`: the `faramir` command."""
+
+from cli.app import main
+
+main()

@@ -1,0 +1,167 @@
+"""Stage two over the cache: top, stats, similar, index, export. Each is a thin wrapper over the
+library function of the same name (`store.top`, `store.stats`, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.common import EXIT_PARTIAL, Bar, fail, handle_errors, note, warn
+from cli.options import (
+    Db, Device, Embedding, ExportFormat, Link, ReportFormat, ReportFormatOpt, RowFormat, RowFormatOpt, Sort, WeightsDir,
+    filter_options,
+)
+from cli.output import emit, emit_json, emit_results
+
+ROW_COLUMNS = ["id", "path", "confidence", "accepted", "label", "aesthetic_score"]
+
+
+@handle_errors
+@filter_options
+def top(
+    db: Db = None,
+    filter=None,
+    sort: Annotated[Sort, typer.Option("--sort", help="confidence (the aesthetic gradient) or aesthetic.")] = Sort.confidence,
+    ascending: Annotated[bool, typer.Option("--ascending", help="Lowest first.")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="At most this many rows (0: all).")] = 20,
+    fmt: RowFormatOpt = RowFormat.table,
+):
+    """List cached images that pass the filters, ranked by confidence or aesthetic score.
+
+    Example: faramir top --accepted --label 2d_fantasy --limit 100 --format jsonl
+    """
+    from store.query import top as run
+
+    table = run(db, sort=sort.value, descending=not ascending, limit=limit or None, filter=filter)
+    emit_results(table, fmt, ROW_COLUMNS)
+
+
+@handle_errors
+@filter_options
+def stats(
+    db: Db = None,
+    filter=None,
+    bins: Annotated[int, typer.Option("--bins", min=1, max=200, help="Histogram bins over [0, 1].")] = 20,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the histogram and sweep into this PNG.")] = None,
+    fmt: ReportFormatOpt = ReportFormat.table,
+    as_json: Annotated[bool, typer.Option("--json", hidden=True, help="The same as --format json.")] = False,
+):
+    """Counts accepted, rejected and per label at a threshold, a confidence histogram and a
+    threshold sweep.
+
+    Example: faramir stats --threshold 0.6 --plot confidence.png
+    """
+    from cli.plots import plot_stats, refuse_existing
+    from store.query import stats as run
+
+    refuse_existing(plot)
+    result = run(db, bins=bins, filter=filter)
+    if plot is not None:
+        plot_stats(result, plot)
+    if as_json or fmt == ReportFormat.json:
+        emit_json(result.to_dict())
+        return
+    from cli.reports import print_stats
+
+    print_stats(result)
+    if plot is not None:
+        note(f"Wrote {plot}.")
+
+
+@handle_errors
+@filter_options
+def similar(
+    ref: Annotated[str, typer.Argument(help="A cached image's id or path, or an image file (cached once).")],
+    db: Db = None,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="How many neighbours.")] = 10,
+    embedding: Annotated[Embedding, typer.Option("--embedding", help="faramir or siglip (the stock pool).")] = Embedding.faramir,
+    filter=None,
+    exact: Annotated[bool, typer.Option("--exact", help="Exact search even where an ANN index exists.")] = False,
+    nprobes: Annotated[Optional[int], typer.Option("--nprobes", min=1, help="IVF partitions to search.")] = None,
+    refine_factor: Annotated[Optional[int], typer.Option("--refine-factor", min=1, help="Re-rank k × this exactly.")] = None,
+    weights_dir: WeightsDir = None,
+    device: Device = "auto",
+    fmt: RowFormatOpt = RowFormat.table,
+):
+    """The nearest cached images to REF by cosine distance, among those passing the filters.
+
+    Example: faramir similar ./new.png --accepted --k 20 --format jsonl
+
+    An image file the cache has not seen is ingested first (with --weights-dir and --device).
+    """
+    from store.errors import NotCached
+    from store.neighbours import similar as run
+
+    def search():
+        return run(ref, db, k=k, embedding=embedding.value, exact=exact, nprobes=nprobes,
+                   refine_factor=refine_factor, filter=filter)
+
+    try:
+        table = search()
+    except NotCached as new:
+        from store.ingestion import ingest_all
+
+        summary = ingest_all([new.path], db=db, weights_dir=weights_dir, device=device, workers=0)
+        if summary.failed:
+            fail(f"{ref}: could not be cached: {summary.failures[0].reason}")
+        table = search()
+    emit_results(table, fmt, ["distance", *ROW_COLUMNS])
+
+
+@handle_errors
+def index(
+    db: Db = None,
+    siglip: Annotated[bool, typer.Option("--siglip", help="Also index the stock SigLIP embedding.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Retrain an existing ANN index.")] = False,
+):
+    """Build the ANN index on the FARAMIR embedding and scalar indexes on the filter columns.
+
+    Example: faramir index --siglip
+    """
+    from store.indexes import index as run
+
+    note("Building indexes (an ANN index on 1M rows takes a few minutes)...")
+    rows = run(db, embeddings=("faramir", "siglip") if siglip else ("faramir",), replace=replace)
+    emit(rows, "table", ["column", "type", "indexed_rows", "unindexed_rows", "name"])
+
+
+@handle_errors
+@filter_options
+def export(
+    dest: Annotated[Path, typer.Argument(help="A .csv/.jsonl/.parquet file, or a folder for the images.")],
+    db: Db = None,
+    fmt: Annotated[Optional[ExportFormat], typer.Option(
+        "--format", "-f", help="csv, jsonl, parquet or files (default: from DEST's suffix).")] = None,
+    link: Annotated[Link, typer.Option("--link", help="files: copy, hardlink or symlink.")] = Link.copy,
+    by_label: Annotated[bool, typer.Option("--by-label", help="files: one subfolder per label.")] = False,
+    with_embeddings: Annotated[bool, typer.Option(
+        "--with-embeddings", help="jsonl/parquet: include the vectors.")] = False,
+    filter=None,
+    sort: Annotated[Optional[Sort], typer.Option("--sort", help="With --limit: confidence or aesthetic.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Only the best N (by --sort).")] = None,
+):
+    """Export the images that pass the filters as a table or as files; never overwrites.
+
+    Example: faramir export ./accepted --accepted --by-label --link hardlink
+
+    In a folder, a taken name gets the image's id appended; a source file that is gone is reported
+    and skipped (exit status 3).
+    """
+    from store.exporter import export as run
+
+    with Bar("export") as bar:
+        result = run(dest, db, format=fmt.value if fmt else None, link=link.value, by_label=by_label,
+                     with_embeddings=with_embeddings,
+                     sort=sort.value if sort else None, limit=limit, progress=bar, filter=filter)
+    for label, items in (("source file missing", result.missing), ("name taken, skipped", result.clashes)):
+        for item in items[:20]:
+            warn(f"{item}: {label}")
+        if len(items) > 20:
+            warn(f"… and {len(items) - 20} more ({label})")
+    what = "rows" if result.format != "files" else "images"
+    extra = f", {result.present} already there" if result.present else ""
+    note(f"Exported {result.written} {what} to {result.dest}{extra}.")
+    if result.missing or result.clashes:
+        raise typer.Exit(EXIT_PARTIAL)

@@ -1,0 +1,168 @@
+"""Checkpoints in upstream's key format: strict loading, key checks, the FARAMIR checkpoint's
+parts (`attn_pool.*`, `norm.*` + `head.*`), head-only copies, and atomic saving.
+
+Every `.pth` is read with `torch.load(weights_only=True)`: no code in a checkpoint ever runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from faramir.config import FULL, TRAINED_PREFIXES, FaramirConfig
+from faramir.digests import tensor_digest
+from faramir.errors import WeightsError
+from faramir.files import atomic_path
+
+if TYPE_CHECKING:
+    from faramir.head import FaramirHead
+
+
+def load_pth(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a `.pth` file, refusing anything but plain tensors (no code runs)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as ex:
+        first = str(ex).strip().splitlines()[0] if str(ex).strip() else "unsafe pickle"
+        raise WeightsError(
+            f"{path}: refused, it holds more than tensors and could run code "
+            f"(weights_only load failed: {first}); use the original file from its source"
+        ) from ex
+    except Exception as ex:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({ex}); re-download it") from ex
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors; use the original file from its source")
+    return dict(state)
+
+
+def check_state_dict(path, state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
+    """Raise WeightsError naming missing keys, unexpected keys and wrong shapes."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k])}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
+        if items:
+            shown = ", ".join(items[:6]) + (f", … ({len(items)} in all)" if len(items) > 6 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise WeightsError(f"{path}: does not match the model; " + "; ".join(problems))
+
+
+def shapes_of(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def as_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors as float32 (upstream copies checkpoints into float32 modules)."""
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def split_faramir_checkpoint(state: dict[str, torch.Tensor]):
+    """(attn_pool.* without prefix, norm.* + head.*) of a FARAMIR checkpoint."""
+    pool = {k[len("attn_pool."):]: v for k, v in state.items() if k.startswith("attn_pool.")}
+    head = {k: v for k, v in state.items() if not k.startswith("attn_pool.")}
+    return pool, head
+
+
+def load_head_checkpoint(path: str | os.PathLike, cfg: FaramirConfig = FULL):
+    """A head checkpoint in upstream's key format: a full `faramir-v1.pth` (39 keys) or one with
+    only `norm.*` and `head.*`. Returns (FaramirHead in eval mode, head state, pool fingerprint
+    or None for a head-only file, head fingerprint)."""
+    from faramir.experts import build_trunk
+    from faramir.head import FaramirHead
+
+    state = load_pth(path)
+    pool_state, head_state = split_faramir_checkpoint(state)
+    head = FaramirHead(cfg)
+    expected = shapes_of(head)
+    if pool_state:
+        with torch.device("meta"):
+            pool = build_trunk(cfg).attn_pool
+        expected = {**shapes_of(pool, "attn_pool."), **expected}
+    check_state_dict(path, state, expected)
+    head_state = as_float32(head_state)
+    head.load_state_dict(head_state)
+    pool_fp = tensor_digest(as_float32(pool_state)) if pool_state else None
+    return head.eval(), head_state, pool_fp, tensor_digest(head_state)
+
+
+def head_to_bytes(head_state: dict[str, torch.Tensor]) -> bytes:
+    """norm.* + head.* as safetensors bytes (stored in the cache so ingest can score new rows)."""
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in head_state.items()})
+
+
+def head_from_bytes(data: bytes, cfg: FaramirConfig):
+    from safetensors.torch import load
+
+    from faramir.head import FaramirHead
+
+    head = FaramirHead(cfg)
+    head.load_state_dict(load(data))
+    return head.eval()
+
+
+def trained_state_dict(base_state: dict[str, torch.Tensor], head: FaramirHead) -> dict[str, torch.Tensor]:
+    """The base checkpoint with only `head.linear_3.*`, `head.activation_2.*`, `head.linear_4.*` replaced.
+
+    `base_state` is a full FARAMIR checkpoint (`attn_pool.*`, `norm.*`, `head.*`; 39 keys) or a
+    head-only one (`norm.*`, `head.*`). The result has exactly its keys in its order. Trained
+    tensors come from `head` as contiguous CPU float32; every other tensor is a copy of the base's
+    (same dtype, bit-identical). Raises ValueError if the keys do not fit the head or if any
+    head tensor outside the trained modules differs from the base (the head was not loaded from
+    this checkpoint, or something changed it).
+    """
+    current = head.state_dict()
+    missing = [k for k in current if k not in base_state]
+    unexpected = [k for k in base_state if k not in current and not k.startswith("attn_pool.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"base checkpoint does not fit the head: missing {missing or 'none'}; "
+            f"unexpected {unexpected or 'none'}"
+        )
+    changed = []
+    out: dict[str, torch.Tensor] = {}
+    for key, base in base_state.items():
+        if key.startswith(TRAINED_PREFIXES):
+            t = current[key].detach().to(device="cpu", dtype=torch.float32)
+            if t.shape != base.shape:
+                raise ValueError(f"{key}: head has shape {tuple(t.shape)}, base {tuple(base.shape)}")
+            out[key] = t.contiguous().clone()
+            continue
+        if key in current:
+            mine = current[key].detach().cpu()
+            if mine.shape != base.shape or not torch.equal(mine, base.detach().cpu().to(mine.dtype)):
+                changed.append(key)
+        out[key] = base.detach().cpu().contiguous().clone()
+    if changed:
+        shown = ", ".join(changed[:6]) + (f", … ({len(changed)} in all)" if len(changed) > 6 else "")
+        raise ValueError(
+            f"the head differs from the base checkpoint outside the trained modules ({shown}); "
+            f"load the head from this base before finetuning"
+        )
+    return out
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """torch.save a plain dict of tensors atomically (`faramir.files.atomic_path`).
+
+    The file loads with `torch.load(path, weights_only=True)`, like upstream's checkpoint.
+    """
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"not a plain state dict of tensors: {bad[:6]}")
+    plain = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(plain, tmp)
+    return path

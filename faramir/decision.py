@@ -1,0 +1,80 @@
+"""Upstream's decision rule, written once: an image is accepted iff its confidence is above the
+threshold T, and its label is the best accept-side label when accepted, else the best reject-side
+one. Thresholds are never stored; every caller applies this rule at the T it is given.
+
+Upstream compares a float32 tensor with a Python float, which torch does in float32, so T is
+rounded to float32 first (`f32`). The rounded value is exactly representable, so the comparison
+gives the same answer at any width: NumPy, torch, Arrow and SQL (`accepted_sql`) all agree with
+upstream, even at thresholds such as 0.1 that float32 cannot hold exactly.
+
+`accepted`, `label` and `decide` take NumPy arrays, torch tensors, Arrow arrays or Python scalars
+and return the same kind. This module imports neither torch nor pyarrow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def f32(value: float) -> float:
+    """`value` rounded to float32, as torch rounds a Python scalar compared with a float32 tensor."""
+    return float(np.float32(value))
+
+
+def sql_float(value: float) -> str:
+    """`value` rounded to float32 as a SQL literal (the shortest repr that round-trips)."""
+    return repr(f32(value))
+
+
+def _kind(array) -> str:
+    module = type(array).__module__
+    if module.startswith("pyarrow"):
+        return "arrow"
+    if module.startswith("torch"):
+        return "torch"
+    if isinstance(array, (bool, int, float, str, np.bool_)):
+        return "scalar"
+    return "numpy"
+
+
+def accepted(confidence, threshold: float):
+    """confidence > T: booleans of the same kind as `confidence` (NaN is never accepted)."""
+    t = f32(threshold)
+    if _kind(confidence) == "arrow":
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        return pc.greater(confidence, pa.scalar(t, pa.float32()))
+    return confidence > t
+
+
+def label(is_accepted, accept_label, reject_label):
+    """The label at the decision: `accept_label` where accepted, else `reject_label`."""
+    kind = _kind(is_accepted)
+    if kind == "arrow":
+        import pyarrow.compute as pc
+
+        return pc.if_else(is_accepted, accept_label, reject_label)
+    if kind == "torch":
+        import torch  # already loaded: the caller holds a tensor
+
+        return torch.where(is_accepted, accept_label, reject_label)
+    if kind == "scalar":
+        return accept_label if is_accepted else reject_label
+    return np.where(is_accepted, accept_label, reject_label)
+
+
+def decide(confidence, accept_label, reject_label, threshold: float):
+    """(accepted, label) at threshold T; see `accepted` and `label`."""
+    is_accepted = accepted(confidence, threshold)
+    return is_accepted, label(is_accepted, accept_label, reject_label)
+
+
+def accepted_sql(confidence_column: str, threshold: float, is_accepted: bool = True) -> str:
+    """The rule as a SQL condition: `column > T` for accepted rows, `column <= T` for rejected ones."""
+    return f"{confidence_column} {'>' if is_accepted else '<='} {sql_float(threshold)}"
+
+
+def tsv_line(path: str, is_accepted: bool, label_name: str, confidence: float) -> str:
+    """Upstream inference.py's output line: path, accept|reject, label, confidence (2 decimals)."""
+    return f"{path}\t{'accept' if is_accepted else 'reject'}\t{label_name}\t{confidence:.2f}"

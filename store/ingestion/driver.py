@@ -1,0 +1,133 @@
+"""`ingest`: plan, run, write, and end-of-run housekeeping; the one entry point of stage one.
+
+The driver plans (`plan`), loads the model only when some file has to be read, runs the plan
+(`run`, the model thread) while a writer thread commits (`write`), and finally compacts and
+indexes what it touched. An ingest that finds nothing new never imports torch and touches nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+
+from faramir.config import PRECISIONS
+from faramir.errors import InputError
+from faramir.sources import discover
+from store.db import Cache
+from store.ingestion.events import IngestEvent, IngestPlan, IngestSummary
+from store.ingestion.plan import make_plan
+
+COMMIT_ROWS = 1024  # files per commit: ~10 MB of rows at full size, ~1,000 fragments per 1M images
+COMMIT_SECONDS = 60.0  # ...or this much compute, so a crash on a slow CPU loses at most a minute
+COMPACT_AT = 8  # compact a table at the end of a run once it holds this many small fragments
+KEEP_VERSIONS = timedelta(days=1)  # older table versions are removed by the end-of-run compaction
+
+
+def ingest(
+    paths: Sequence[str | os.PathLike],
+    *,
+    db: str | os.PathLike | Cache | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    model=None,
+    recursive: bool = False,
+    file_list: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    workers: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    retry_failed: bool = False,
+    commit_every: int = COMMIT_ROWS,
+    commit_seconds: float = COMMIT_SECONDS,
+) -> Iterator[IngestEvent]:
+    """Ingest image files into the cache at `db` (default: `store.db.default_db()`), yielding
+    progress events: an `IngestPlan`, an `IngestProgress` per batch, and last an `IngestSummary`.
+
+    `model` is a loaded `FaramirModel`, or a function returning one, called only when some file
+    has to be read; without it the model is loaded from `weights_dir` (resolved, and downloaded
+    into the default directory if needed, by `faramir.download`) onto `device`.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if batch_size < 1 or commit_every < 1:
+        raise InputError("batch_size and commit_every must be at least 1")
+    started = time.monotonic()
+    sources = discover([os.fspath(p) for p in paths], recursive,
+                       os.fspath(file_list) if file_list is not None else None)
+    cache = Cache.open(db, create=True)
+    known = cache.ids()
+    plan = make_plan(cache, sources, known, retry_failed)
+    yield IngestPlan(cache.uri, plan.found, len(plan.to_read), plan.unchanged, len(plan.skipped))
+
+    run = writer = None
+    compute_s = 0.0
+    if plan.to_read:
+        from store.ingestion.run import Run
+        from store.ingestion.write import Writer, prepare
+
+        model = _load(model, weights_dir, device)
+        writer = Writer(cache, *prepare(cache, model))
+        run = Run(model, plan, known, writer, precision=precision, commit_every=commit_every,
+                  commit_seconds=commit_seconds)
+        compute_started = time.monotonic()
+        yield from run.progress(batch_size, workers)
+        compute_s = time.monotonic() - compute_started
+    compacted, indexed = _housekeeping(cache, writer.touched if writer is not None else set())
+    yield _summary(cache.uri, plan, run, writer, time.monotonic() - started, compute_s, compacted, indexed)
+
+
+def _summary(db: str, plan, run, writer, elapsed_s: float, compute_s: float, compacted: list[str],
+             indexed: list[str]) -> IngestSummary:
+    """The counts of a finished ingest: the plan's, the run's and the writer's (a resumed run
+    finds some paths already listed: those count as unchanged, not duplicate)."""
+    counts = run.counts if run is not None else {"new": 0, "known": 0, "touched": 0, "duplicate": 0}
+    already = writer.already_listed if writer is not None else 0
+    failures = plan.skipped + (run.failures if run is not None else [])
+    return IngestSummary(
+        db=db, found=plan.found, new=counts["new"],
+        unchanged=plan.unchanged + counts["touched"] + already,
+        duplicate=counts["duplicate"] + counts["known"] - already,
+        failed=len(failures), failures=failures,
+        elapsed_s=elapsed_s, compute_s=compute_s, compacted=compacted, indexed=indexed,
+    )
+
+
+def _housekeeping(cache: Cache, touched: set[str]) -> tuple[list[str], list[str]]:
+    """(tables compacted, columns indexed) after a run that wrote to the `touched` tables: each
+    table compacted once it holds `COMPACT_AT` small fragments (versions younger than
+    `KEEP_VERSIONS` kept: a power cut can leave a broken latest manifest, and an older version is
+    the way back), then the indexes brought up to date (`store.indexes.ensure_indexes`), so a
+    collection grown by ingest alone is indexed like a rescored one. Nothing when nothing changed."""
+    if not touched:
+        return [], []
+    from store.indexes import ensure_indexes
+
+    compacted = []
+    for name in sorted(touched):
+        table = cache.table(name)
+        if table.stats()["fragment_stats"]["num_small_fragments"] >= COMPACT_AT:
+            table.optimize(cleanup_older_than=KEEP_VERSIONS)
+            compacted.append(name)
+    return compacted, ensure_indexes(cache)
+
+
+def _load(model, weights_dir, device):
+    if model is not None:
+        import torch
+
+        return model() if callable(model) and not isinstance(model, torch.nn.Module) else model
+    from faramir.devices import resolve_device
+    from faramir.download import resolve_weights_dir
+    from faramir.weights import load_model
+
+    return load_model(resolve_weights_dir(weights_dir, download=True), resolve_device(device))
+
+
+def ingest_all(paths: Sequence[str | os.PathLike], **kwargs) -> IngestSummary:
+    """Run `ingest` to the end and return its summary."""
+    summary = None
+    for event in ingest(paths, **kwargs):
+        summary = event
+    assert isinstance(summary, IngestSummary)
+    return summary

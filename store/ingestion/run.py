@@ -1,0 +1,202 @@
+"""Running an ingest's plan: decode workers read and hash the files, the model computes new
+content only, and finished batches become chunks for the writer (`store.ingestion.write`).
+
+Content seen twice in one run is computed once; content already cached is never decoded (the
+workers are given the cached ids). On CUDA the batch arrives in pinned memory and the next batch
+is launched before the previous one's results are copied back.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from faramir.decoding import Batch, Item, iter_batches
+from store.ingestion.events import FailedFile, IngestProgress
+from store.ingestion.plan import Plan
+from store.ingestion.write import EMBEDDING_FIELDS, Chunk, Writer
+
+
+class _HostResults:
+    """A batch's expert outputs on their way to host memory (asynchronously on CUDA)."""
+
+    def __init__(self, feats):
+        tensors = {name: getattr(feats, name) for name in EMBEDDING_FIELDS}
+        self.event = None
+        if any(t.device.type == "cuda" for t in tensors.values()):
+            tensors = {k: t.to("cpu", non_blocking=True) for k, t in tensors.items()}
+            self.event = torch.cuda.Event()
+            self.event.record()
+        self.tensors = tensors
+
+    def wait(self) -> dict[str, np.ndarray]:
+        if self.event is not None:
+            self.event.synchronize()
+        return {k: t.cpu().numpy() for k, t in self.tensors.items()}
+
+
+@dataclass
+class _Pending:
+    """One batch: launched on the device, applied to the chunk once its results are back."""
+
+    items: list[Item]  # computed rows, in order
+    results: _HostResults | None
+    records: list[tuple[str, Item]]  # (kind, item) for the rest: failed, known, duplicate, touched
+
+
+class Run:
+    """One pass over a plan's files: `progress()` yields an IngestProgress per batch and a last
+    one; `counts` and `failures` hold what it found. Committed in chunks of `commit_every` files
+    or `commit_seconds`, whichever comes first, and on the way out however it ends (an
+    interrupt keeps what was computed)."""
+
+    def __init__(self, model, plan: Plan, known: set[str], writer: Writer, *, precision: str,
+                 commit_every: int, commit_seconds: float):
+        self.model, self.plan, self.known, self.writer = model, plan, known, writer
+        self.precision, self.commit_every, self.commit_seconds = precision, commit_every, commit_seconds
+        self.counts = {"new": 0, "known": 0, "touched": 0, "duplicate": 0, "failed": 0}
+        self.failures: list[FailedFile] = []
+        self.in_run: set[str] = set()  # ids computed in this run (a later copy is only a new path)
+        self.chunk = Chunk()
+        self.done = 0
+        self.last_commit = self.t0 = time.monotonic()
+
+    def progress(self, batch_size: int, workers: int | None) -> Iterator[IngestProgress]:
+        cfg = self.model.info.config
+        batches = _forked_quietly(iter_batches(
+            self.plan.to_read, batch_size, workers, known=self.known.__contains__,
+            pin_memory=self.model.device.type == "cuda", res=(cfg.backbone_res, cfg.quality_res),
+        ))
+        pending: _Pending | None = None
+        finished = False
+        try:
+            for batch in batches:
+                launched, warned = self._launch(batch)
+                if pending is not None:  # the device works on this batch while the previous one is written down
+                    self._apply(pending)
+                    self._commit_if_due()
+                pending = launched
+                yield self._progress(warned)
+            if pending is not None:
+                self._apply(pending)
+                pending = None
+            finished = True
+        finally:
+            # Interrupted (Ctrl-C, an error, a consumer that stopped): keep what was computed.
+            try:
+                if not finished and pending is not None and self.writer.error is None:
+                    self._apply(pending)
+                if self.writer.error is None:
+                    self._commit_if_due(force=True)
+            finally:
+                self.writer.close()
+        yield self._progress([])
+
+    def _progress(self, warned: list[str]) -> IngestProgress:
+        c = self.counts
+        return IngestProgress(len(self.plan.to_read), self.done, c["new"], c["known"] + c["duplicate"] + c["touched"],
+                              c["failed"], time.monotonic() - self.t0, warned)
+
+    def _launch(self, batch: Batch) -> tuple[_Pending, list[str]]:
+        """Sort a decoded batch into rows to compute (launched on the device now) and records."""
+        warned: list[str] = []
+        records: list[tuple[str, Item]] = []
+        compute: list[int] = []  # rows of batch.xb to run
+        for it in batch.others:
+            records.append(("failed", it) if it.error else (self._known_kind(it), it))
+        for row, it in enumerate(batch.items):
+            warned.extend(f"{it.source.path}: {w}" for w in it.warnings)
+            if it.sha256 in self.known:
+                records.append((self._known_kind(it), it))
+            elif it.sha256 in self.in_run:
+                records.append(("duplicate", it))
+            else:
+                self.in_run.add(it.sha256)
+                compute.append(row)
+        results = None
+        if compute:
+            xb, xq = batch.xb, batch.xq
+            if len(compute) < len(batch.items):
+                index = torch.tensor(compute)
+                xb, xq = xb.index_select(0, index), xq.index_select(0, index)
+            results = _HostResults(self.model.features(xb, xq, self.precision))
+        return _Pending([batch.items[r] for r in compute], results, records), warned
+
+    def _apply(self, p: _Pending) -> None:
+        """Add one finished batch to the chunk: rows first, then paths that may refer to them."""
+        chunk = self.chunk
+        if p.items:
+            arrays = p.results.wait()
+            for name in EMBEDDING_FIELDS:
+                chunk.arrays[name].append(arrays[name])
+            for it in p.items:
+                chunk.row_of[it.sha256] = len(chunk.rows)
+                chunk.rows.append({
+                    "id": it.sha256, "paths": [it.source.path], "size": it.size,
+                    "mtime_ns": it.mtime_ns, "width": it.facts.width, "height": it.facts.height,
+                    "format": it.facts.format, "mode": it.facts.mode,
+                    "experts_fingerprint": self.model.info.experts_fingerprint, "precision": self.precision,
+                })
+                self._file_read(it)
+            self.counts["new"] += len(p.items)
+        for kind, it in p.records:
+            if kind == "failed":
+                self._failed(it)
+                continue
+            if kind != "touched":
+                chunk.add_path(it.sha256, it.source.path, it.mtime_ns)
+            self._file_read(it)
+            self.counts[kind] += 1
+        n = len(p.items) + len(p.records)
+        chunk.n += n
+        self.done += n
+
+    def _file_read(self, it: Item) -> None:
+        """A file that read fine: its files row, and its failure (if it had one) forgotten."""
+        self.chunk.files.append({"path": it.source.path, "id": it.sha256, "size": it.size, "mtime_ns": it.mtime_ns})
+        if self.plan.entries[it.index].was_failure:
+            self.chunk.cleared_failures.append(it.source.path)
+
+    def _failed(self, it: Item) -> None:
+        entry = self.plan.entries[it.index]
+        size, mtime = (it.size, it.mtime_ns) if it.sha256 else (entry.size, entry.mtime_ns)
+        now = datetime.now(timezone.utc)
+        reason = it.error or "not decoded"
+        self.chunk.failures.append({"path": it.source.path, "size": size, "mtime_ns": mtime,
+                                    "reason": reason, "failed_at": now})
+        self.failures.append(FailedFile(it.source.path, reason, now))
+        if entry.prev_id is not None:
+            self.chunk.dropped_files.append(it.source.path)
+        self.counts["failed"] += 1
+
+    def _commit_if_due(self, force: bool = False) -> None:
+        chunk = self.chunk
+        if chunk.n and (force or chunk.n >= self.commit_every
+                        or time.monotonic() - self.last_commit >= self.commit_seconds):
+            self.writer.put(chunk)
+            self.chunk = Chunk()
+            self.last_commit = time.monotonic()
+
+    def _known_kind(self, it: Item) -> str:
+        """A file whose content is already cached: the same content at this path before (a touched
+        file: only its files row changes), or content cached under other paths."""
+        return "touched" if self.plan.entries[it.index].prev_id == it.sha256 else "known"
+
+
+def _forked_quietly(batches: Iterator) -> Iterator:
+    """Start the decode workers without lancedb's fork warning. Forking is safe here: the
+    workers never call LanceDB, and they are forked before the writer thread starts, while no
+    LanceDB operation is running. Fork (not spawn) lets them share the cached-id set for free."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "lancedb fork support is experimental", RuntimeWarning)
+        warnings.filterwarnings("ignore", "lance is not fork-safe", UserWarning)  # pylance's wording
+        first = next(batches, None)  # the DataLoader forks its workers here
+    if first is not None:
+        yield first
+        yield from batches

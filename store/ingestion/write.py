@@ -1,0 +1,205 @@
+"""Writing an ingest's results: the cache claimed for a model, then chunks committed in order by a
+background thread while the model computes the next ones.
+
+Each chunk is a few LanceDB commits, each atomic, in this order: ``images`` rows (`merge_insert`
+on the id: a rerun can never duplicate one), new paths of known content, then ``failures`` rows
+removed for files that now read fine, then ``files`` rows, then new ``failures`` rows. A SIGKILL
+between two commits leaves rows whose ``files`` entry is missing; the rerun reads those files
+again, finds their content cached, and only adds the ``files`` rows.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from faramir.checkpoints import head_from_bytes, head_to_bytes
+from faramir.weights import FARAMIR_FILE
+from store import schema
+from store.db import Cache, ensure_primary_key, sql_in
+from store.errors import ExpertsMismatch
+from store.scoring import HeadScorer, fixed_size_list
+
+EMBEDDING_FIELDS = (  # ExpertOutputs attribute = images column
+    "faramir_embedding", "siglip_embedding", "aesthetic_features", "aesthetic_score",
+    "quality_features",
+)
+FACT_COLUMNS = ("id", "paths", "size", "mtime_ns", "width", "height", "format", "mode",
+                "experts_fingerprint", "precision")
+
+
+def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, HeadScorer]]:
+    """Check the cache was built with these experts (or claim an empty one), make sure the
+    images table exists, and return its schema and the heads that score new rows (prefix → scorer)."""
+    info = model.info
+    built_with = cache.get_meta("experts_fingerprint")
+    if built_with and built_with != info.experts_fingerprint:
+        raise ExpertsMismatch(
+            f"{cache.uri} was built with other expert weights or preprocessing (experts "
+            f"fingerprint {built_with[:12]}, these weights {info.experts_fingerprint[:12]}); "
+            f"its vectors cannot be mixed with new ones. Ingest into another cache with "
+            f"--db DIR, or use the weights it was built with"
+        )
+    if not built_with:
+        cache.set_meta(config=info.config.to_json(), experts_fingerprint=info.experts_fingerprint,
+                       pool_fingerprint=info.pool_fingerprint, weights_generated=info.generated or "")
+    if not cache.has_images():
+        registered = cache.heads()
+        if not any(h["name"] == schema.DEFAULT_HEAD for h in registered):
+            cache.put_head(
+                name=schema.DEFAULT_HEAD,
+                prefix=schema.new_prefix(schema.DEFAULT_HEAD, {h["prefix"] for h in registered}),
+                fingerprint=info.head_fingerprint, pool_fingerprint=info.pool_fingerprint,
+                source=str(Path(info.weights_dir) / FARAMIR_FILE),
+                checkpoint=head_to_bytes({k: v.detach().cpu() for k, v in model.head.state_dict().items()}),
+                replace=False)
+        cache.create_images(info.config, [h["prefix"] for h in cache.heads()])
+    images = cache.images()
+    ensure_primary_key(images, "id")
+    names = set(images.schema.names)
+    scorers = {}
+    for row in cache.read(schema.HEADS, ["prefix", "checkpoint"]).to_pylist():
+        if all(name in names for name in schema.score_column_names(row["prefix"])):
+            scorers[row["prefix"]] = HeadScorer(head_from_bytes(row["checkpoint"], info.config), 1)
+    return images.schema, scorers
+
+
+@dataclass
+class Chunk:
+    """Everything one commit writes, built in the model thread, written by the writer thread."""
+
+    rows: list[dict] = field(default_factory=list)  # new images: file facts
+    arrays: dict[str, list[np.ndarray]] = field(default_factory=lambda: {k: [] for k in EMBEDDING_FIELDS})
+    row_of: dict[str, int] = field(default_factory=dict)  # id → index in rows
+    path_appends: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # id → [(path, mtime)]
+    files: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    cleared_failures: list[str] = field(default_factory=list)  # paths that read fine now
+    dropped_files: list[str] = field(default_factory=list)  # paths that fail now
+    n: int = 0  # files this chunk accounts for
+
+    def add_path(self, content_id: str, path: str, mtime_ns: int) -> None:
+        if content_id in self.row_of:
+            self.rows[self.row_of[content_id]]["paths"].append(path)
+        else:
+            self.path_appends.setdefault(content_id, []).append((path, mtime_ns))
+
+
+class Writer(threading.Thread):
+    """Commits chunks in order while the model computes the next ones. A bounded queue keeps
+    memory flat: when writing falls behind, the model thread waits."""
+
+    def __init__(self, cache: Cache, images_schema: pa.Schema, scorers: dict[str, HeadScorer]):
+        super().__init__(name="faramir-ingest-writer", daemon=True)
+        self.cache = cache
+        self.images_schema = images_schema
+        self.scorers = scorers
+        self.queue: queue.Queue[Chunk | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.already_listed = 0  # path records that images.paths already held (a resumed run)
+        self.touched: set[str] = set()
+
+    def put(self, chunk: Chunk) -> None:
+        self.check()
+        if not self.is_alive():
+            self.start()  # late, so decode workers fork before this thread exists
+        self.queue.put(chunk)
+
+    def close(self) -> None:
+        if self.is_alive():
+            self.queue.put(None)
+            self.join()
+        self.check()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def run(self) -> None:
+        while (chunk := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.commit(chunk)
+                except BaseException as ex:  # handed to the model thread at its next put/close
+                    self.error = ex
+
+    def commit(self, chunk: Chunk) -> None:
+        now = datetime.now(timezone.utc)
+        if chunk.rows:
+            result = (self.cache.images().merge_insert("id").when_not_matched_insert_all()
+                      .execute(self.images_table(chunk, now)))
+            self.touched.add(schema.IMAGES)
+            if result.num_inserted_rows < len(chunk.rows):
+                # Another process inserted some of these ids first: add our paths to its rows.
+                self.append_paths({r["id"]: [(p, r["mtime_ns"]) for p in r["paths"]] for r in chunk.rows},
+                                  count=False)
+        if chunk.path_appends:
+            self.append_paths(chunk.path_appends)
+        if chunk.cleared_failures:
+            self.delete_paths(schema.FAILURES, chunk.cleared_failures)
+        if chunk.files:
+            for row in chunk.files:
+                row["seen_at"] = now
+            self.upsert(schema.FILES, "path", pa.Table.from_pylist(chunk.files, schema=schema.FILES_SCHEMA))
+        if chunk.failures:
+            self.upsert(schema.FAILURES, "path", pa.Table.from_pylist(chunk.failures, schema=schema.FAILURES_SCHEMA))
+        if chunk.dropped_files:
+            self.delete_paths(schema.FILES, chunk.dropped_files)
+
+    def upsert(self, name: str, key: str, rows: pa.Table) -> None:
+        self.cache.table(name).merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(rows)
+        self.touched.add(name)
+
+    def delete_paths(self, name: str, paths: list[str]) -> None:
+        self.cache.table(name).delete(sql_in("path", paths))
+        self.touched.add(name)
+
+    def images_table(self, chunk: Chunk, now: datetime) -> pa.Table:
+        """The chunk's new images as rows of the images table, scored by every registered head."""
+        n = len(chunk.rows)
+        arrays = {k: np.concatenate(v) for k, v in chunk.arrays.items()}
+        cols: dict[str, pa.Array] = {
+            name: pa.array([r[name] for r in chunk.rows], self.images_schema.field(name).type)
+            for name in FACT_COLUMNS
+        }
+        cols["ingested_at"] = pa.array([now] * n, schema.TIMESTAMP)
+        cols["aesthetic_score"] = pa.array(arrays["aesthetic_score"], pa.float32())
+        for name in ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features"):
+            cols[name] = fixed_size_list(arrays[name])
+        for prefix, scorer in self.scorers.items():
+            cols.update(scorer.score_columns(prefix, arrays["faramir_embedding"], arrays["aesthetic_features"],
+                                             arrays["quality_features"]))
+        return pa.Table.from_arrays(
+            [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in self.images_schema],
+            schema=self.images_schema,
+        )
+
+    def append_paths(self, appends: dict[str, list[tuple[str, int]]], count: bool = True) -> None:
+        """Add paths to the `paths` of rows already committed (a merge of id, paths, mtime_ns)."""
+        current = self.cache.read(schema.IMAGES, ["id", "paths"], sql_in("id", appends))
+        have = dict(zip(current["id"].to_pylist(), current["paths"].to_pylist()))
+        updates = []
+        for content_id, records in appends.items():
+            if content_id not in have:
+                continue  # cannot happen: paths are appended only to ids committed before
+            paths = list(have[content_id] or [])
+            mtime = None
+            for path, mtime_ns in records:
+                if path in paths:
+                    self.already_listed += count
+                else:
+                    paths.append(path)
+                    mtime = mtime_ns
+            if mtime is not None:
+                updates.append({"id": content_id, "paths": paths, "mtime_ns": mtime})
+        if updates:
+            sch = pa.schema([self.images_schema.field(n) for n in ("id", "paths", "mtime_ns")])
+            (self.cache.images().merge_insert("id").when_matched_update_all()
+             .execute(pa.Table.from_pylist(updates, schema=sch)))
+            self.touched.add(schema.IMAGES)

@@ -1,0 +1,131 @@
+"""Nearest neighbours: the cached images closest to a reference by cosine distance of the FARAMIR
+or the stock SigLIP embedding, among the rows passing a filter.
+
+The reference is a cached image (by id or by a path the cache has seen), an image file whose
+content is cached (found by its hash), or a vector. An image file the cache has never seen raises
+`NotCached`: ingesting it is stage one's job (`store.ingest`), which the caller runs, then asks
+again (the `faramir similar` command does).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pyarrow as pa
+
+from faramir.files import sha256_file
+from store import schema
+from store.db import Cache, sql_str
+from store.errors import NotCached, QueryError
+from store.filters import Filter
+from store.scores import on_head, read_columns, results
+
+EMBEDDINGS = tuple(schema.EMBEDDING_COLUMNS)  # "faramir", "siglip"
+_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def embedding_column(embedding: str) -> str:
+    """The images column of embedding "faramir" or "siglip"."""
+    if embedding not in schema.EMBEDDING_COLUMNS:
+        raise QueryError(f"embedding {embedding!r}: use one of {', '.join(EMBEDDINGS)}")
+    return schema.EMBEDDING_COLUMNS[embedding]
+
+
+def reference_vector(cache: Cache, ref: str, embedding: str = "faramir") -> tuple[str, np.ndarray]:
+    """(id, embedding) of REF: a cached image's id, a path the cache has seen, or an image file
+    whose content is cached under any path (found by its sha256). NotCached for an image file the
+    cache has not seen; QueryError for anything else."""
+    column = embedding_column(embedding)
+    if _ID.match(ref.lower()):
+        found = _vector_of(cache, ref.lower(), column)
+        if found is not None:
+            return ref.lower(), found
+    if not ref.startswith(("http://", "https://")):
+        path = os.path.abspath(os.path.expanduser(ref))
+        hit = cache.read(schema.FILES, ["id"], f"path = {sql_str(path)}")
+        if len(hit):
+            content_id = hit.column("id")[0].as_py()
+            found = _vector_of(cache, content_id, column)
+            if found is not None:
+                return content_id, found
+        if os.path.isfile(path):
+            digest = sha256_file(path)
+            found = _vector_of(cache, digest, column)
+            if found is None:
+                raise NotCached(path, f"{ref}: not in the cache yet; cache it first with "
+                                      f"'faramir ingest {ref} --db {cache.uri}'")
+            return digest, found
+    if _ID.match(ref.lower()):
+        raise QueryError(f"{ref}: no cached image has this id in {cache.uri}")
+    raise QueryError(f"{ref}: not a cached image's id or path, nor an image file here")
+
+
+def _vector_of(cache: Cache, image_id: str, column: str) -> np.ndarray | None:
+    rows = cache.dataset(schema.IMAGES).to_table(columns=[column], filter=f"id = {sql_str(image_id)}", limit=1)
+    if not len(rows) or rows.column(column)[0].as_py() is None:
+        return None
+    return rows.column(column).combine_chunks().values.to_numpy(zero_copy_only=False)
+
+
+def cosine_distances(query: np.ndarray, column: pa.ChunkedArray) -> np.ndarray:
+    """1 - cosine similarity of each row to `query`, in float64 (exactly 0 for the same vector;
+    LanceDB's float32 distance leaves about 6e-8 there). Only the k results are recomputed."""
+    q = np.asarray(query, np.float64)
+    if len(column) == 0:
+        return np.zeros(0)
+    x = column.combine_chunks().values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
+    same = (x == np.asarray(query, x.dtype)).all(axis=1)
+    x = x.astype(np.float64)
+    cos = (x @ q) / (np.linalg.norm(x, axis=1) * np.linalg.norm(q))
+    return np.where(same, 0.0, np.clip(1.0 - cos, 0.0, 2.0))
+
+
+def similar(
+    ref: str | np.ndarray,
+    db: str | os.PathLike | Cache | None = None,
+    *,
+    k: int = 10,
+    embedding: str = "faramir",
+    exact: bool = False,
+    nprobes: int | None = None,
+    refine_factor: int | None = None,
+    filter: Filter | None = None,
+    **filters,
+) -> pa.Table:
+    """The `k` nearest cached images to REF by cosine distance of the FARAMIR or stock SigLIP
+    embedding, among the rows passing the filter (a `Filter`, or its fields as keyword
+    arguments), nearest first. REF: see `reference_vector`, or a vector.
+
+    One Lance query: the filter is a prefilter of the vector search, so the k results all pass
+    it. With an ANN index the search is approximate (`nprobes`, `refine_factor` tune it); rows
+    added since the index was built are searched exactly and merged in; `exact` bypasses the
+    index. Columns: distance (1 - cosine similarity), then as `store.top`."""
+    from store.indexes import NPROBES, REFINE_FACTOR
+
+    if k < 1:
+        raise QueryError(f"k {k}: must be at least 1")
+    cache = Cache.open(db)
+    f = Filter.of(filter, **filters)
+    column = embedding_column(embedding)
+    if isinstance(ref, np.ndarray):
+        vector = np.asarray(ref, np.float32)
+    else:
+        _, vector = reference_vector(cache, ref, embedding)
+
+    def run(prefix: str, ds) -> pa.Table:
+        nearest = {"column": column, "q": vector, "k": k, "metric": "cosine"}
+        if exact:
+            nearest["use_index"] = False
+        else:
+            nearest["nprobes"] = nprobes or NPROBES
+            nearest["refine_factor"] = refine_factor or REFINE_FACTOR
+        rows = ds.to_table(nearest=nearest, filter=f.where(prefix), prefilter=True,
+                           columns=[*read_columns(prefix), column, "_distance"])
+        distance = cosine_distances(vector, rows.column(column))
+        order = np.argsort(distance, kind="stable")  # the engine's order, exact ties aside
+        rows = rows.drop_columns([column, "_distance"]).append_column("distance", pa.array(distance))
+        return results(rows.take(pa.array(order, pa.int64())), prefix, f.threshold, first=["distance"])
+
+    return on_head(cache, f.head, run)

@@ -1,0 +1,194 @@
+"""Rescoring: every cached row scored with a head checkpoint, registered under a name.
+
+A head's scores are five columns of the ``images`` table under a column prefix (store.schema).
+`rescore` never changes a prefix's columns in place:
+
+1. It writes a fresh set of columns under a new prefix. For each fragment, Lance's merge_columns
+   runs a batch UDF over the three head inputs only and writes one new data file holding only
+   the new columns; one ``Merge`` commit then adds them to every fragment. The embedding data
+   files are not rewritten, row ids stay, and the vector index stays valid. If an ingest commits
+   meanwhile, the commit conflicts and is retried: fragments already scored keep their new file,
+   only new fragments are scored.
+2. It points the ``heads`` row of that name at the new prefix: that one-row commit is the moment
+   the new scores replace the old for every reader, who resolves name → prefix through ``heads``
+   (and retries once if the columns it resolved were dropped under it).
+3. It scores any row still without scores under the new prefix (appended by an ingest between
+   steps 1 and 2, which wrote nulls there), then drops the old prefix's columns (metadata only:
+   their data goes at the next compaction).
+
+A crash before step 2 leaves the old scores in force and unreferenced columns behind: harmless,
+and never reused, since a new prefix avoids every prefix present in the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+
+from faramir.checkpoints import head_to_bytes, load_head_checkpoint
+from store import schema
+from store.db import Cache
+from store.errors import HeadError, PoolMismatch
+from store.heads import HeadInfo, describe, drop_prefix
+from store.schema import HEAD_INPUTS
+from store.scoring import HeadScorer, head_inputs
+
+COMMIT_ATTEMPTS = 5  # tries of the rescore commit while an ingest keeps committing
+RESCORE_THREADS = 2  # fragments scored at once (reading one overlaps the arithmetic on another)
+RESCORE_BATCH = 4096  # rows per head forward: ~19 MB of embeddings, small enough for the allocator to reuse
+
+
+def _prefixes_in(table_schema: pa.Schema) -> set[str]:
+    """Column prefixes that have a confidence column in the images table (registered or not)."""
+    return {name[: -len("_confidence")] for name in table_schema.names if name.endswith("_confidence")}
+
+
+def _pool_mismatch_message(path, pool_fp: str, cache_pool: str, uri: str) -> str:
+    return (
+        f"{path}: its attention pool (attn_pool.*, fingerprint {pool_fp[:12]}) is not the one this "
+        f"cache's FARAMIR embeddings were made with ({cache_pool[:12]}), so its head cannot be applied "
+        f"to them. To use this checkpoint, rebuild a cache with it: put it as faramir-v1.pth in a "
+        f"weights directory beside the other three files and run 'faramir ingest PATH --weights-dir DIR "
+        f"--db NEW_DB'. A head-only file (norm.* and head.*) trained on this cache's pool can be rescored "
+        f"into {uri} as it is."
+    )
+
+
+def rescore(
+    head: str | os.PathLike,
+    name: str,
+    *,
+    db: str | os.PathLike | Cache | None = None,
+    batch_size: int = RESCORE_BATCH,
+    index: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> HeadInfo:
+    """Score every cached row with the head checkpoint `head` and register it as `name`.
+
+    `head` is in upstream's key format: a full faramir-v1.pth (its attn_pool.* must be the cache's)
+    or a file with only norm.* and head.*. An existing head of that name is replaced atomically.
+    `progress(rows_done, rows_total)` is called after every batch, from Lance's worker threads
+    (inside its runtime: it must not call Lance itself). With `index`, scalar indexes
+    on the new columns (and the ANN index, when the table is large enough) are built afterwards.
+    Returns the head as `list_heads` describes it."""
+    if not schema.valid_head_name(name):
+        raise HeadError(f"{name!r}: not a valid head name; use letters, digits, '.', '_' and '-' "
+                        f"(at most 64, starting with a letter or digit)")
+    cache = Cache.open(db)
+    table = cache.images()
+    cfg = cache.config()
+    model, head_state, pool_fp, head_fp = load_head_checkpoint(head, cfg)
+    cache_pool = cache.get_meta("pool_fingerprint") or ""
+    if pool_fp is not None and cache_pool and pool_fp != cache_pool:
+        raise PoolMismatch(_pool_mismatch_message(head, pool_fp, cache_pool, cache.uri))
+
+    heads = {h["name"]: h for h in cache.heads()}
+    taken = {h["prefix"] for h in heads.values()} | _prefixes_in(table.schema)
+    prefix = schema.new_prefix(name, taken)
+    _add_score_columns(cache, prefix, model, cfg, batch_size, progress)
+    record = cache.put_head(  # the commit point: readers now see the new scores
+        name=name, prefix=prefix, fingerprint=head_fp, pool_fingerprint=pool_fp or "",
+        source=str(Path(head).resolve()), checkpoint=head_to_bytes(head_state))
+    _fill_missing(cache, prefix, model, cfg)
+
+    old = heads.get(name)
+    if old is not None:
+        drop_prefix(cache, old["prefix"])
+    if index:
+        from store.indexes import ensure_indexes
+
+        ensure_indexes(cache, heads=[name])
+    return describe(cache, record)
+
+
+class _ScoreUDF:
+    """The batch UDF of a rescore: the head's five score columns from the three head inputs.
+
+    Fragments are scored on several threads; each thread has its own HeadScorer (and so its own
+    input buffer). `progress(done, total)` is called under a lock after every batch."""
+
+    def __init__(self, prefix: str, model, cfg, batch_size: int, progress: Callable[[int, int], None] | None):
+        self.schema = pa.schema(schema.score_fields(prefix))
+        self.model, self.cfg, self.batch_size, self.progress = model, cfg, batch_size, progress
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.done = self.total = 0
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        scorer = getattr(self.local, "scorer", None)
+        if scorer is None:
+            scorer = self.local.scorer = HeadScorer(self.model, self.batch_size)
+        arrays = scorer.score_arrays(*head_inputs(batch, self.cfg))
+        with self.lock:
+            self.done += batch.num_rows
+            if self.progress is not None:
+                self.progress(min(self.done, self.total), self.total)
+        return pa.RecordBatch.from_arrays(list(arrays.values()), schema=self.schema)
+
+
+def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
+                       progress: Callable[[int, int], None] | None) -> int:
+    """Write the score columns of `prefix` for every row, without rewriting any other column.
+
+    Each fragment gets one new data file holding only the new columns (Lance's merge_columns with
+    a batch UDF reading the three head inputs); one ``Merge`` commit then adds them all. If an
+    ingest commits meanwhile, the commit conflicts: the fragments already scored keep their new
+    file and only the new fragments are scored before the next try. Returns the rows scored."""
+    import lance
+    from lance.commit import CommitConflictError
+    from lance.dataset import LanceOperation
+
+    score = _ScoreUDF(prefix, model, cfg, batch_size, progress)
+    udf = lance.udf.BatchUDF(score, score.schema)
+    scored: dict[tuple, object] = {}  # (fragment id, its data files) → the new data file
+    base_schema = merged_schema = None
+    for _ in range(COMMIT_ATTEMPTS):
+        dataset = cache.images().to_lance()  # the latest version
+        if dataset.schema != base_schema:  # new field ids are assigned from the schema: start over
+            scored.clear()
+            base_schema = dataset.schema
+        fragments = [f.metadata for f in dataset.get_fragments()]
+        score.total = sum(m.num_rows for m in fragments)
+        if not fragments:  # an empty table: the columns alone, metadata only
+            dataset.add_columns(list(score.schema))
+            return 0
+        keys = [(meta.id, tuple(f.path for f in meta.files)) for meta in fragments]
+        todo = [(key, fragment) for key, fragment in zip(keys, dataset.get_fragments()) if key not in scored]
+        # Fragments in parallel: Lance reads one (without the GIL) while the head scores another,
+        # so reading the embeddings and the arithmetic overlap instead of adding up.
+        with ThreadPoolExecutor(RESCORE_THREADS) as pool:
+            merges = pool.map(lambda f: f.merge_columns(udf, columns=HEAD_INPUTS, batch_size=batch_size),
+                              [fragment for _, fragment in todo])
+            for (key, _), (new_meta, merged_schema) in zip(todo, merges):
+                scored[key] = new_meta.files[-1]
+        merged = [dataclasses.replace(meta, files=[*meta.files, scored[key]])
+                  for key, meta in zip(keys, fragments)]
+        try:
+            lance.LanceDataset.commit(dataset, LanceOperation.Merge(merged, merged_schema),
+                                      read_version=dataset.version)
+            return score.total
+        except CommitConflictError:
+            continue
+    raise HeadError(f"{cache.uri} kept changing while rescoring ({COMMIT_ATTEMPTS} tries); "
+                    f"run the rescore again once the ingest writing to it has finished")
+
+
+def _fill_missing(cache: Cache, prefix: str, model, cfg) -> int:
+    """Score rows that have no scores under `prefix`: rows an ingest appended between the column
+    commit and the switch of the heads row (it wrote the columns it knew of, nulls here)."""
+    table = cache.images()
+    where = f"{prefix}_confidence IS NULL"
+    if not table.count_rows(where):
+        return 0
+    rows = cache.read(schema.IMAGES, ["id", *HEAD_INPUTS], where)
+    columns = HeadScorer(model, len(rows)).score_columns(prefix, *head_inputs(rows, cfg))
+    update = pa.table({"id": rows.column("id"), **columns},
+                      schema=pa.schema([pa.field("id", pa.string(), nullable=False), *schema.score_fields(prefix)]))
+    table.merge_insert("id").when_matched_update_all().execute(update)
+    return len(rows)
