@@ -226,7 +226,7 @@ def memory(args) -> None:
         weights = generate(Path(tmp) / "tiny", "tiny", 0)
         for n in sizes:
             folder = small / f"{n}"
-            paths = _small_images(folder, n)
+            _small_images(folder, n)
             job = {"mode": f"tiny-{n}", "precision": "fp32", "device": "cpu", "weights": str(weights),
                    "workers": args.workers, "batch_size": args.batch_size, "db": f"{tmp}/db-{n}",
                    "paths": [str(folder)]}
