@@ -12,7 +12,8 @@ first use, so `import store` costs nothing and a query never imports torch):
     store.Cache, store.Filter                                 an open cache; which rows a query keeps
 
 Modules, one concept each: db (Cache: opening, tables, heads registry), schema, errors, filters,
-scores (a head's score columns → result rows), query, neighbours, indexes, exporter, labels,
+scores (a head's score columns → result rows), query, neighbours, browse (keyset pages, counts,
+one image, two heads' disagreements), indexes, exporter, labels (also set/unset by content id),
 tuning, heads, rescoring, scoring (the head over cached rows; torch), ingestion/ (plan, run,
 write, driver), allocator.
 """

@@ -1,4 +1,5 @@
-"""Curator labels beside the cache: import from CSV/JSONL, list, remove.
+"""Curator labels beside the cache: import from CSV/JSONL, list, remove; set and unset by content
+id (the gallery's writes).
 
 A label is `accept`, `reject` or one of the 30 upstream label names (stored canonically; a
 30-name label counts as accept iff it is accept-biased). Rows name an image by content id or by
@@ -9,6 +10,7 @@ Rows naming images that are not cached are reported, never silently dropped.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -178,6 +180,96 @@ def remove_labels(refs: list[str] = (), *, all: bool = False, source: str | None
     return before - table.count_rows()
 
 
+LABEL_FRAGMENTS = 64  # compact the labels table past this many fragments (one per write)
+
+
+@dataclass(frozen=True)
+class LabelCounts:
+    """How many labels there are, and on which side they count (`label_counts`)."""
+
+    total: int
+    accept: int
+    reject: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_ids(cache: Cache, ids: list[str]) -> list[str]:
+    """`ids` deduplicated, each a content id of a cached image (else LabelsError naming it)."""
+    unique = list(dict.fromkeys(ids))
+    bad = [i for i in unique if not isinstance(i, str) or not _ID.match(i)]
+    if bad:
+        raise LabelsError(f"{str(bad[0])[:80]!r} is not a content id (64 lowercase hex digits)")
+    if not unique:
+        return unique
+    found = cache.read(schema.IMAGES, ["id"], sql_in("id", unique)).column("id")
+    missing = sorted(set(unique) - set(found.to_pylist()))
+    if missing:
+        raise LabelsError(f"{missing[0]}: no cached image has this id in {cache.uri}")
+    return unique
+
+
+def set_labels(ids: list[str], label: str, db: str | os.PathLike | Cache | None = None, *,
+               source: str = "gallery") -> int:
+    """Label these cached images (content ids) with `label` (accept, reject or one of the 30
+    names), replacing their earlier labels; returns how many were written."""
+    cache = Cache.open(db)
+    try:
+        label = canonical_label(label)
+    except ValueError as ex:
+        raise LabelsError(str(ex).split("\n")[0]) from None
+    ids = _check_ids(cache, ids)
+    if not ids:
+        return 0
+    now = datetime.now(timezone.utc)
+    data = pa.Table.from_pylist([{"id": i, "label": label, "source": source, "imported_at": now} for i in ids],
+                                schema=schema.LABELS_SCHEMA)
+    (cache.table(schema.LABELS).merge_insert("id")
+     .when_matched_update_all().when_not_matched_insert_all().execute(data))
+    _compact_now_and_then(cache)
+    return len(ids)
+
+
+def unset_labels(ids: list[str], db: str | os.PathLike | Cache | None = None) -> int:
+    """Remove the labels of these content ids (unknown ids are refused); returns how many went."""
+    cache = Cache.open(db)
+    ids = _check_ids(cache, ids)
+    if not ids:
+        return 0
+    where = sql_in("id", ids)
+    before = cache.dataset(schema.LABELS).count_rows(where)
+    if before:
+        cache.table(schema.LABELS).delete(where)
+        _compact_now_and_then(cache)
+    return before
+
+
+def _compact_now_and_then(cache: Cache) -> None:
+    # Every label write commits a small fragment; reads over thousands of them slow down.
+    ds = cache.dataset(schema.LABELS)
+    if len(ds.get_fragments()) > LABEL_FRAGMENTS:
+        ds.optimize.compact_files()
+
+
+def labels_of(ids: list[str], db: str | os.PathLike | Cache | None = None) -> dict[str, str]:
+    """{content id: label} for those of `ids` that have a label."""
+    cache = Cache.open(db)
+    ids = [i for i in dict.fromkeys(ids) if isinstance(i, str) and _ID.match(i)]
+    if not ids:
+        return {}
+    rows = cache.read(schema.LABELS, ["id", "label"], sql_in("id", ids))
+    return dict(zip(rows.column("id").to_pylist(), rows.column("label").to_pylist()))
+
+
+def label_counts(db: str | os.PathLike | Cache | None = None) -> LabelCounts:
+    """How many labels exist, and how many of them count as accept and as reject."""
+    cache = Cache.open(db)
+    labels = cache.read(schema.LABELS, ["label"]).column("label").to_pylist()
+    accept = sum(label_is_accept(x) for x in labels)
+    return LabelCounts(total=len(labels), accept=accept, reject=len(labels) - accept)
+
+
 def labelled_ids(cache: Cache) -> pa.Table:
     """id, label, target (bool) of every label whose image is still cached."""
     labels = cache.read(schema.LABELS, ["id", "label"])
@@ -185,4 +277,3 @@ def labelled_ids(cache: Cache) -> pa.Table:
     labels = labels.filter(pc.is_in(labels.column("id"), pa.array(sorted(ids), pa.string())))
     targets = pa.array([label_is_accept(x) for x in labels.column("label").to_pylist()], pa.bool_())
     return labels.append_column("target", targets)
-
