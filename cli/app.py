@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import assess_cmd, finetune_cmd, heads_cmd, ingest_cmd, query_cmd, weights_cmd
+from cli import assess_cmd, finetune_cmd, heads_cmd, ingest_cmd, query_cmd, serve_cmd, weights_cmd
 from store.allocator import keep_freed_memory
 
 # Before any command starts LanceDB's or torch's threads: Lance's batch reads reuse freed memory
@@ -51,6 +51,9 @@ labels.command("rm")(finetune_cmd.labels_rm)
 app.add_typer(labels, name="labels")
 app.command()(finetune_cmd.finetune)
 app.command()(finetune_cmd.evaluate)
+
+# The gallery.
+app.command()(serve_cmd.serve)
 
 # Weights.
 weights = _group("Prepare, generate and check weight directories.")

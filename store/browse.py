@@ -1,6 +1,6 @@
 """Queries for browsing the cache page by page (the gallery's reads, as library functions): keyset
 pages in `top`'s order, accepted/rejected counts at a threshold, everything known about one image,
-the images two heads disagree on, and the recorded paths of an image.
+its nearest neighbours, the images two heads disagree on, and the recorded paths of an image.
 
 Like every stage-two query these read one table version through `store.scores` (`on_head`), take
 a `Filter` (or its fields as keyword arguments), apply the threshold with upstream's rule
@@ -25,7 +25,7 @@ from faramir.config import ACCEPT_LABELS, N_ACCEPT, OUTPUT_NAMES
 from faramir.decision import accepted_sql, decide, f32, sql_float
 from store import schema
 from store.db import Cache, sql_str
-from store.errors import QueryError
+from store.errors import QueryError, UnknownImage
 from store.filters import Filter
 from store.query import SORTS, count
 from store.scores import head_prefix, on_head, read_columns, results
@@ -187,7 +187,7 @@ def _row(cache: Cache, image_id: str, columns: list[str]) -> dict:
     where = f"id = {sql_str(check_id(image_id))}"
     rows = cache.dataset(schema.IMAGES).to_table(columns=columns, filter=where, limit=1)
     if not len(rows):
-        raise QueryError(f"{image_id}: no cached image has this id in {cache.uri}")
+        raise UnknownImage(f"{image_id}: no cached image has this id in {cache.uri}")
     return rows.to_pylist()[0]
 
 
@@ -222,6 +222,20 @@ def detail(image_id: str, db: str | os.PathLike | Cache | None = None, *, thresh
         **{k: row[k] for k in FACT_COLUMNS}, threshold=threshold, logit_names=list(OUTPUT_NAMES),
         accept_side=N_ACCEPT, scores=scores,
     )
+
+
+def similar_to(image_id: str, db: str | os.PathLike | Cache | None = None, *, k: int = 24,
+               embedding: str = "faramir", filter: Filter | None = None, **filters) -> pa.Table:
+    """`store.similar` from a cached image named by content id only (its stored vector is the
+    query: nothing is looked up by path, no file is read). Columns as `similar` gives them."""
+    from store.neighbours import embedding_column, similar
+
+    cache = Cache.open(db)
+    column = embedding_column(embedding)
+    vector = _row(cache, image_id, [column])[column]
+    if vector is None:
+        raise UnknownImage(f"{image_id}: this cached image has no {embedding} embedding")
+    return similar(np.asarray(vector, np.float32), cache, k=k, embedding=embedding, filter=filter, **filters)
 
 
 # -- two heads ----------------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ class NotCached(QueryError):
         super().__init__(message)
 
 
+class UnknownImage(QueryError):
+    """No cached image has this content id (or it lacks what was asked of it)."""
+
+
 class ExportError(QueryError):
     """The export cannot be written as asked."""
 

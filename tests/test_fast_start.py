@@ -1,6 +1,7 @@
 """Stage-two commands start fast: `top`, `stats`, `similar` on a cached reference, `export`, `heads
 list`, `labels list` and an `ingest` that finds nothing new never import torch, timm or
-torchvision (nor LanceDB: they read through Lance), and the no-op ingest commits nothing.
+torchvision (nor LanceDB: they read through Lance), and the no-op ingest commits nothing. The
+gallery (`faramir serve`) starts and serves its reads without them too.
 
 Each command runs in a fresh interpreter, which reports the heavy modules it loaded."""
 
@@ -89,3 +90,30 @@ def test_an_ingest_that_finds_nothing_new_loads_no_torch_and_commits_nothing(cac
     got = run(tmp_path, "ingest", root / "imgs", "--db", root / "db")
     assert got["loaded"] == []
     assert {name: lance.dataset(root / "db" / name).version for name in tables} == before
+
+
+GALLERY_PROBE = """
+import json, sys
+out, db, work = sys.argv[1:4]
+from fastapi.testclient import TestClient
+from gallery.app import create_app
+client = TestClient(create_app(db, work=work), base_url="http://127.0.0.1:8765")
+codes = [client.get(url).status_code for url in ("/", "/api/info", "/api/counts", "/api/labels", "/api/export")]
+first = client.get("/api/grid", params={"limit": 2}).json()["rows"][0]["id"]
+codes += [client.get(url).status_code for url in (f"/api/image/{first}", f"/api/thumb/{first}",
+                                                  f"/api/similar/{first}?k=2")]
+with open(out, "w") as f:
+    json.dump({"codes": codes, "loaded": sorted(m for m in %r if m in sys.modules)}, f)
+""" % (HEAVY,)
+
+
+def test_the_gallery_serves_its_reads_without_torch_and_without_lancedb(cache, tmp_path):
+    pytest.importorskip("fastapi", reason="the gallery needs the 'serve' extra")
+    root, _ = cache
+    out = tmp_path / "probe.json"
+    env = {**os.environ, "FARAMIR_WEIGHTS": "/nonexistent"}
+    done = subprocess.run([sys.executable, "-c", GALLERY_PROBE, str(out), str(root / "db"), str(tmp_path / "work")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.is_file(), done.stderr
+    result = json.loads(out.read_text())
+    assert result == {"codes": [200] * 8, "loaded": []}

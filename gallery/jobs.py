@@ -1,0 +1,123 @@
+"""Finetune from the page: one background job at a time, its progress read by polling.
+
+The job is the CLI's `faramir finetune --name NAME` followed by `faramir evaluate --head NAME`:
+`store.tuning.finetune` on the current labels, `store.rescoring.rescore` to register the new head,
+`store.tuning.evaluate` for its MCC, precision, recall and the MCC-best threshold. It runs in a
+thread; the server's request threads stay free (torch and Lance release the GIL in their loops).
+Torch is imported when the first job starts, never before: the server itself runs without it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from faramir.errors import FaramirError
+from store import schema
+
+EVALUATION_KEYS = ("n", "mcc", "precision", "recall", "f1", "accuracy", "confusion", "best")
+
+
+class JobError(FaramirError):
+    """A finetune job cannot be started as asked."""
+
+
+@dataclass
+class FinetuneJob:
+    id: int
+    base: str
+    name: str
+    epochs: int
+    threshold: float
+    state: str = "training"  # training, scoring, evaluating, done, failed
+    epoch: int = 0
+    val_mcc: float | None = None  # this epoch's validation MCC (held-out labels)
+    best_val_mcc: float | None = None
+    base_val_mcc: float | None = None
+    scored: int = 0  # rows rescored so far
+    rows: int = 0
+    evaluation: dict | None = None  # on all labels, at `threshold`
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def public(self) -> dict:
+        return asdict(self)
+
+
+def free_name(base: str, taken: set[str]) -> str:
+    """`BASE-curated-N` with the first N not taken (valid as a head name)."""
+    stem = re.sub(r"-curated-\d+$", "", base)[:40]
+    n = 1
+    while f"{stem}-curated-{n}" in taken:
+        n += 1
+    return f"{stem}-curated-{n}"
+
+
+class Jobs:
+    """The finetune jobs of one server (at most one running)."""
+
+    def __init__(self, db: str, heads_dir: Path):
+        self.db, self.heads_dir = db, heads_dir
+        self.lock = threading.Lock()
+        self.jobs: dict[int, FinetuneJob] = {}
+
+    def running(self) -> FinetuneJob | None:
+        return next((j for j in self.jobs.values() if j.state not in ("done", "failed")), None)
+
+    def get(self, job_id: int) -> FinetuneJob:
+        if job_id not in self.jobs:
+            raise JobError(f"no finetune job {job_id} on this server")
+        return self.jobs[job_id]
+
+    def start(self, base: str, name: str | None, epochs: int, threshold: float, taken: set[str]) -> FinetuneJob:
+        if not 1 <= epochs <= 500:
+            raise JobError(f"epochs {epochs}: use 1 to 500")
+        if not 0.0 <= threshold <= 1.0:
+            raise JobError(f"threshold {threshold}: must be between 0 and 1")
+        name = name or free_name(base, taken)
+        if not schema.valid_head_name(name):
+            raise JobError(f"{name[:80]!r}: not a valid head name; use letters, digits, '.', '_' and '-'")
+        if name == base:
+            raise JobError(f"name the finetuned head differently from its base {base!r}")
+        with self.lock:
+            if (busy := self.running()) is not None:
+                raise JobError(f"finetune job {busy.id} ({busy.name}) is still running; wait for it")
+            job = FinetuneJob(len(self.jobs) + 1, base, name, epochs, threshold)
+            self.jobs[job.id] = job
+        threading.Thread(target=self._run, args=(job,), name=f"finetune-{job.id}", daemon=True).start()
+        return job
+
+    def _run(self, job: FinetuneJob) -> None:
+        from store.rescoring import rescore
+        from store.tuning import evaluate, finetune
+
+        def on_epoch(report):
+            job.epoch, job.val_mcc, job.best_val_mcc = report.epoch, report.val_mcc, report.best_val_mcc
+            if report.epoch == 0:
+                job.base_val_mcc = report.val_mcc
+
+        def on_rows(done, total):
+            job.scored, job.rows = done, total
+
+        try:
+            self.heads_dir.mkdir(parents=True, exist_ok=True)
+            out = self.heads_dir / f"{job.name}.pth"
+            finetune(job.base, out, db=self.db, epochs=job.epochs, on_epoch=on_epoch)
+            job.state = "scoring"
+            rescore(out, job.name, db=self.db, progress=on_rows)
+            job.state = "evaluating"
+            result = evaluate(job.name, db=self.db, threshold=job.threshold)
+            job.evaluation = {k: v for k, v in result.to_dict().items() if k in EVALUATION_KEYS}
+            job.state = "done"
+        except FaramirError as ex:
+            job.error, job.state = str(ex).split("\n")[0], "failed"
+        except Exception as ex:  # reported on the page, never lost in a thread
+            job.error, job.state = f"{type(ex).__name__}: {ex}".split("\n")[0], "failed"
+            traceback.print_exc()
+        finally:
+            job.finished = time.time()

@@ -1,0 +1,98 @@
+"""For gallery tests: a real server on a free loopback port, Debian's Chromium, and a cache
+ingested from generated images with tiny generated weights."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHROMIUM = os.environ.get("FARAMIR_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(app, host: str = "127.0.0.1"):
+    """Serve `app` with uvicorn in a thread; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the gallery server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def ingested_cache(root: Path, weights: Path, n: int = 36, size=(96, 72)) -> Path:
+    """A cache at root/db ingested from `n` generated images (root/imgs) with tiny weights."""
+    from store.ingestion import ingest_all
+    from tests.conftest import write_images
+
+    write_images(root / "imgs", n, size=size)
+    db = root / "db"
+    ingest_all([root / "imgs"], db=db, weights_dir=weights, device="cpu", workers=0, batch_size=12)
+    return db
+
+
+def middle_threshold(db, head: str = "faramir-v1") -> float:
+    """A threshold (2 decimals) that splits the cache's confidences about evenly: generated
+    weights put every confidence near one value, so the default 0.5 may accept none."""
+    from store.query import top
+
+    conf = np.sort(top(db, head=head, limit=None).column("confidence").to_numpy())
+    for t in np.round(np.linspace(0.0, 1.0, 101), 2):
+        if (conf > np.float32(t)).mean() <= 0.5:
+            return float(t)
+    return 0.5
+
+
+def not_blank(png: Path) -> bool:
+    """Whether a screenshot shows something: more than a handful of distinct colours."""
+    from PIL import Image
+
+    with Image.open(png) as img:
+        colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
+    return colours is None or len(colours) > 50
+
+
+def spread_head(db, weights: Path, name: str = "spread", scale: float = 2.5) -> str:
+    """Register head `name`: the cache's faramir-v1 with its decision logit rescaled so confidences
+    spread over (0, 1) (generated weights put them all near one value). Returns the name."""
+    import torch
+
+    from faramir.checkpoints import split_faramir_checkpoint
+    from faramir.weights import FARAMIR_FILE
+    from store.rescoring import rescore
+    from store.query import top
+
+    decision = top(db, limit=None).column("decision").to_numpy().astype(np.float64)
+    k = scale / max(decision.std(), 1e-12)
+    state = torch.load(Path(weights) / FARAMIR_FILE, weights_only=True)
+    head = dict(split_faramir_checkpoint(state)[1])
+    head["head.linear_4.weight"] = head["head.linear_4.weight"] * k
+    head["head.linear_4.bias"] = (head["head.linear_4.bias"] - float(np.median(decision))) * k
+    path = Path(db).parent / f"{name}.pth"
+    torch.save(head, path)
+    rescore(path, name, db=db)
+    return name
