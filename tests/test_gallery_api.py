@@ -316,3 +316,24 @@ def test_finetune_from_the_page_registers_scores_and_evaluates_a_head(cache, gal
     grid = walk_grid(client, head=job["name"])
     assert [r["id"] for r in grid] == top(cache["db"], head=job["name"], limit=None).column("id").to_pylist()
     client.post("/api/labels", json={"ids": ids_accept + ids_reject, "label": None}, headers=writes(app))
+
+
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_faramir_serve_prints_its_url_and_warns_off_loopback(cache, host, warned):
+    import subprocess
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from cli.app import main; main()", "serve", "--db", str(cache["db"]),
+         "--host", host, "--port", "0", "--read-only"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("faramir gallery on http://127.0.0.1:") and line.endswith("/ (read-only)"), line
+        url = line.split()[3]
+        with urllib.request.urlopen(url + "api/info", timeout=30) as r:
+            assert json.loads(r.read())["read_only"] is True
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert ("Warning: binding 0.0.0.0" in err) is warned, err

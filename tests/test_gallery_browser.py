@@ -1,0 +1,207 @@
+"""The gallery end to end in real headless Chromium (Debian's, driven by Playwright), served by
+uvicorn on a free loopback port over a cache ingested from generated images with tiny weights.
+Each test saves a screenshot (in its tmp dir) and checks it is not blank."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.gallery_helpers import CHROMIUM, CHROMIUM_ARGS, ingested_cache, not_blank, running, spread_head
+
+pytest.importorskip("fastapi", reason="the gallery needs the 'serve' extra: pip install 'faramir[serve]'")
+pytest.importorskip("playwright", reason="browser tests need playwright: pip install 'faramir[dev]'")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run does), or set FARAMIR_CHROMIUM",
+)
+
+HEAD = "spread"
+runner = CliRunner()
+
+
+def cli(*args) -> str:
+    from cli.app import app
+
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, tiny_weights):
+    root = tmp_path_factory.mktemp("gallery-browser")
+    db = ingested_cache(root, tiny_weights, n=30)
+    spread_head(db, tiny_weights, HEAD)
+    return db
+
+
+@pytest.fixture(scope="module")
+def server(cache, tmp_path_factory):
+    from gallery.app import create_app
+
+    app = create_app(cache, work=tmp_path_factory.mktemp("work"))
+    with running(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path, request):
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    shot = tmp_path / f"{request.node.name}.png"
+    pg.screenshot(path=str(shot))
+    context.close()
+    assert not_blank(shot), f"blank screenshot {shot}"
+    assert errors == [], errors
+
+
+def wait_until(pg, expression: str, arg=None, timeout: float = 15.0):
+    """Poll `expression` (a JavaScript function of `arg`) until it is truthy. Playwright's own
+    wait_for_function evaluates strings with eval, which the page's CSP (rightly) forbids."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if pg.evaluate(expression, arg):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression} ({arg!r})")
+        pg.wait_for_timeout(50)
+
+
+def tile_ids(pg) -> list[str]:
+    return pg.eval_on_selector_all("#grid .tile", "els => els.map(e => e.dataset.id)")
+
+
+def counts(pg) -> tuple[int, int]:
+    return (int(pg.get_attribute("#count-accepted", "data-n")), int(pg.get_attribute("#count-rejected", "data-n")))
+
+
+def test_tiles_appear_in_the_order_faramir_top_gives(server, cache, page):
+    page.goto(f"{server}/?head={HEAD}&t=0.4")
+    wait_until(page, "() => document.querySelectorAll('#grid .tile').length >= 30")
+    want = [json.loads(line)["id"] for line in cli("top", "--db", cache, "--head", HEAD, "--threshold", "0.4",
+                                                   "--limit", "0", "--format", "jsonl").splitlines()]
+    assert tile_ids(page) == want
+    marks = page.eval_on_selector_all("#grid .tile", "els => els.map(e => e.dataset.accepted === 'true')")
+    assert marks == [json.loads(line)["accepted"] for line in cli(
+        "top", "--db", cache, "--head", HEAD, "--threshold", "0.4", "--limit", "0", "--format", "jsonl").splitlines()]
+    wait_until(page, "() => [...document.querySelectorAll('#grid .tile img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.select_option("#sort", "aesthetic:asc")
+    wait_until(page, "() => new URLSearchParams(location.search).get('sort') === 'aesthetic'")
+    wait_until(page, "() => document.querySelectorAll('#grid .tile').length >= 30")
+    want = [json.loads(line)["id"] for line in cli("top", "--db", cache, "--head", HEAD, "--threshold", "0.4",
+                                                   "--sort", "aesthetic", "--ascending", "--limit", "0",
+                                                   "--format", "jsonl").splitlines()]
+    assert tile_ids(page) == want
+    page.go_back()  # the URL holds the state: back restores the confidence order
+    wait_until(page, "() => document.querySelector('#sort').value === 'confidence:desc'")
+
+
+def test_moving_the_slider_changes_the_counts_to_what_faramir_stats_says(server, cache, page):
+    page.goto(f"{server}/?head={HEAD}")
+    page.wait_for_selector("#grid .tile")
+    for t in ("0.25", "0.5", "0.8"):
+        page.eval_on_selector("#threshold", "(el, t) => { el.value = t; el.dispatchEvent(new Event('input', {bubbles: true})); }", t)
+        stats = json.loads(cli("stats", "--db", cache, "--head", HEAD, "--threshold", t, "--json"))
+        wait_until(
+            page, "([a, r]) => document.querySelector('#count-accepted').dataset.n === String(a) && "
+            "document.querySelector('#count-rejected').dataset.n === String(r)",
+            arg=[stats["accepted"], stats["rejected"]])
+        assert counts(page) == (stats["accepted"], stats["rejected"])
+        assert page.inner_text("#threshold-value") == f"{float(t):.2f}"
+        wait_until(page, "t => (new URLSearchParams(location.search).get('t') || '0.5') === t", t)
+    wait_until(page, "() => document.querySelectorAll('#grid .tile').length > 0")
+    shown = page.eval_on_selector_all("#grid .tile", "els => els.filter(e => e.dataset.accepted === 'true').length")
+    assert shown == json.loads(cli("stats", "--db", cache, "--head", HEAD, "--threshold", "0.8", "--json"))["accepted"]
+
+
+def test_pressing_a_on_a_focused_tile_creates_the_label(server, cache, page):
+    page.goto(f"{server}/?head={HEAD}&t=0.5")
+    page.wait_for_selector("#grid .tile")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    focused = page.get_attribute("#grid .tile.focus", "data-id")
+    assert focused == tile_ids(page)[2]
+    before = int(page.get_attribute("#label-total", "data-n"))
+    page.keyboard.press("a")
+    wait_until(page, "id => document.querySelector(`.tile[data-id='${id}']`).dataset.curated === 'accept'",
+                           arg=focused)
+    wait_until(page, "n => document.querySelector('#label-total').dataset.n === String(n)", before + 1)
+    listed = {json.loads(line)["id"]: json.loads(line) for line in
+              cli("labels", "list", "--db", cache, "--format", "jsonl").splitlines()}
+    assert listed[focused]["label"] == "accept" and listed[focused]["source"] == "gallery"
+    # shift+arrows select a range; r labels all of it; u removes
+    page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("Shift+ArrowRight")
+    chosen = page.eval_on_selector_all("#grid .tile.selected", "els => els.map(e => e.dataset.id)")
+    assert len(chosen) == 3
+    page.keyboard.press("r")
+    wait_until(page, "ids => ids.every(id => document.querySelector(`.tile[data-id='${id}']`).dataset.curated === 'reject')",
+                           arg=chosen)
+    page.keyboard.press("u")
+    wait_until(page, "ids => ids.every(id => document.querySelector(`.tile[data-id='${id}']`).dataset.curated === '')",
+                           arg=chosen)
+    assert not (set(chosen) & {json.loads(line)["id"] for line in
+                               cli("labels", "list", "--db", cache, "--format", "jsonl").splitlines()})
+
+
+def test_the_detail_view_shows_31_bars_and_similar_accepted_shows_only_accepted_images(server, cache, page):
+    page.goto(f"{server}/?head={HEAD}&t=0.5")
+    page.wait_for_selector("#grid .tile")
+    first = tile_ids(page)[0]
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#logits .logit-row")
+    assert page.eval_on_selector_all("#logits .logit-row", "els => els.length") == 31
+    assert page.eval_on_selector_all("#heads-table tr", "els => els.length") == 1 + 2  # header + two heads
+    assert first in page.get_attribute("#detail-title", "title")
+    wait_until(page, "() => document.querySelector('#detail-img').naturalWidth > 0")
+    page.click("#similar-accepted")
+    wait_until(page, "() => new URLSearchParams(location.search).get('view') === 'similar'")
+    wait_until(page, "() => document.querySelectorAll('#grid .tile').length > 0 && !document.querySelector('#banner').hidden")
+    wait_until(page, "() => document.querySelector('#status').textContent.includes('end')")
+    ids = tile_ids(page)
+    accepted = {json.loads(line)["id"] for line in cli("top", "--db", cache, "--head", HEAD, "--threshold", "0.5",
+                                                       "--accepted", "--limit", "0", "--format", "jsonl").splitlines()}
+    assert ids and set(ids) <= accepted
+    assert page.eval_on_selector_all("#grid .tile", "els => els.every(e => e.dataset.accepted === 'true')")
+    assert len(ids) == min(48, len(accepted))
+    page.keyboard.press("Escape")  # closes the detail
+    page.keyboard.press("Escape")  # back to the grid
+    wait_until(page, "() => new URLSearchParams(location.search).get('view') === null")
+
+
+def test_compare_two_heads_and_export_links(server, cache, page):
+    from store.browse import disagreements
+
+    page.goto(f"{server}/?head={HEAD}&t=0.49")
+    page.wait_for_selector("#grid .tile")
+    page.select_option("#compare", "faramir-v1")
+    wait_until(page, "() => new URLSearchParams(location.search).get('view') === 'compare'")
+    want = disagreements(HEAD, "faramir-v1", cache, threshold=0.49, limit=60)
+    wait_until(page, "n => document.querySelectorAll('#grid .tile').length === n", len(want.rows))
+    assert tile_ids(page) == want.rows.column("id").to_pylist()
+    href = page.get_attribute("#export-csv", "href")
+    assert href.startswith("/api/export?") and "format=csv" in href and f"head={HEAD}" in href
+    with page.expect_download() as download:
+        page.click("#export-jsonl")
+    lines = open(download.value.path()).read().splitlines()
+    assert len(lines) == json.loads(cli("stats", "--db", cache, "--head", HEAD, "--threshold", "0.49", "--json"))["total"]
