@@ -509,7 +509,7 @@ async function labelIds(ids, label, advance = false) {
     setLabelCounts(result.counts);
     for (const el of tiles()) if (ids.includes(el.dataset.id)) setBadge(el, label);
     for (const row of rows) if (ids.includes(row.id)) row.curated = label;
-    if (ids.includes(detailId)) $("detail-title").dataset.curated = label || "";
+    if (ids.includes(detailId)) openDetail(detailId, false, false);  // its "curator label" line
     const what = label === null ? "removed the label of" : `labelled ${label}:`;
     toast(`${what} ${ids.length} image${ids.length > 1 ? "s" : ""}`);
     if (advance && focusIndex < rows.length - 1 && ids[0] === rows[focusIndex].id) {
@@ -752,6 +752,8 @@ async function finished(job) {
   info = await api("/api/info");
   buildControls();
   commit({ head: job.name, view: "grid" });
+  $("ft-base").value = job.name;  // the options were rebuilt with the new head
+  $("ft-name").value = "";
   toast(`switched to head ${job.name}`);
 }
 
