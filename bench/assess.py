@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if not (args.weights / "faramir-v1.pth").is_file():
-        generate(args.weights, "full", seed=0)
+        generate(args.weights, "full", seed=0, text=False)
     t0 = time.perf_counter()
     model = load_model(args.weights, resolve_device(args.device))
     load_s = time.perf_counter() - t0

@@ -184,7 +184,7 @@ def speed(args) -> None:
         from faramir.fake_weights import generate
 
         print(f"generating full-size fake weights in {weights} (1.7 GB)...", file=sys.stderr)
-        generate(weights, "full", 0)
+        generate(weights, "full", 0, text=False)
     n_fp32 = args.n if args.n is not None else args.n_fp32
     n_bf16 = args.n if args.n is not None else args.n_bf16
     n_base = args.n if args.n is not None else args.n_baseline

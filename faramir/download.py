@@ -215,18 +215,20 @@ def _copy_stream(src: Any, out: BinaryIO, name: str, total: int | None, progress
 
 
 def _fetch_from_hub(
-    name: str, target: Path, progress: Progress | None, endpoint: str | None, *, force: bool
+    name: str, target: Path, progress: Progress | None, endpoint: str | None, *, force: bool,
+    repo_id: str = HF_REPO_ID, filename: str = HF_FILENAME, place: Callable[..., None] | None = None,
 ) -> None:
-    """Get the trunk through huggingface_hub's cache, then link or copy it into place."""
+    """Get a Hub file (default: the trunk) through huggingface_hub's cache, then put it into place
+    with `place(cached, target, name, source)` (default: link or copy it)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 
     # huggingface_hub reads HF_ENDPOINT once at import; read it per call so the env var always counts.
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
-    source = hf_hub_url(HF_REPO_ID, HF_FILENAME, endpoint=endpoint)
+    source = hf_hub_url(repo_id, filename, endpoint=endpoint)
     cache_dir = _hf_cache_dir()
     reports: list[int] = []
     try:
-        cached = None if force else try_to_load_from_cache(HF_REPO_ID, HF_FILENAME, cache_dir=cache_dir)
+        cached = None if force else try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
         if not isinstance(cached, str):
             # One HEAD without retries first: when the host is unreachable, hf_hub_download
             # retries its metadata call with backoff for about 25 s before giving up.
@@ -235,8 +237,8 @@ def _fetch_from_hub(
             if _accepts_tqdm_class(hf_hub_download):  # older huggingface_hub lacks it: no progress then
                 kwargs["tqdm_class"] = _relay_bar_class(name, progress, reports)
             cached = hf_hub_download(
-                HF_REPO_ID,
-                HF_FILENAME,
+                repo_id,
+                filename,
                 cache_dir=cache_dir,
                 endpoint=endpoint,
                 etag_timeout=TIMEOUT_S,
@@ -245,7 +247,7 @@ def _fetch_from_hub(
             )
     except Exception as ex:  # huggingface_hub raises httpx, OSError and its own families alike
         raise DownloadError(f"{name}: download from {source} via huggingface_hub failed: {_describe(ex)}") from ex
-    _place_cached(Path(cached), target, name, source)
+    (place or _place_cached)(Path(cached), target, name, source)
     if not reports:  # served from the cache: still tell the caller the file is complete
         size = target.stat().st_size
         _report(progress, name, size, size)
@@ -331,7 +333,7 @@ def _place_cached(cached: Path, target: Path, name: str, source: str) -> None:
 
 def _validate(part: Path, target: Path, name: str, source: str) -> None:
     """A finished `.part` file must load: a `.pth` as plain tensors (no code runs), a
-    `.safetensors` as one. Otherwise WeightsError naming `target` and where it came from."""
+    `.safetensors` as one, a `.json` as JSON. Otherwise WeightsError naming `target` and where it came from."""
     try:
         if name.endswith(".pth"):
             load_pth(part)
@@ -343,6 +345,13 @@ def _validate(part: Path, target: Path, name: str, source: str) -> None:
                     f.keys()
             except Exception as ex:
                 raise WeightsError(f"{part}: not a readable safetensors file ({_describe(ex)})") from ex
+        elif name.endswith(".json"):
+            import json
+
+            try:
+                json.loads(part.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as ex:
+                raise WeightsError(f"{part}: not a readable JSON file ({_describe(ex)})") from ex
     except WeightsError as ex:
         reason = str(ex).removeprefix(f"{part}: ")
         raise WeightsError(_one_line(f"{target}: downloaded from {source} but rejected: {reason}")) from ex

@@ -1,7 +1,8 @@
 """Generated weights: the four files in their real formats, filled with seeded random values.
 
-For tests, benchmarks and offline trials only. Scores from them mean nothing, and every command
-that loads them says so. The SigLIP file's metadata records the seed and config, so a generated
+For tests, benchmarks and offline trials only (and, optionally, the text tower's entry with a
+small generated tokenizer). Scores from them mean nothing, and every command that loads them says
+so. The SigLIP file's metadata records the seed and config, so a generated
 directory is recognised wherever it goes.
 """
 
@@ -51,8 +52,9 @@ def random_state(module: torch.nn.Module, seed: int, prefix: str = "") -> dict[s
     }
 
 
-def generate(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0) -> Path:
-    """Write the four weight files for `variant` ("tiny" or "full") into `dest`."""
+def generate(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0, text: bool = True) -> Path:
+    """Write the four weight files for `variant` ("tiny" or "full") into `dest`, and with `text`
+    the text tower's entry (`generate_text`; needs the text extra)."""
     from faramir.experts import Experts
     from faramir.head import FaramirHead
 
@@ -81,4 +83,81 @@ def generate(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0) -> P
         }),
     ):
         save_state_dict(state, root / name)
+    if text:
+        generate_text(root, variant, seed)
+    return root
+
+
+# -- the text tower's entry (faramir.text_weights) -----------------------------------------------
+
+# The generated tokenizer's words: enough for tests and benchmark sentences; anything else is
+# spelled out letter by letter (or <unk> for what it lacks). Real SigLIP has 32,000 pieces.
+WORDS = (
+    "a an the of in on over under with without and or to from by at near above below behind "
+    "image photo picture painting drawing sketch render illustration artwork art scene portrait "
+    "landscape close up view of dragon dragons cat dog horse bird fish wolf knight wizard elf castle "
+    "tower city village forest tree trees mountain mountains river lake sea ocean water sky cloud "
+    "clouds sun moon star stars night day sunset fire ice snow rain storm light dark shadow red blue "
+    "green yellow black white gold silver purple orange pink grey brown colorful bright dim 2d 3d "
+    "anime cartoon realistic fantasy sci fi robot spaceship car house room interior street person "
+    "man woman girl boy child people face hands eyes hair armor sword shield magic flying standing "
+    "sitting running sleeping small large big tiny old young beautiful ugly cute scary happy sad "
+    "wireframe model render untextured text ui screenshot blurry noisy sharp high quality low"
+).split()
+
+
+def generated_vocab() -> list[tuple[str, float]]:
+    """(piece, log-probability) of the generated Unigram tokenizer: T5's special ids first
+    (0 <pad>, 1 </s>, 2 <unk>), then words, then single characters."""
+    pieces = ["<pad>", "</s>", "<unk>", "▁"]
+    pieces += [f"▁{w}" for w in dict.fromkeys(WORDS)]
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    pieces += [f"▁{c}" for c in chars if f"▁{c}" not in pieces] + list(chars)
+    return [(p, 0.0 if i < 3 else -2.0 - 0.01 * i - (4.0 if len(p.lstrip("▁")) == 1 else 0.0))
+            for i, p in enumerate(pieces)]
+
+
+def write_generated_tokenizer(dest: str | os.PathLike, context_length: int, vocab_size: int) -> Path:
+    """A small T5-style sentencepiece (Unigram) tokenizer saved as transformers saves SigLIP's:
+    tokenizer.json and tokenizer_config.json, padding with </s> (id 1) as open_clip's SigLIP
+    tokenizer does, `</s>` appended to every text."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    vocab = generated_vocab()
+    assert len(vocab) <= vocab_size, "the generated tokenizer has more pieces than the tower has rows"
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    fast = T5TokenizerFast(tokenizer_object=tok, extra_ids=0, eos_token="</s>", unk_token="<unk>",
+                           pad_token="</s>", model_max_length=context_length)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(dest))
+    return dest
+
+
+def generate_text(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0) -> Path:
+    """Write the text entry for `variant` ("tiny" or "full") into the weights directory `dest`:
+    a seeded random tower in open_clip's key format and the generated tokenizer."""
+    from faramir.text import TEXT_VARIANTS, build_text_tower
+    from faramir.text_weights import META_TEXT_CONFIG, PREFIX, TEXT_DIR, TEXT_MODEL_FILE
+
+    cfg = TEXT_VARIANTS[variant]
+    with torch.device("meta"):
+        tower = build_text_tower(cfg)
+    root = Path(dest)
+    (root / TEXT_DIR).mkdir(parents=True, exist_ok=True)
+    state = random_state(tower, seed + 5, PREFIX)
+    meta = {
+        "format": "pt",
+        META_TEXT_CONFIG: cfg.to_json(),
+        META_GENERATED: f"GENERATED {variant} text tower, seed {seed}: random values, search results mean nothing",
+    }
+    with atomic_path(root / TEXT_MODEL_FILE) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    write_generated_tokenizer(root / TEXT_DIR, cfg.context_length, cfg.vocab_size)
     return root

@@ -35,7 +35,7 @@ def full_weights(tmp_path_factory) -> Path:
         return Path(given)
     from faramir.fake_weights import generate
 
-    return Path(generate(tmp_path_factory.mktemp("full-weights"), "full", 0))
+    return Path(generate(tmp_path_factory.mktemp("full-weights"), "full", 0, text=False))
 
 
 @pytest.fixture(scope="module")
