@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import assess_cmd, finetune_cmd, heads_cmd, ingest_cmd, query_cmd, serve_cmd, weights_cmd
+from cli import assess_cmd, finetune_cmd, heads_cmd, ingest_cmd, query_cmd, search_cmd, serve_cmd, weights_cmd
 from store.allocator import keep_freed_memory
 
 # Before any command starts LanceDB's or torch's threads: Lance's batch reads reuse freed memory
@@ -40,7 +40,8 @@ heads = _group("List and remove the heads whose scores the cache holds.")
 heads.command("list")(heads_cmd.heads_list)
 heads.command("rm")(heads_cmd.heads_rm)
 app.add_typer(heads, name="heads")
-for command in (query_cmd.top, query_cmd.stats, query_cmd.similar, query_cmd.index, query_cmd.export):
+for command in (query_cmd.top, query_cmd.stats, query_cmd.similar, query_cmd.index, query_cmd.export,
+                search_cmd.search, search_cmd.duplicates):
     app.command()(command)
 
 # Finetuning.

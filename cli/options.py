@@ -27,6 +27,7 @@ Link = _choices("Link", "copy", "hardlink", "symlink")
 Precision = _choices("Precision", "fp32", "bf16")
 Sort = _choices("Sort", "confidence", "aesthetic")
 Embedding = _choices("Embedding", "faramir", "siglip")
+Keep = _choices("Keep", "confidence", "aesthetic", "largest")  # the keeper of a group of near-duplicates
 Variant = _choices("Variant", "tiny", "full")  # of generated weights
 
 
@@ -72,21 +73,29 @@ _FILTER_PARAMS = [
 ]
 
 
-def filter_options(command):
+ConfidenceThreshold = Annotated[float, typer.Option(
+    "--confidence-threshold", min=0.0, max=1.0, help="Accept iff confidence > T (for --accepted, --rejected, --label).")]
+
+
+def filter_options(command, *, confidence_threshold: bool = False):
     """Give a command the nine filter options in place of its `filter` parameter, which then
-    receives them as one `store.filters.Filter` (built, and so checked, before the command runs)."""
+    receives them as one `store.filters.Filter` (built, and so checked, before the command runs).
+    `confidence_threshold`: the accept threshold is --confidence-threshold, for a command whose
+    own --threshold is another (a similarity)."""
     signature = inspect.signature(command, eval_str=True)
+    filter_params = [p.replace(name="confidence_threshold", annotation=ConfidenceThreshold)
+                     if confidence_threshold and p.name == "threshold" else p for p in _FILTER_PARAMS]
     params = []
     for param in signature.parameters.values():
         if param.name == "filter":
-            params.extend(_FILTER_PARAMS)
+            params.extend(filter_params)
         else:
             params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
-    names = [p.name for p in _FILTER_PARAMS]
+    names = {p.name: q.name for p, q in zip(filter_params, _FILTER_PARAMS)}  # option → Filter field
 
     @functools.wraps(command)
     def with_filter(**kwargs):
-        kwargs["filter"] = make_filter(**{name: kwargs.pop(name) for name in names})
+        kwargs["filter"] = make_filter(**{field: kwargs.pop(name) for name, field in names.items()})
         return command(**kwargs)
 
     with_filter.__signature__ = signature.replace(parameters=params)

@@ -10,7 +10,8 @@ import typer
 
 from cli.common import EXIT_PARTIAL, Bar, fail, handle_errors, note, warn
 from cli.options import (
-    Db, Device, Embedding, ExportFormat, Link, ReportFormat, ReportFormatOpt, RowFormat, RowFormatOpt, Sort, WeightsDir,
+    Db, Device, Embedding, ExportFormat, Keep, Link, ReportFormat, ReportFormatOpt, RowFormat, RowFormatOpt, Sort,
+    WeightsDir,
     filter_options,
 )
 from cli.output import emit, emit_json, emit_results
@@ -141,6 +142,11 @@ def export(
     filter=None,
     sort: Annotated[Optional[Sort], typer.Option("--sort", help="With --limit: confidence or aesthetic.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Only the best N (by --sort).")] = None,
+    dedupe: Annotated[bool, typer.Option(
+        "--dedupe", help="One image per group of near-duplicates (see 'faramir duplicates').")] = False,
+    dedupe_threshold: Annotated[float, typer.Option(
+        "--dedupe-threshold", min=0.0, max=1.0, help="With --dedupe: SigLIP cosine that makes near-duplicates.")] = 0.95,
+    keep: Annotated[Keep, typer.Option("--keep", help="With --dedupe: confidence, aesthetic or largest.")] = Keep.confidence,
 ):
     """Export the images that pass the filters as a table or as files; never overwrites.
 
@@ -154,7 +160,8 @@ def export(
     with Bar("export") as bar:
         result = run(dest, db, format=fmt.value if fmt else None, link=link.value, by_label=by_label,
                      with_embeddings=with_embeddings,
-                     sort=sort.value if sort else None, limit=limit, progress=bar, filter=filter)
+                     sort=sort.value if sort else None, limit=limit, dedupe=dedupe,
+                     dedupe_threshold=dedupe_threshold, keep=keep.value, progress=bar, filter=filter)
     for label, items in (("source file missing", result.missing), ("name taken, skipped", result.clashes)):
         for item in items[:20]:
             warn(f"{item}: {label}")

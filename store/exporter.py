@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from faramir.files import atomic_path, sha256_file
@@ -70,6 +71,9 @@ def export(
     sort: str | None = None,
     descending: bool = True,
     limit: int | None = None,
+    dedupe: bool = False,
+    dedupe_threshold: float | None = None,
+    keep: str = "confidence",
     progress: Callable[[int, int], None] | None = None,
     filter: Filter | None = None,
     **filters,
@@ -80,7 +84,9 @@ def export(
     `by_label` makes one subfolder per label). Default: from dest's suffix, else files. Table
     columns: id, path, confidence, accepted, label, aesthetic_score, decision, paths, the file
     facts, and with `with_embeddings` the four vectors (jsonl and parquet only). `sort`/`limit`
-    export only the best rows, as `top` ranks them. `progress(done, total)` after each batch."""
+    export only the best rows, as `top` ranks them. `dedupe` leaves out the near-duplicates that
+    are not their group's keeper (`store.near_duplicates`, at `dedupe_threshold` on the SigLIP
+    embedding, keeper by `keep`). `progress(done, total)` after each batch."""
     fmt = format or infer_format(dest)
     dest = Path(dest)
     _check(dest, fmt, link, with_embeddings)
@@ -91,12 +97,14 @@ def export(
     ranked = sort is not None or limit is not None
 
     def run(prefix: str, ds) -> ExportResult:
+        drop = _dropped(cache, f, dedupe_threshold, keep) if dedupe else set()
         if ranked:
-            ids = top(cache, sort=sort or "confidence", descending=descending, limit=limit,
+            wanted = None if limit is None else limit + len(drop)
+            ids = top(cache, sort=sort or "confidence", descending=descending, limit=wanted,
                       filter=f).column("id").to_pylist()
-            batches = _ranked_batches(ds, prefix, f, extra, ids)
+            batches = _ranked_batches(ds, prefix, f, extra, [i for i in ids if i not in drop][:limit])
         else:
-            batches = _filtered_batches(ds, prefix, f, extra)
+            batches = _filtered_batches(ds, prefix, f, extra, drop)
         if fmt == "files":
             _export_files(batches, dest, link, by_label, result, progress)
         else:
@@ -119,15 +127,27 @@ def _check(dest: Path, fmt: str, link: str, with_embeddings: bool) -> None:
         raise ExportError(f"{dest} exists and is not a folder")
 
 
-def _filtered_batches(ds, prefix: str, f: Filter, extra: list[str]) -> Iterator[tuple[int, pa.Table]]:
-    """(total, result rows) per batch of the rows passing `f`; one empty batch when none do."""
+def _dropped(cache: Cache, f: Filter, threshold: float | None, keep: str) -> set[str]:
+    from store.near_duplicates import DEFAULT_THRESHOLD, non_keepers
+
+    return non_keepers(cache, f, DEFAULT_THRESHOLD if threshold is None else threshold, keep)
+
+
+def _filtered_batches(ds, prefix: str, f: Filter, extra: list[str],
+                      drop: set[str] = frozenset()) -> Iterator[tuple[int, pa.Table]]:
+    """(total, result rows) per batch of the rows passing `f`, less the ids `drop`; one empty batch
+    when none do."""
     columns, where = [*read_columns(prefix), *extra], f.where(prefix)
-    total = ds.count_rows(where)
+    total = ds.count_rows(where) - len(drop)
+    dropped = pa.array(sorted(drop), pa.string())
     empty = True
     for batch in ds.to_batches(columns=columns, filter=where, batch_size=READ_BATCH):
-        if batch.num_rows:
+        rows = pa.Table.from_batches([batch])
+        if drop:
+            rows = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=dropped)))
+        if rows.num_rows:
             empty = False
-            yield total, results(pa.Table.from_batches([batch]), prefix, f.threshold, extra=extra)
+            yield total, results(rows, prefix, f.threshold, extra=extra)
     if empty:  # still a header / a schema
         yield 0, results(ds.to_table(columns=columns, filter="false"), prefix, f.threshold, extra=extra)
 

@@ -14,11 +14,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.app import app
-from store import duplicates as dup
-from store import query
-from store.duplicates import duplicates
-from store.export import export
-from store.query import QueryError
+from store import close_pairs
+from store.errors import QueryError
+from store.exporter import export
+from store.filters import Filter
+from store.near_duplicates import duplicates
+from store.query import count
 from tests.stage2_helpers import tiny_cache
 
 runner = CliRunner()
@@ -33,7 +34,7 @@ def exact_groups(cache, threshold, embedding="siglip", **filters) -> set[frozens
     """Connected components (≥ 2 rows) of all pairs at cosine ≥ threshold, by brute force."""
     prefix = cache.head("faramir-v1")["prefix"]
     t = cache.images().to_arrow()
-    f = query.make_filter(filters)
+    f = Filter.of(**filters)
     keep = f.keep(t[f"{prefix}_confidence"].to_numpy(), t[f"{prefix}_accept_label"].to_pylist(),
                   t[f"{prefix}_reject_label"].to_pylist(), t["aesthetic_score"].to_numpy())
     x = t[f"{embedding}_embedding"].combine_chunks().values.to_numpy().reshape(len(t), -1)[keep]
@@ -68,15 +69,15 @@ def test_groups_are_the_components_of_exact_pairs(synth, threshold, embedding, f
     want = exact_groups(synth, threshold, embedding, **filters)
     assert len(want) > 10  # the test means something
     assert found_groups(result) == want
-    assert result.groups == len(want) and result.rows == query.count(synth, **filters)
+    assert result.groups == len(want) and result.rows == count(synth, **filters)
 
 
 def test_projected_partitioned_search_finds_every_pair(synth, monkeypatch):
     # 8 of 32 dimensions and about 31 cells of 64 rows: the candidate search of large tables,
     # lossless while no row has more cells in reach than it may probe.
-    monkeypatch.setattr(dup, "PROJECTED_DIM", 8)
-    monkeypatch.setattr(dup, "ROWS_PER_CELL", 64)
-    monkeypatch.setattr(dup, "MAX_PROBES", 40)
+    monkeypatch.setattr(close_pairs, "PROJECTED_DIM", 8)
+    monkeypatch.setattr(close_pairs, "ROWS_PER_CELL", 64)
+    monkeypatch.setattr(close_pairs, "MAX_PROBES", 40)
     result = duplicates(synth, threshold=0.9)
     assert result.cut == 0
     assert found_groups(result) == exact_groups(synth, 0.9)
@@ -84,8 +85,8 @@ def test_projected_partitioned_search_finds_every_pair(synth, monkeypatch):
 
 
 def test_few_probes_still_find_near_duplicates(synth, monkeypatch):
-    monkeypatch.setattr(dup, "PROJECTED_DIM", 8)
-    monkeypatch.setattr(dup, "ROWS_PER_CELL", 64)
+    monkeypatch.setattr(close_pairs, "PROJECTED_DIM", 8)
+    monkeypatch.setattr(close_pairs, "ROWS_PER_CELL", 64)
     result = duplicates(synth, threshold=0.9)  # MAX_PROBES as shipped
     want = exact_groups(synth, 0.9)
     found = found_groups(result)
@@ -153,7 +154,7 @@ def art(seed: int, size=(640, 480)) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, tiny_weights):
-    from store.ingest import ingest_all
+    from store.ingestion import ingest_all
 
     root = tmp_path_factory.mktemp("photos")
     imgs = root / "imgs"

@@ -14,13 +14,13 @@ pytest.importorskip("open_clip", reason="the text extra is not installed")
 from cli.app import app  # noqa: E402
 from faramir.config import FULL  # noqa: E402
 from faramir.errors import WeightsNotFound  # noqa: E402
-from faramir.text import load_text_encoder  # noqa: E402
-from faramir.text_weights import TEXT_MODEL_FILE, generate_text  # noqa: E402
-from store import query  # noqa: E402
-from store.query import QueryError  # noqa: E402
-from store.search import search  # noqa: E402
-from store.synthetic import write_cache  # noqa: E402
+from faramir.fake_weights import generate_text  # noqa: E402
+from faramir.text_weights import TEXT_MODEL_FILE, load_text_encoder  # noqa: E402
+from store.errors import QueryError  # noqa: E402
+from store.filters import Filter  # noqa: E402
+from store.text_search import search  # noqa: E402
 from tests.stage2_helpers import tiny_cache  # noqa: E402
+from tests.synthetic import write_cache  # noqa: E402
 from tests.test_query import exact_neighbours  # noqa: E402
 
 runner = CliRunner()
@@ -49,7 +49,7 @@ def test_search_with_a_filter_equals_exact_filtered_search(synth, encoder, filte
     similarity = got.column("similarity").to_numpy()
     np.testing.assert_allclose(similarity, 1.0 - want_d, atol=1e-6)
     assert (np.diff(similarity) <= 0).all()  # most similar first
-    f = query.make_filter(filters)
+    f = Filter.of(**filters)
     for row in got.to_pylist():  # every row passes the filter, judged by upstream's rule
         assert f.accepted is None or row["accepted"] == f.accepted
         assert not f.labels or row["label"] in f.labels
