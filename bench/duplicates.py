@@ -4,14 +4,14 @@
     python bench/duplicates.py --rows 100000 --dir /data/bench
 
 Builds (once, then reuses) a cache of the real schema (full size: 1152-d embeddings) from
-`store.synthetic`'s clustered generator (seed 0), then plants near-duplicates: for 1% of the rows
+`tests.synthetic`'s clustered generator (seed 0), then plants near-duplicates: for 1% of the rows
 (chosen at random, each at most once) a copy whose SigLIP and FARAMIR embeddings are rotated to an
 exact cosine with the original, drawn uniformly from
 
 - [threshold, 0.999] for two thirds of them (pairs that must be found), and
 - [threshold − 0.05, threshold − 0.002] for the rest (near misses that must not be paired).
 
-Copies keep the original's scores. `store.duplicates.duplicates` then runs in a fresh process,
+Copies keep the original's scores. `store.duplicates` then runs in a fresh process,
 reporting wall seconds, CPU seconds and the process's peak RSS, and the result is checked:
 
 - recall: planted pairs at or above the threshold that share a group;
@@ -73,9 +73,8 @@ def build(n: int, db: Path, threshold: float) -> float | None:
     import pyarrow as pa
 
     from faramir.config import FULL
-    from store.heads import open_cache
-    from store.query import dataset
-    from store.synthetic import write_cache
+    from store.db import Cache
+    from tests.synthetic import write_cache
 
     marker = db / "bench.json"
     spec = {"rows": n, "seed": SEED, "plant_seed": PLANT_SEED, "threshold": threshold}
@@ -85,8 +84,8 @@ def build(n: int, db: Path, threshold: float) -> float | None:
     t0 = time.perf_counter()
     planted = int(n * PLANTED_FRACTION)
     write_cache(db, n - planted, FULL, seed=SEED, batch_rows=50_000)
-    cache = open_cache(db)
-    ds = dataset(cache)
+    cache = Cache.open(db)
+    ds = cache.dataset()
     rng = np.random.default_rng(PLANT_SEED)
     sources = np.sort(rng.choice(n - planted, planted, replace=False))
     found = planted * 2 // 3
@@ -117,7 +116,7 @@ def build(n: int, db: Path, threshold: float) -> float | None:
 
 
 def measure(db: str, threshold: float) -> dict:
-    from store.duplicates import duplicates
+    from store.near_duplicates import duplicates
 
     wall0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -133,8 +132,7 @@ def measure(db: str, threshold: float) -> dict:
 
 def check(db: Path, result: dict, threshold: float) -> dict:
     """Recall of planted pairs, precision of the groups (recomputed here), near misses grouped."""
-    from store.heads import open_cache
-    from store.query import dataset
+    from store.db import Cache
 
     pairs = json.loads((db.parent / f"{db.name}-pairs.json").read_text())
     group = {m["id"]: m["group"] for m in result["members"]}
@@ -144,7 +142,7 @@ def check(db: Path, result: dict, threshold: float) -> dict:
     recall = sum(together(a, b) for a, b in above) / max(1, len(above))
     near_misses = sum(together(a, b) for a, b in below)
     # Precision: every member needs a partner in its group at cosine ≥ threshold.
-    ds = dataset(open_cache(db))
+    ds = Cache.open(db).dataset()
     ids = list(group)
     justified = 0
     by_group: dict[int, list[str]] = {}

@@ -12,10 +12,10 @@ config, seeded random weights: `faramir weights generate --variant full`, reused
 once, then for each of `--queries` sentences:
 
 - encode: the text tower on one sentence (tokenise + 27 blocks + projection), `TextEncoder.encode`;
-- query: `store.query.similar(vector, embedding="siglip", k=10, accepted=True)`, the vector query
-  `store.search.search` runs, at several refine factors, with recall@10 against the exact filtered
+- query: `store.similar(vector, embedding="siglip", k=10, accepted=True)`, the vector query
+  `store.search` runs, at several refine factors, with recall@10 against the exact filtered
   search on a few of them;
-- search: `store.search.search` end to end (both of the above, at SEARCH_REFINE_FACTOR).
+- search: `store.search` end to end (both of the above, at SEARCH_REFINE_FACTOR).
 
 Random text weights put the query vectors in arbitrary directions of the SigLIP space, not
 near the clustered synthetic rows; the latency is that of any query, the recall a pessimistic one.
@@ -56,8 +56,8 @@ SENTENCES = [
 
 def ensure_cache(n: int, root: Path) -> Path:
     from bench.stage_two import build
-    from store.heads import open_cache
-    from store.index import index, list_indexes
+    from store.db import Cache
+    from store.indexes import index, list_indexes
 
     db, workdir = root / f"cache-{n}", root / f"work-{n}"
     built = build(n, db, workdir)
@@ -65,13 +65,14 @@ def ensure_cache(n: int, root: Path) -> Path:
         print(f"built the cache in {built:.0f} s", flush=True)
     if not any(ix["column"] == "siglip_embedding" for ix in list_indexes(db)):
         t0 = time.perf_counter()
-        index(open_cache(db), embeddings=("siglip",))
+        index(Cache.open(db), embeddings=("siglip",))
         print(f"indexed siglip_embedding in {time.perf_counter() - t0:.0f} s", flush=True)
     return db
 
 
 def ensure_text_weights(root: Path) -> Path:
-    from faramir.text_weights import generate_text, missing_text_files
+    from faramir.fake_weights import generate_text
+    from faramir.text_weights import missing_text_files
 
     weights = root / "text-full"
     if missing_text_files(weights):
@@ -82,12 +83,12 @@ def ensure_text_weights(root: Path) -> Path:
 
 
 def measure(db: Path, weights: Path, queries: int, exact_queries: int, refine_factors: list[int]) -> dict:
-    from faramir.text import load_text_encoder
-    from store.heads import open_cache
-    from store.query import similar
-    from store.search import search
+    from faramir.text_weights import load_text_encoder
+    from store.db import Cache
+    from store.neighbours import similar
+    from store.text_search import search
 
-    cache = open_cache(db)
+    cache = Cache.open(db)
     t0 = time.perf_counter()
     encoder = load_text_encoder(weights)
     load_s = time.perf_counter() - t0
@@ -152,7 +153,7 @@ def main() -> None:
             raise SystemExit(f"measuring failed:\n{out.stderr[-3000:]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {json.dumps(results[-1])}", flush=True)
-    from store.search import SEARCH_REFINE_FACTOR
+    from store.text_search import SEARCH_REFINE_FACTOR
 
     print("\nMachine:", platform.processor() or platform.machine(), f"{os.cpu_count()} cores,",
           f"load average at the end {os.getloadavg()[0]:.1f}")
