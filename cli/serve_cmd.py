@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cli.common import fail, handle_errors, note, warn
-from cli.options import Db
+from cli.options import Db, WeightsDir
 
 
 @handle_errors
@@ -17,6 +17,7 @@ def serve(
     = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8765,
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every write (labels, finetune).")] = False,
+    weights_dir: WeightsDir = None,
 ):
     """Browse, label and finetune in a local web page: the gallery over the cache.
 
@@ -24,6 +25,8 @@ def serve(
 
     Open the printed URL in a browser. Thumbnails and finetuned heads go in a folder beside the
     cache (DB.gallery). Writes need the token the page carries; --read-only refuses them all.
+    The search box needs the SigLIP text tower in the weights directory (faramir weights
+    download --text); it is loaded on the first search, never downloaded by the server.
     """
     import socket
 
@@ -39,7 +42,7 @@ def serve(
     if not loopback:
         warn(f"binding {host}: anyone who can reach this machine can browse the cache; writes still "
              f"need the page's token. Use --host 127.0.0.1 to keep it to this machine.")
-    gallery = create_app(db, read_only=read_only, loopback_only=loopback)
+    gallery = create_app(db, read_only=read_only, loopback_only=loopback, weights_dir=weights_dir)
     try:  # bind first, so the URL printed is the one listening (port 0 picks a free one)
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as ex:

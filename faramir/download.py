@@ -49,6 +49,7 @@ from urllib.parse import quote
 from faramir.checkpoints import load_pth
 from faramir.errors import DownloadError, WeightsError, WeightsNotFound
 from faramir.files import atomic_path
+from faramir.locations import CACHE_ENV, WEIGHTS_ENV, default_weights_dir  # noqa: F401 (CACHE_ENV: re-exported)
 from faramir.weights import (
     AESTHETIC_FILE,
     ARNIQA_FILE,
@@ -75,8 +76,6 @@ UPSTREAM_URLS: dict[str, str] = {
     ),
 }
 
-WEIGHTS_ENV = "FARAMIR_WEIGHTS"
-CACHE_ENV = "FARAMIR_CACHE"
 MIRROR_ENV = "FARAMIR_WEIGHTS_MIRROR"
 
 TIMEOUT_S = 30.0  # connect and per-read timeout: an offline machine fails fast instead of hanging
@@ -85,15 +84,6 @@ USER_AGENT = "faramir-weights-downloader"
 
 
 # ---------------------------------------------------------------------------- directories
-
-
-def default_weights_dir() -> Path:
-    """$FARAMIR_CACHE/weights, else $XDG_CACHE_HOME/faramir/weights, else ~/.cache/faramir/weights."""
-    if base := os.environ.get(CACHE_ENV):
-        return Path(base).expanduser() / "weights"
-    if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg).expanduser() / "faramir" / "weights"
-    return Path.home() / ".cache" / "faramir" / "weights"
 
 
 def resolve_weights_dir(

@@ -24,10 +24,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from faramir.checkpoints import as_float32, check_state_dict, shapes_of
 from faramir.errors import DownloadError, WeightsError, WeightsNotFound
 from faramir.text import TEXT_FULL, TextConfig, TextEncoder, TextInfo, build_text_tower, build_tokenizer
-from faramir.weights import META_GENERATED
 
 TEXT_DIR = "ViT-SO400M-14-SigLIP-384"
 TEXT_MODEL_FILE = f"{TEXT_DIR}/text.safetensors"
@@ -71,6 +69,8 @@ def expected_shapes(cfg: TextConfig) -> dict[str, tuple[int, ...]]:
     """Key → shape of the tower open_clip builds for `cfg`, with the checkpoint's `text.` prefix."""
     import torch
 
+    from faramir.checkpoints import shapes_of
+
     with torch.device("meta"):
         return shapes_of(build_text_tower(cfg), PREFIX)
 
@@ -78,6 +78,8 @@ def expected_shapes(cfg: TextConfig) -> dict[str, tuple[int, ...]]:
 def read_text_info(path: str | os.PathLike) -> tuple[TextConfig, str | None]:
     """(config, generated-description or None) from the text file's safetensors metadata."""
     from safetensors import safe_open
+
+    from faramir.weights import META_GENERATED
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -92,6 +94,8 @@ def load_text_state(weights_dir: str | os.PathLike):
     """(config, generated-description or None, state dict without the `text.` prefix), checked
     key by key and shape by shape. WeightsNotFound when the entry is incomplete."""
     from safetensors.torch import load_file
+
+    from faramir.checkpoints import as_float32, check_state_dict
 
     root = Path(weights_dir)
     missing = missing_text_files(root)
@@ -131,6 +135,9 @@ def extract_text_tower(source: str | os.PathLike, target: str | os.PathLike, ori
     keys). A generated checkpoint's config and description (metadata) travel with it."""
     from safetensors import safe_open
     from safetensors.torch import save_file
+
+    from faramir.checkpoints import check_state_dict
+    from faramir.weights import META_GENERATED
 
     try:
         with safe_open(str(source), framework="pt") as f:
@@ -203,7 +210,7 @@ def resolve_text_dir(explicit: str | os.PathLike | None = None, *, download: boo
     $FARAMIR_WEIGHTS (either must already hold the entry), else the default directory, where
     a missing entry is downloaded (unless `download` is False). The image-side files are not
     needed."""
-    from faramir.download import WEIGHTS_ENV, _one_line, default_weights_dir
+    from faramir.locations import WEIGHTS_ENV, default_weights_dir
 
     named = explicit if explicit not in (None, "") else os.environ.get(WEIGHTS_ENV) or None
     root = Path(named).expanduser() if named is not None else default_weights_dir()
@@ -211,6 +218,8 @@ def resolve_text_dir(explicit: str | os.PathLike | None = None, *, download: boo
     if missing and (named is not None or not download):
         raise WeightsNotFound(missing_text_message(root, missing))
     if missing:
+        from faramir.download import _one_line
+
         try:
             download_text_weights(root, progress=progress)
         except DownloadError as ex:

@@ -20,6 +20,7 @@ from faramir.config import ACCEPT_LABELS, LABELS
 from faramir.errors import FaramirError
 from gallery import thumbnails
 from gallery.jobs import Jobs
+from gallery.text import TextSearch
 from store import browse, schema
 from store.db import Cache
 from store.filters import Filter
@@ -27,6 +28,7 @@ from store.labels import label_counts, labels_of, set_labels, unset_labels
 
 PAGE_LIMIT = 200  # most rows one grid page may ask for
 MAX_IDS = 10_000  # most ids one label write may name
+MAX_QUERY = 300  # most characters of a text search (the text tower reads 64 tokens)
 Sort = Literal["confidence", "aesthetic"]
 Order = Literal["desc", "asc"]
 
@@ -41,6 +43,7 @@ class Gallery:
     root: Path  # thumbnails/ and heads/ go here
     jobs: Jobs
     read_only: bool
+    text: TextSearch
 
 
 class Refused(Exception):
@@ -105,6 +108,7 @@ def info(g: Gallery = Depends(gallery)):
         "read_only": g.read_only,
         "generated": g.cache.get_meta("weights_generated") or "",
         "label_counts": label_counts(g.cache).to_dict(),
+        "search_unavailable": g.text.unavailable(),
     }
 
 
@@ -142,6 +146,27 @@ def similar(
     g: Gallery = Depends(gallery),
 ):
     rows = browse.similar_to(image_id, g.cache, k=k, embedding=embedding, filter=f)
+    return {"rows": tiles(rows.to_pylist(), g.cache)}
+
+
+@router.get("/search")
+def text_search(
+    q: str = Query(..., max_length=MAX_QUERY),
+    f: Filter = Depends(view),
+    k: int = Query(48, ge=1, le=PAGE_LIMIT),
+    g: Gallery = Depends(gallery),
+):
+    from store.text_search import search as run
+
+    if not q.strip():
+        raise Refused(400, "q: the search text is empty; give a few words, e.g. 'a dragon over water'")
+    if (why := g.text.unavailable()) is not None:
+        raise Refused(503, why)
+    try:
+        encoder = g.text.encoder()
+    except FaramirError as ex:
+        raise Refused(503, f"search by text is unavailable: {ex}") from None
+    rows = run(q, g.cache, k=k, encoder=encoder, filter=f)
     return {"rows": tiles(rows.to_pylist(), g.cache)}
 
 

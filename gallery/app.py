@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from faramir.errors import FaramirError
 from gallery import api, safety
 from gallery.jobs import JobError, Jobs
+from gallery.text import TextSearch
 from store.db import Cache
 from store.errors import UnknownImage
 
@@ -43,18 +44,22 @@ def create_app(
     loopback_only: bool = True,
     work: str | os.PathLike | None = None,
     token: str | None = None,
+    weights_dir: str | os.PathLike | None = None,
 ) -> FastAPI:
     """The gallery app over the cache at `db` (default: the default cache).
 
     `read_only` refuses every write; `loopback_only` answers only requests whose Host is a loopback
     name (for a server bound to a loopback address); `work` is where thumbnails and finetuned
-    heads go (default: `work_dir(db)`); `token` is the write token (default: a random one).
-    Nothing here loads torch: only a finetune job does, when it starts."""
+    heads go (default: `work_dir(db)`); `token` is the write token (default: a random one);
+    `weights_dir` holds the text tower for searching by text (default: $FARAMIR_WEIGHTS, else the
+    default weights directory; never downloaded into). Nothing here loads torch: only a
+    finetune job does, when it starts, and the first search by text."""
     cache = Cache.open(db)
     root = Path(work) if work is not None else work_dir(cache.uri)
     write_token = None if read_only else (token or safety.new_token())
     app = FastAPI(title="faramir gallery", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.gallery = api.Gallery(cache, root, Jobs(cache.uri, root / "heads"), read_only)
+    app.state.gallery = api.Gallery(cache, root, Jobs(cache.uri, root / "heads"), read_only,
+                                    TextSearch(weights_dir))
     app.state.cache, app.state.token, app.state.work = cache, write_token, root
     _answer_errors(app)
     _guard(app, write_token, loopback_only)

@@ -40,10 +40,10 @@ def cache(tmp_path_factory, tiny_weights):
 
 
 @pytest.fixture(scope="module")
-def server(cache, tmp_path_factory):
+def server(cache, tmp_path_factory, tiny_weights):
     from gallery.app import create_app
 
-    app = create_app(cache, work=tmp_path_factory.mktemp("work"))
+    app = create_app(cache, work=tmp_path_factory.mktemp("work"), weights_dir=tiny_weights)
     with running(app) as url:
         yield url
 
@@ -205,3 +205,45 @@ def test_compare_two_heads_and_export_links(server, cache, page):
         page.click("#export-jsonl")
     lines = open(download.value.path()).read().splitlines()
     assert len(lines) == json.loads(cli("stats", "--db", cache, "--head", HEAD, "--threshold", "0.49", "--json"))["total"]
+
+
+def test_typing_a_query_and_enter_shows_what_store_search_finds(server, cache, page, tiny_weights):
+    pytest.importorskip("open_clip", reason="search by text needs the text extra: pip install 'faramir[text]'")
+    from faramir.text_weights import load_text_encoder
+    from store.filters import Filter
+    from store.text_search import search
+
+    text = "a dragon over water"
+    page.goto(f"{server}/?head={HEAD}&t=0.5&show=accepted")
+    page.wait_for_selector("#grid .tile")
+    grid = tile_ids(page)
+    assert not page.is_disabled("#q")
+    page.click("#q")
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+    wait_until(page, "q => new URLSearchParams(location.search).get('q') === q", text)
+    wait_until(page, "() => document.querySelector('#status').textContent.includes('end')")
+    want = search(text, cache, k=48, encoder=load_text_encoder(tiny_weights),
+                  filter=Filter(head=HEAD, threshold=0.5, accepted=True)).to_pylist()
+    assert want and tile_ids(page) == [r["id"] for r in want]
+    shown = page.eval_on_selector_all("#grid .tile .extra", "els => els.map(e => e.textContent)")
+    assert shown == [f"sim {r['similarity']:.3f}" for r in want]
+    assert text in page.text_content("#banner-text")
+    page.go_back()  # the grid it came from
+    wait_until(page, "() => new URLSearchParams(location.search).get('view') === null")
+    wait_until(page, "n => document.querySelectorAll('#grid .tile').length === n", len(grid))
+    assert tile_ids(page) == grid and page.input_value("#q") == ""
+    page.go_forward()  # the URL holds the query
+    wait_until(page, "q => document.querySelector('#q').value === q", text)
+    wait_until(page, "() => document.querySelector('#status').textContent.includes('end')")
+    assert tile_ids(page) == [r["id"] for r in want]
+
+
+def test_without_a_text_tower_the_search_box_is_disabled_and_says_how_to_get_one(cache, page, tmp_path):
+    from gallery.app import create_app
+
+    with running(create_app(cache, work=tmp_path / "work", weights_dir=tmp_path / "none")) as url:
+        page.goto(f"{url}/?head={HEAD}")
+        page.wait_for_selector("#grid .tile")
+        assert page.is_disabled("#q")
+        assert "faramir weights download --text" in page.get_attribute("#search-box", "title")

@@ -8,7 +8,7 @@ const PAGE = 60;
 const $ = (id) => document.getElementById(id);
 
 const DEFAULTS = { head: "", t: "0.5", show: "all", label: [], amin: "", amax: "", sort: "confidence",
-                   order: "desc", view: "grid", ref: "", acc: "", b: "", open: "" };
+                   order: "desc", view: "grid", ref: "", acc: "", b: "", q: "", open: "" };
 let info = null;         // /api/info
 let state = { ...DEFAULTS };
 let gen = 0;             // bumped on every reload: answers for an older view are dropped
@@ -45,6 +45,7 @@ function urlOf(s) {
 
 function commit(changes, { push = true, reload = true } = {}) {
   state = { ...state, ...changes };
+  if (state.view !== "search") state.q = "";
   const url = urlOf(state);
   if (url !== location.pathname + location.search) history[push ? "pushState" : "replaceState"](null, "", url);
   syncControls();
@@ -130,7 +131,7 @@ function buildControls() {
       box.value = name;
       box.addEventListener("change", () => {
         const chosen = [...menu.querySelectorAll("input:checked")].map((x) => x.value);
-        commit({ label: chosen, view: "grid" });
+        commit({ label: chosen, view: state.view === "search" ? "search" : "grid" });
       });
       label.append(box, name);
       menu.append(label);
@@ -146,6 +147,10 @@ function buildControls() {
   menu.append(clear);
   for (const el of document.querySelectorAll(".write, #finetune-btn")) el.hidden = READ_ONLY;
   setLabelCounts(info.label_counts);
+  const why = info.search_unavailable;
+  $("q").disabled = Boolean(why);
+  $("search-box").classList.toggle("off", Boolean(why));
+  $("search-box").title = why ? `${why}` : "Search by text: the images whose SigLIP embedding best matches the words, within the current filters (Enter)";
 }
 
 function syncControls() {
@@ -159,6 +164,7 @@ function syncControls() {
   $("amax").value = state.amax;
   $("sort").value = `${state.sort}:${state.order}`;
   $("compare").value = state.view === "compare" ? state.b : "";
+  $("q").value = state.q;
   for (const format of ["csv", "jsonl"]) {
     $(`export-${format}`).href = "/api/export?" + filterParams(state, { format, sort: state.sort, order: state.order });
   }
@@ -209,6 +215,14 @@ function wireControls() {
     commit({ view: "compare", b, ref: "", acc: "" });
   });
   $("back-btn").addEventListener("click", () => commit({ view: "grid", ref: "", acc: "", b: "" }));
+  $("q").addEventListener("keydown", (e) => {
+    if (e.key === "Escape") { e.target.blur(); return; }
+    if (e.key !== "Enter") return;
+    e.preventDefault();
+    const q = e.target.value.trim();
+    if (q) commit({ view: "search", q, ref: "", acc: "", b: "" });
+    else if (state.view === "search") commit({ view: "grid" });
+  });
   $("detail-close").addEventListener("click", () => closeDetail());
   $("similar-btn").addEventListener("click", () => openSimilar(detailId, false));
   $("similar-accepted").addEventListener("click", () => openSimilar(detailId, true));
@@ -246,6 +260,8 @@ async function load() {
     if (state.view === "similar") {
       const ref = state.ref;
       first = api(`/api/similar/${ref}`, filterParams({ ...state, show: state.acc ? "accepted" : "all" }, { k: 48 }));
+    } else if (state.view === "search") {
+      first = api("/api/search", filterParams(state, { q: state.q, k: 48 }));
     } else if (state.view === "compare") {
       first = api("/api/compare", new URLSearchParams({ a: state.head, b: state.b, threshold: state.t, offset: 0, limit: PAGE }));
     } else {
@@ -260,6 +276,9 @@ async function load() {
     } else if (state.view === "similar") {
       const name = page.rows.length && page.rows[0].id === state.ref ? page.rows[0].name : state.ref.slice(0, 12);
       $("banner-text").textContent = `Nearest ${page.rows.length} to ${name}` + (state.acc ? `, accepted at ${Number(state.t).toFixed(2)} only` : "") + " (cosine distance of the FARAMIR embedding)";
+      next = null;
+    } else if (state.view === "search") {
+      $("banner-text").textContent = `Best ${page.rows.length} matches for “${state.q}” among the images passing the filters (cosine similarity of SigLIP's text and image embeddings)`;
       next = null;
     } else {
       next = page.next;
@@ -364,7 +383,8 @@ function tile(row, index) {
   label.textContent = compare ? row.label_a : row.label;
   const extra = document.createElement("span");
   extra.className = "extra";
-  if (row.distance !== undefined) { extra.textContent = `d ${fmt(row.distance, 3)}`; extra.title = "cosine distance"; }
+  if (row.similarity !== undefined) { extra.textContent = `sim ${fmt(row.similarity, 3)}`; extra.title = "cosine similarity to the text"; }
+  else if (row.distance !== undefined) { extra.textContent = `d ${fmt(row.distance, 3)}`; extra.title = "cosine distance"; }
   else if (compare) { extra.textContent = `Δ ${fmt(row.gap, 2)}`; extra.title = "confidence gap"; }
   else if (state.sort === "aesthetic") { extra.textContent = `★ ${fmt(row.aesthetic_score, 2)}`; extra.title = "aesthetic score"; }
   meta.append(conf, label, extra);
@@ -496,6 +516,9 @@ document.addEventListener("keydown", (e) => {
     commit({ t: t.toFixed(2) }, { push: false });
   } else if (key === "?") {
     $("help").hidden = false;
+  } else if (key === "/" && !$("q").disabled) {
+    e.preventDefault();
+    $("q").focus();
   }
 });
 
