@@ -34,8 +34,9 @@ def rescore(
 
     with Bar(f"rescore {name}") as bar:
         info = run(head, name, db=db, batch_size=batch_size, index=index, progress=bar)
+    how = f"its decision layers over head {info.scored_from}'s cached v and f; " if info.scored_from else ""
     note(f"Scored {info.rows} images with head {info.name} "
-         f"(fingerprint {info.fingerprint[:12]}, columns {info.prefix}_*).")
+         f"({how}fingerprint {info.fingerprint[:12]}, columns {info.prefix}_*).")
 
 
 @handle_errors

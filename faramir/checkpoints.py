@@ -102,14 +102,30 @@ def head_to_bytes(head_state: dict[str, torch.Tensor]) -> bytes:
     return save({k: v.contiguous() for k, v in head_state.items()})
 
 
-def head_from_bytes(data: bytes, cfg: FaramirConfig):
+def head_state_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """norm.* + head.* from the bytes `head_to_bytes` made."""
     from safetensors.torch import load
 
+    return load(data)
+
+
+def head_from_bytes(data: bytes, cfg: FaramirConfig):
     from faramir.head import FaramirHead
 
     head = FaramirHead(cfg)
-    head.load_state_dict(load(data))
+    head.load_state_dict(head_state_from_bytes(data))
     return head.eval()
+
+
+def frozen_fingerprint(head_state: dict[str, torch.Tensor]) -> str:
+    """Fingerprint of what a finetune never changes: every `norm.*` and `head.*` tensor outside the
+    trained modules (ChannelNorm buffers, linear_1, activation_1, linear_2), as float32.
+
+    Heads with equal frozen fingerprints compute the same gated logits `v` and free units `f` for
+    every row; only their decisions differ. `attn_pool.*` keys, if present, are ignored."""
+    frozen = {k: v for k, v in head_state.items()
+              if not k.startswith(("attn_pool.", *TRAINED_PREFIXES))}
+    return tensor_digest(as_float32(frozen))
 
 
 def trained_state_dict(base_state: dict[str, torch.Tensor], head: FaramirHead) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ OUTPUT_NAMES: tuple[str, ...] = (
 N_ACCEPT = 9  # accept-biased class heads
 N_REJECT = 21  # reject-biased class heads
 N_CLASSES = N_ACCEPT + N_REJECT  # gated class heads (30)
+N_FREE = 2  # ungated head units that go to the decision beside the 30 gated logits
 LABELS: tuple[str, ...] = OUTPUT_NAMES[:N_CLASSES]
 ACCEPT_LABELS: frozenset[str] = frozenset(OUTPUT_NAMES[:N_ACCEPT])
 
@@ -54,7 +55,7 @@ class FaramirConfig:
     quality_dim: int = 128  # ARNIQA projector output
     hidden_dim: int = 64  # head: linear_1 output
     decision_dim: int = 8  # head: linear_3 output
-    n_free: int = 2  # head: ungated units passed to the decision
+    n_free: int = N_FREE  # head: ungated units passed to the decision
     variant: str = "full"  # "full" (upstream) or "tiny" (tests)
 
     @property

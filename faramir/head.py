@@ -100,10 +100,15 @@ class ClassifierHead(nn.Module):
         d = self.dropout(self.activation_2(self.linear_3(d)))  # (B, decision)
         return self.linear_4(d)
 
+    def gated(self, x):
+        """(v, r, g, f) from the normalised input x (B, head_in_dim): the gated class logits
+        v = r · σ(g), and the raw class logits, gate logits and free units they came from."""
+        r, g, f = self.gates(x)
+        return r * g.sigmoid(), r, g, f
+
     def forward(self, x):
         """(v, d, r, g) as upstream returns them, from the normalised input x (B, head_in_dim)."""
-        r, g, f = self.gates(x)
-        v = r * g.sigmoid()
+        v, r, g, f = self.gated(x)
         return v, self.decide(v, r, f), r, g
 
     def step(self) -> None:
@@ -115,9 +120,10 @@ class FaramirHead(nn.Module):
     """ChannelNorm + gated head: (faramir embedding, aesthetic features, quality) → 31 logits.
 
     timm-style entry points, so every caller runs the same code: `forward_norm` makes the head's
-    input (each part normalised, then concatenated), `forward_head` runs the gated head on it.
-    `forward` is the two in turn; a caller scoring many rows passes its own buffer to
-    `forward_norm` and so allocates nothing per batch (store.scoring.HeadScorer).
+    input (each part normalised, then concatenated), `forward_head` runs the gated head on it
+    (`forward_scores` also hands back the free units). `forward` is the two in turn; a caller
+    scoring many rows passes its own buffer to `forward_norm` and so allocates nothing per batch
+    (store.scoring.HeadScorer). `forward_decision` runs the decision layers alone.
     """
 
     def __init__(self, cfg: FaramirConfig = FULL):
@@ -144,8 +150,21 @@ class FaramirHead(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """The 31 logits cat(v, d) (B, 31) from the normalised input x (B, head_in_dim)."""
-        v, d, _, _ = self.head(x)
+        v, d, _ = self.forward_scores(x)
         return torch.cat((v, d), dim=-1)
+
+    def forward_scores(self, x: torch.Tensor):
+        """(v (B, 30), d (B, 1), f (B, 2)) from the normalised input x: the 31 logits, and the
+        free units that go into the decision beside v. A finetune changes only the decision
+        layers, so a finetuned head's v and f are its base's: `forward_decision` scores it."""
+        v, r, _, f = self.head.gated(x)
+        return v, self.head.decide(v, r, f), f
+
+    def forward_decision(self, v: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """The decision logit d (B, 1) from gated logits v (B, 30) and free units f (B, 2): the
+        decision layers alone, in eval mode (where they never read the raw logits r)."""
+        assert not self.training, "training swaps v for r, which this entry point does not have"
+        return self.head.decide(v, None, f)
 
     def forward_all(self, ap, ae, q):
         """(outputs (B, 31) = cat(v, d), r (B, 30), g (B, 30))."""

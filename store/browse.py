@@ -205,8 +205,8 @@ def detail(image_id: str, db: str | os.PathLike | Cache | None = None, *, thresh
     names = cache.dataset(schema.IMAGES).schema.names
     heads = [(h["name"], h["prefix"]) for h in cache.heads() if f"{h['prefix']}_confidence" in names]
     columns = ["id", "paths", "aesthetic_score", *FACT_COLUMNS]
-    for _, prefix in heads:
-        columns += schema.score_column_names(prefix)
+    for _, prefix in heads:  # a head scored before schema version 2 has no P_free column
+        columns += [c for c in schema.score_column_names(prefix) if c in names]
     row = _row(cache, image_id, columns)
     scores = []
     for name, prefix in heads:

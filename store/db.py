@@ -126,6 +126,10 @@ class Cache:
                 f"{self.uri}: cache schema version {version} is newer than this faramir supports "
                 f"({schema.SCHEMA_VERSION}); upgrade faramir"
             )
+        if version < schema.SCHEMA_VERSION:
+            from store.migrations import migrate
+
+            migrate(self, version)
 
     # -- tables (writes) and datasets (reads) ----------------------------------------------
 
@@ -232,9 +236,12 @@ class Cache:
         """Register head `name` (its scores live in the `prefix`_* columns) in one commit, the
         moment its scores become the ones every reader sees. With `replace` false an existing
         head of that name stays. Returns the record (without checkpoint bytes)."""
+        from faramir.checkpoints import frozen_fingerprint, head_state_from_bytes
+
         record = {"name": name, "prefix": prefix, "fingerprint": fingerprint,
                   "pool_fingerprint": pool_fingerprint, "source": source,
-                  "created_at": datetime.now(timezone.utc), "checkpoint": checkpoint}
+                  "created_at": datetime.now(timezone.utc), "checkpoint": checkpoint,
+                  "frozen_fingerprint": frozen_fingerprint(head_state_from_bytes(checkpoint))}
         merge = self.table(schema.HEADS).merge_insert("name")
         if replace:
             merge = merge.when_matched_update_all()

@@ -1,6 +1,6 @@
 """The heads registry: which heads' scores the cache holds, listing them, removing one.
 
-A head's scores are five columns of the ``images`` table under a column prefix (store.schema);
+A head's scores are six columns of the ``images`` table under a column prefix (store.schema);
 the ``heads`` table maps each head name to its prefix. Scoring the cache with a head is
 `store.rescoring.rescore` (it needs torch; nothing here does).
 """
@@ -27,6 +27,7 @@ class HeadInfo:
     rows: int  # rows holding its scores
     source: str  # the checkpoint file it came from
     created_at: datetime
+    scored_from: str | None = None  # after a rescore: the head whose v and f it was scored from
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,6 +1,6 @@
 """Rescoring: every cached row scored with a head checkpoint, registered under a name.
 
-A head's scores are five columns of the ``images`` table under a column prefix (store.schema).
+A head's scores are six columns of the ``images`` table under a column prefix (store.schema).
 `rescore` never changes a prefix's columns in place:
 
 1. It writes a fresh set of columns under a new prefix. For each fragment, Lance's merge_columns
@@ -9,6 +9,11 @@ A head's scores are five columns of the ``images`` table under a column prefix (
    files are not rewritten, row ids stay, and the vector index stays valid. If an ingest commits
    meanwhile, the commit conflicts and is retried: fragments already scored keep their new file,
    only new fragments are scored.
+   A head whose frozen part (everything a finetune leaves alone: norms, linear_1, activation_1,
+   linear_2) equals a registered head's computes the same v and f for every row, so the UDF
+   reads that head's v and f columns (32 floats a row) instead of the embeddings (1,296), runs
+   only the decision layers, and passes v, f and the labels (functions of v) on. That is how a
+   finetuned head is scored.
 2. It points the ``heads`` row of that name at the new prefix: that one-row commit is the moment
    the new scores replace the old for every reader, who resolves name → prefix through ``heads``
    (and retries once if the columns it resolved were dropped under it).
@@ -25,23 +30,24 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 
-from faramir.checkpoints import head_to_bytes, load_head_checkpoint
+from faramir.checkpoints import frozen_fingerprint, head_to_bytes, load_head_checkpoint
 from store import schema
 from store.db import Cache
 from store.errors import HeadError, PoolMismatch
 from store.heads import HeadInfo, describe, drop_prefix
 from store.schema import HEAD_INPUTS
-from store.scoring import HeadScorer, head_inputs
+from store.scoring import SHARED, HeadScorer, decision_scores, head_inputs
 
 COMMIT_ATTEMPTS = 5  # tries of the rescore commit while an ingest keeps committing
 RESCORE_THREADS = 2  # fragments scored at once (reading one overlaps the arithmetic on another)
 RESCORE_BATCH = 4096  # rows per head forward: ~19 MB of embeddings, small enough for the allocator to reuse
+DECISION_BATCH = 65536  # rows per decision-layers-only batch: 8 MB of v and f (Lance may hand fewer)
 
 
 def _prefixes_in(table_schema: pa.Schema) -> set[str]:
@@ -67,6 +73,7 @@ def rescore(
     db: str | os.PathLike | Cache | None = None,
     batch_size: int = RESCORE_BATCH,
     index: bool = True,
+    reuse: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> HeadInfo:
     """Score every cached row with the head checkpoint `head` and register it as `name`.
@@ -76,7 +83,10 @@ def rescore(
     `progress(rows_done, rows_total)` is called after every batch, from Lance's worker threads
     (inside its runtime: it must not call Lance itself). With `index`, scalar indexes
     on the new columns (and the ANN index, when the table is large enough) are built afterwards.
-    Returns the head as `list_heads` describes it."""
+    With `reuse`, a head whose frozen part equals a registered head's (a finetune of it) is
+    scored from that head's cached v and f by its decision layers alone; without, from the
+    embeddings. Returns the head as `list_heads` describes it, with `scored_from` set to the
+    registered head whose v and f were used (None: the embeddings)."""
     if not schema.valid_head_name(name):
         raise HeadError(f"{name!r}: not a valid head name; use letters, digits, '.', '_' and '-' "
                         f"(at most 64, starting with a letter or digit)")
@@ -91,7 +101,8 @@ def rescore(
     heads = {h["name"]: h for h in cache.heads()}
     taken = {h["prefix"] for h in heads.values()} | _prefixes_in(table.schema)
     prefix = schema.new_prefix(name, taken)
-    _add_score_columns(cache, prefix, model, cfg, batch_size, progress)
+    frozen = frozen_fingerprint(head_state) if reuse else None
+    _, scored_from = _add_score_columns(cache, prefix, model, cfg, batch_size, progress, frozen)
     record = cache.put_head(  # the commit point: readers now see the new scores
         name=name, prefix=prefix, fingerprint=head_fp, pool_fingerprint=pool_fp or "",
         source=str(Path(head).resolve()), checkpoint=head_to_bytes(head_state))
@@ -104,11 +115,25 @@ def rescore(
         from store.indexes import ensure_indexes
 
         ensure_indexes(cache, heads=[name])
-    return describe(cache, record)
+    return dataclasses.replace(describe(cache, record), scored_from=scored_from)
+
+
+def _sharing_head(cache: Cache, frozen: str, columns: Iterable[str]) -> dict | None:
+    """The oldest registered head with frozen fingerprint `frozen` whose v and f columns are among
+    `columns` (heads scored before schema version 2 have no f column), or None."""
+    names = set(columns)
+    for head in cache.heads():  # oldest first: every finetune of a head reuses the same v and f
+        if (head.get("frozen_fingerprint") == frozen
+                and {f"{head['prefix']}_logits", f"{head['prefix']}_free"} <= names):
+            return head
+    return None
 
 
 class _ScoreUDF:
-    """The batch UDF of a rescore: the head's five score columns from the three head inputs.
+    """The batch UDF of a rescore: the head's six score columns, from the three head inputs or,
+    once `reads` names a head sharing its frozen part, from that head's v, f and labels by the
+    decision layers alone (a row that head has no scores for, which its own rescore is still
+    filling in, sets `unscored` and stops the merge).
 
     Fragments are scored on several threads; each thread has its own HeadScorer (and so its own
     input buffer). `progress(done, total)` is called under a lock after every batch."""
@@ -119,12 +144,29 @@ class _ScoreUDF:
         self.local = threading.local()
         self.lock = threading.Lock()
         self.done = self.total = 0
+        self.sharing: dict | None = None
+        self.unscored = False
+
+    def reads(self, sharing: dict | None) -> tuple[list[str], int]:
+        """Score from the columns of head `sharing` (None: the embeddings); returns the columns
+        and the batch size to read."""
+        self.sharing = sharing
+        if sharing is None:
+            return HEAD_INPUTS, self.batch_size
+        return [f"{sharing['prefix']}_{name}" for name in SHARED], DECISION_BATCH
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        scorer = getattr(self.local, "scorer", None)
-        if scorer is None:
-            scorer = self.local.scorer = HeadScorer(self.model, self.batch_size)
-        arrays = scorer.score_arrays(*head_inputs(batch, self.cfg))
+        if self.sharing is None:
+            scorer = getattr(self.local, "scorer", None)
+            if scorer is None:
+                scorer = self.local.scorer = HeadScorer(self.model, self.batch_size)
+            arrays = scorer.score_arrays(*head_inputs(batch, self.cfg))
+        else:
+            shared = dict(zip(SHARED, batch.columns))
+            if any(column.null_count for column in shared.values()):
+                self.unscored = True
+                raise HeadError(f"head {self.sharing['name']!r} has rows without scores")
+            arrays = decision_scores(self.model, shared)
         with self.lock:
             self.done += batch.num_rows
             if self.progress is not None:
@@ -133,20 +175,23 @@ class _ScoreUDF:
 
 
 def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
-                       progress: Callable[[int, int], None] | None) -> int:
+                       progress: Callable[[int, int], None] | None,
+                       frozen: str | None = None) -> tuple[int, str | None]:
     """Write the score columns of `prefix` for every row, without rewriting any other column.
 
     Each fragment gets one new data file holding only the new columns (Lance's merge_columns with
-    a batch UDF reading the three head inputs); one ``Merge`` commit then adds them all. If an
-    ingest commits meanwhile, the commit conflicts: the fragments already scored keep their new
-    file and only the new fragments are scored before the next try. Returns the rows scored."""
+    a batch UDF reading the three head inputs, or the v and f of a registered head whose frozen
+    fingerprint is `frozen`); one ``Merge`` commit then adds them all. If an ingest commits
+    meanwhile, the commit conflicts: the fragments already scored keep their new file and only
+    the new fragments are scored before the next try. Returns (the rows scored, the head whose
+    v and f every fragment was scored from, or None)."""
     import lance
     from lance.commit import CommitConflictError
     from lance.dataset import LanceOperation
 
     score = _ScoreUDF(prefix, model, cfg, batch_size, progress)
     udf = lance.udf.BatchUDF(score, score.schema)
-    scored: dict[tuple, object] = {}  # (fragment id, its data files) → the new data file
+    scored: dict[tuple, tuple] = {}  # (fragment id, its data files) → (new data file, head read or None)
     base_schema = merged_schema = None
     for _ in range(COMMIT_ATTEMPTS):
         dataset = cache.images().to_lance()  # the latest version
@@ -157,22 +202,30 @@ def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
         score.total = sum(m.num_rows for m in fragments)
         if not fragments:  # an empty table: the columns alone, metadata only
             dataset.add_columns(list(score.schema))
-            return 0
+            return 0, None
+        columns, rows = score.reads(_sharing_head(cache, frozen, dataset.schema.names) if frozen else None)
         keys = [(meta.id, tuple(f.path for f in meta.files)) for meta in fragments]
         todo = [(key, fragment) for key, fragment in zip(keys, dataset.get_fragments()) if key not in scored]
         # Fragments in parallel: Lance reads one (without the GIL) while the head scores another,
         # so reading the embeddings and the arithmetic overlap instead of adding up.
-        with ThreadPoolExecutor(RESCORE_THREADS) as pool:
-            merges = pool.map(lambda f: f.merge_columns(udf, columns=HEAD_INPUTS, batch_size=batch_size),
-                              [fragment for _, fragment in todo])
-            for (key, _), (new_meta, merged_schema) in zip(todo, merges):
-                scored[key] = new_meta.files[-1]
-        merged = [dataclasses.replace(meta, files=[*meta.files, scored[key]])
+        try:
+            with ThreadPoolExecutor(RESCORE_THREADS) as pool:
+                merges = pool.map(lambda f: f.merge_columns(udf, columns=columns, batch_size=rows),
+                                  [fragment for _, fragment in todo])
+                for (key, _), (new_meta, merged_schema) in zip(todo, merges):
+                    scored[key] = (new_meta.files[-1], score.sharing and score.sharing["name"])
+        except Exception:
+            if not score.unscored:
+                raise
+            score.unscored, frozen = False, None  # the rest from the embeddings
+            continue
+        merged = [dataclasses.replace(meta, files=[*meta.files, scored[key][0]])
                   for key, meta in zip(keys, fragments)]
         try:
             lance.LanceDataset.commit(dataset, LanceOperation.Merge(merged, merged_schema),
                                       read_version=dataset.version)
-            return score.total
+            sources = {scored[key][1] for key in keys}
+            return score.total, sources.pop() if len(sources) == 1 else None
         except CommitConflictError:
             continue
     raise HeadError(f"{cache.uri} kept changing while rescoring ({COMMIT_ATTEMPTS} tries); "

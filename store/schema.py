@@ -1,4 +1,4 @@
-"""The feature cache's tables and columns (schema version 1).
+"""The feature cache's tables and columns (schema version 2).
 
 One LanceDB database (a local folder or an object-store URI) holds these tables:
 
@@ -24,7 +24,9 @@ One LanceDB database (a local folder or an object-store URI) holds these tables:
     P_accept_label       string            best accept-side label (argmax of v[0:9])
     P_reject_label       string            best reject-side label (9 + argmax of v[9:30])
     P_logits             fixed_size_list<float32>[30]   gated class logits v
+    P_free               fixed_size_list<float32>[2]    free units f (with v, the decision's input)
   Thresholds are never stored: accepted = P_confidence > T, label = the accept or reject label.
+  A head scored before schema version 2 has no P_free column (its rows are scored as before).
 
 ``files``: one row per path, for incremental ingest (unchanged path + size + mtime: not read).
     path string not null (primary key), id string, size int64, mtime_ns int64, seen_at timestamp
@@ -36,7 +38,9 @@ One LanceDB database (a local folder or an object-store URI) holds these tables:
     name string not null (primary key), prefix string, fingerprint string (norm.* + head.*),
     pool_fingerprint string (attn_pool.* of its checkpoint, or "" for a head-only file),
     source string (file it came from), created_at timestamp,
-    checkpoint binary (safetensors bytes of norm.* + head.*, so ingest can score new rows)
+    checkpoint binary (safetensors bytes of norm.* + head.*, so ingest can score new rows),
+    frozen_fingerprint string (norm.* + head.* outside the layers a finetune trains: heads that
+    share it share v and f, so rescoring one needs only the other's P_logits and P_free)
 
 ``labels``: curator labels for finetuning and evaluation.
     id string not null (primary key), label string, source string, imported_at timestamp
@@ -45,8 +49,9 @@ One LanceDB database (a local folder or an object-store URI) holds these tables:
     pool_fingerprint, weights_generated (non-empty when the cache was built with fake weights).
 
 Versions: `SCHEMA_VERSION` is stored in ``meta``; `store.db.Cache.open` refuses a cache whose
-version is newer, with a message to upgrade faramir. Version 1 is the only one so far, so there is
-nothing to migrate; a change to these tables bumps the version and adds its migration there.
+version is newer, with a message to upgrade faramir, and migrates an older one (`store.migrations`).
+Version 2 added ``heads.frozen_fingerprint`` (computed for existing heads from their checkpoint)
+and the P_free columns (written for heads scored from then on).
 """
 
 from __future__ import annotations
@@ -55,9 +60,9 @@ import re
 
 import pyarrow as pa
 
-from faramir.config import FaramirConfig, N_CLASSES
+from faramir.config import N_CLASSES, N_FREE, FaramirConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 IMAGES = "images"
 FILES = "files"
@@ -109,11 +114,12 @@ def score_fields(prefix: str) -> list[pa.Field]:
         pa.field(f"{prefix}_accept_label", pa.string()),
         pa.field(f"{prefix}_reject_label", pa.string()),
         pa.field(f"{prefix}_logits", _vec(N_CLASSES)),
+        pa.field(f"{prefix}_free", _vec(N_FREE)),
     ]
 
 
 def score_column_names(prefix: str) -> list[str]:
-    """The five score columns of the head whose column prefix is `prefix`."""
+    """The six score columns of the head whose column prefix is `prefix`."""
     return [f.name for f in score_fields(prefix)]
 
 
@@ -141,6 +147,7 @@ HEADS_SCHEMA = pa.schema([
     pa.field("source", pa.string()),
     pa.field("created_at", TIMESTAMP),
     pa.field("checkpoint", pa.binary()),
+    pa.field("frozen_fingerprint", pa.string()),  # schema version 2; last, where the migration adds it
 ])
 
 LABELS_SCHEMA = pa.schema([

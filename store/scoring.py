@@ -1,8 +1,10 @@
-"""Stage-two arithmetic: a head over cached vectors → the five score columns of one head.
+"""Stage-two arithmetic: a head over cached vectors → the six score columns of one head.
 
-The head's own entry points do the work (`FaramirHead.forward_norm`, `forward_head`), so cached
-scores, rescored scores and `faramir assess` run the same code. This module needs torch: only
-ingest and rescore import it, never a query.
+The head's own entry points do the work (`FaramirHead.forward_norm`, `forward_scores`), so cached
+scores, rescored scores and `faramir assess` run the same code. A head whose frozen part equals a
+registered head's needs only its decision layers over that head's cached v and f
+(`decision_scores`, `FaramirHead.forward_decision`). This module needs torch: only ingest and
+rescore import it, never a query.
 """
 
 from __future__ import annotations
@@ -45,17 +47,37 @@ def head_outputs(head: FaramirHead, ap: np.ndarray, ae: np.ndarray, q: np.ndarra
     return head(_tensor(ap), _tensor(ae), _tensor(q)).numpy()
 
 
-def score_arrays(outputs: torch.Tensor) -> dict[str, pa.Array]:
-    """The five score columns (unprefixed names) from (N, 31) logits."""
-    v, d = outputs[:, :N_CLASSES], outputs[:, N_CLASSES]
+def score_arrays(v: torch.Tensor, d: torch.Tensor, f: torch.Tensor) -> dict[str, pa.Array]:
+    """The six score columns (unprefixed names) from gated logits v (N, 30), decision logits
+    d (N, 1) and free units f (N, 2)."""
     accept, reject = side_labels(v)
     return {
-        "decision": pa.array(d.numpy(), pa.float32()),
-        "confidence": pa.array(d.sigmoid().numpy(), pa.float32()),  # torch's sigmoid, as assess uses
+        **decision_arrays(d),
         "accept_label": _LABEL_ARRAY.take(pa.array(accept.numpy())),
         "reject_label": _LABEL_ARRAY.take(pa.array(reject.numpy())),
         "logits": fixed_size_list(v.numpy()),
+        "free": fixed_size_list(f.numpy()),
     }
+
+
+def decision_arrays(d: torch.Tensor) -> dict[str, pa.Array]:
+    """The decision and confidence columns from decision logits d (N, 1)."""
+    d = d.reshape(-1)
+    return {"decision": pa.array(d.numpy(), pa.float32()),
+            "confidence": pa.array(d.sigmoid().numpy(), pa.float32())}  # torch's sigmoid, as assess uses
+
+
+SHARED = ("accept_label", "reject_label", "logits", "free")  # what heads with one frozen part share
+
+
+@torch.inference_mode()
+def decision_scores(head: FaramirHead, shared: dict[str, pa.Array]) -> dict[str, pa.Array]:
+    """The score columns of `head` from another head's `SHARED` columns (unprefixed names), for
+    heads whose frozen parts are equal, so that their v and f, and the labels (functions of v),
+    are too: only the decision layers run, and the rest is passed on as it is."""
+    d = head.forward_decision(_tensor(vectors(shared["logits"], N_CLASSES)),
+                              _tensor(vectors(shared["free"], head.cfg.n_free)))
+    return {**decision_arrays(d), **{name: shared[name] for name in SHARED}}
 
 
 class HeadScorer:
@@ -72,17 +94,17 @@ class HeadScorer:
         self.x = torch.empty(max_rows, head.cfg.head_in_dim)  # (rows, 1296): normalised cat(ap, ae, q)
 
     @torch.inference_mode()
-    def outputs(self, ap: np.ndarray, ae: np.ndarray, q: np.ndarray) -> torch.Tensor:
-        """(N, 31) float32 logits cat(v, d) for (N, D), (N, 16), (N, 128) float32 arrays."""
+    def outputs(self, ap: np.ndarray, ae: np.ndarray, q: np.ndarray):
+        """(v (N, 30), d (N, 1), f (N, 2)) for (N, D), (N, 16), (N, 128) float32 arrays."""
         n = len(ap)
         if n > len(self.x):
             self.x = torch.empty(n, self.x.shape[1])
         x = self.head.forward_norm(_tensor(ap), _tensor(ae), _tensor(q), out=self.x[:n])
-        return self.head.forward_head(x)
+        return self.head.forward_scores(x)
 
     def score_arrays(self, ap, ae, q) -> dict[str, pa.Array]:
-        """The five score columns (unprefixed names) for these rows."""
-        return score_arrays(self.outputs(ap, ae, q))
+        """The six score columns (unprefixed names) for these rows."""
+        return score_arrays(*self.outputs(ap, ae, q))
 
     def score_columns(self, prefix: str, ap, ae, q) -> dict[str, pa.Array]:
         """{"P_decision": ..., ...}: the score columns under column prefix P."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from faramir.config import ACCEPT_LABELS, LABELS, N_CLASSES, TINY
+from faramir.config import ACCEPT_LABELS, LABELS, N_CLASSES, N_FREE, TINY
 from faramir.checkpoints import head_to_bytes, split_faramir_checkpoint
 from faramir.digests import tensor_digest
 from store import schema
@@ -53,6 +53,7 @@ def hand_cache(db, confidence, accept_label, reject_label, aesthetic=None, seed:
         f"{prefix}_accept_label": pa.array(list(accept_label), pa.string()),
         f"{prefix}_reject_label": pa.array(list(reject_label), pa.string()),
         f"{prefix}_logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), N_CLASSES),
+        f"{prefix}_free": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * N_FREE, np.float32)), N_FREE),
     }
     for name, values in columns.items():
         rows = rows.append_column(name, values)

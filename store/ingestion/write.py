@@ -65,7 +65,9 @@ def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, HeadScorer]]:
     names = set(images.schema.names)
     scorers = {}
     for row in cache.read(schema.HEADS, ["prefix", "checkpoint"]).to_pylist():
-        if all(name in names for name in schema.score_column_names(row["prefix"])):
+        # A head's columns are committed all at once; one scored before schema version 2 has no
+        # P_free column, and its new rows get none (`images_table` writes the columns there are).
+        if f"{row['prefix']}_confidence" in names:
             scorers[row["prefix"]] = HeadScorer(head_from_bytes(row["checkpoint"], info.config), 1)
     return images.schema, scorers
 
