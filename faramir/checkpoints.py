@@ -73,25 +73,32 @@ def split_faramir_checkpoint(state: dict[str, torch.Tensor]):
     return pool, head
 
 
-def load_head_checkpoint(path: str | os.PathLike, cfg: FaramirConfig = FULL):
+def load_head_checkpoint(path: str | os.PathLike, cfg: FaramirConfig = FULL, known_pool: str | None = None):
     """A head checkpoint in upstream's key format: a full `faramir-v1.pth` (39 keys) or one with
     only `norm.*` and `head.*`. Returns (FaramirHead in eval mode, head state, pool fingerprint
-    or None for a head-only file, head fingerprint)."""
-    from faramir.experts import build_trunk
+    or None for a head-only file, head fingerprint).
+
+    `known_pool`: the fingerprint of an attention pool checked before (a cache's). An
+    `attn_pool.*` with that fingerprint is those very tensors, so its shapes are not checked
+    again: that check builds timm's pool, and importing timm takes seconds on a small CPU."""
     from faramir.head import FaramirHead
 
     state = load_pth(path)
     pool_state, head_state = split_faramir_checkpoint(state)
     head = FaramirHead(cfg)
     expected = shapes_of(head)
-    if pool_state:
+    pool_fp = tensor_digest(as_float32(pool_state)) if pool_state else None
+    if pool_state and pool_fp == known_pool:
+        expected = {**{f"attn_pool.{k}": tuple(v.shape) for k, v in pool_state.items()}, **expected}
+    elif pool_state:
+        from faramir.experts import build_trunk
+
         with torch.device("meta"):
             pool = build_trunk(cfg).attn_pool
         expected = {**shapes_of(pool, "attn_pool."), **expected}
     check_state_dict(path, state, expected)
     head_state = as_float32(head_state)
     head.load_state_dict(head_state)
-    pool_fp = tensor_digest(as_float32(pool_state)) if pool_state else None
     return head.eval(), head_state, pool_fp, tensor_digest(head_state)
 
 

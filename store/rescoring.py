@@ -93,8 +93,8 @@ def rescore(
     cache = Cache.open(db)
     table = cache.images()
     cfg = cache.config()
-    model, head_state, pool_fp, head_fp = load_head_checkpoint(head, cfg)
     cache_pool = cache.get_meta("pool_fingerprint") or ""
+    model, head_state, pool_fp, head_fp = load_head_checkpoint(head, cfg, known_pool=cache_pool or None)
     if pool_fp is not None and cache_pool and pool_fp != cache_pool:
         raise PoolMismatch(_pool_mismatch_message(head, pool_fp, cache_pool, cache.uri))
 
