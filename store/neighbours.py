@@ -99,7 +99,8 @@ def similar(
     arguments), nearest first. REF: see `reference_vector`, or a vector.
 
     One Lance query: the filter is a prefilter of the vector search, so the k results all pass
-    it. With an ANN index the search is approximate (`nprobes`, `refine_factor` tune it); rows
+    it; the rows passing it are found once per table version and filter and kept in the Cache
+    (`Cache.allow_list`), so a long-lived process pays only the search. With an ANN index the search is approximate (`nprobes`, `refine_factor` tune it); rows
     added since the index was built are searched exactly and merged in; `exact` bypasses the
     index. Columns: distance (1 - cosine similarity), then as `store.top`."""
     from store.indexes import NPROBES, REFINE_FACTOR
@@ -121,8 +122,9 @@ def similar(
         else:
             nearest["nprobes"] = nprobes or NPROBES
             nearest["refine_factor"] = refine_factor or REFINE_FACTOR
-        rows = ds.to_table(nearest=nearest, filter=f.where(prefix), prefilter=True,
-                           columns=[*read_columns(prefix), column, "_distance"])
+        allow = cache.allow_list(ds, f.where(prefix))
+        rows = ds.scanner(nearest=nearest, prefilter=True, row_addr_allowlist=allow,
+                          columns=[*read_columns(prefix), column, "_distance"]).to_table()
         distance = cosine_distances(vector, rows.column(column))
         order = np.argsort(distance, kind="stable")  # the engine's order, exact ties aside
         rows = rows.drop_columns([column, "_distance"]).append_column("distance", pa.array(distance))

@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -228,6 +229,48 @@ def test_ann_index_is_used_and_rows_added_after_it_are_still_found(tmp_path):
     assert {r["id"] for r in got} == {ref, "f" * 64} and all(r["distance"] == 0.0 for r in got)
     ensure_indexes(cache)  # a single row is below the reindex fraction: nothing to do for the ANN
     assert {ix["column"]: ix["unindexed_rows"] for ix in list_indexes(cache)}[f"{prefix}_confidence"] == 0
+
+
+def test_similar_equals_lancedbs_prefiltered_query_as_the_table_changes(tmp_path):
+    """`similar` searches with an allow-list kept per table version and filter; its rows are the
+    rows of the filtered (prefilter) query at the same nprobes and refine factor, before and
+    after an append, a deletion and a compaction (which moves every row)."""
+    from store.indexes import NPROBES, REFINE_FACTOR
+
+    cache = tiny_cache(tmp_path / "db", n=3000)
+    index(cache)
+    prefix = cache.head("faramir-v1")["prefix"]
+    refs = [row_id(0, i) for i in (3, 42, 777, 2500)]
+    filters = [{"accepted": True}, {"accepted": False, "threshold": 0.3},
+               {"labels": ["2d_human", "3d_wireframe", "text"]}, {"min_aesthetic": 5.5},
+               {"min_confidence": 0.999999, "max_confidence": 0.9999999}]  # passes no row
+
+    def prefiltered(vector, exact, **f):
+        nearest = {"column": "faramir_embedding", "q": vector, "k": 10, "metric": "cosine"}
+        nearest.update({"use_index": False} if exact else {"nprobes": NPROBES, "refine_factor": REFINE_FACTOR})
+        rows = cache.images().to_lance().to_table(nearest=nearest, filter=Filter.of(**f).where(prefix),
+                                                  prefilter=True, columns=["id"])
+        return sorted(rows.column("id").to_pylist())
+
+    def check():
+        for ref in refs:
+            vector = vector_of(cache, ref).astype(np.float32)
+            for f in filters:
+                for exact in (False, True):
+                    got = similar(ref, cache, k=10, exact=exact, **f).column("id").to_pylist()
+                    assert sorted(got) == prefiltered(vector, exact, **f), (ref, f, exact)
+
+    check()
+    ds = cache.dataset()
+    where = Filter.of(accepted=True).where(prefix)
+    assert cache.allow_list(ds, where) is cache.allow_list(ds, where)  # kept, not rebuilt
+    table = cache.images()
+    clones = table.search().where(f"id IN ({', '.join(repr(r) for r in refs)})").to_arrow()
+    table.add(clones.set_column(0, "id", pa.array([c * 64 for c in "abcd"])))  # unindexed rows
+    table.delete(f"id IN ({', '.join(repr(row_id(0, i)) for i in range(100, 400))})")
+    check()
+    table.optimize()  # compaction: new row addresses, new version
+    check()
 
 
 # -- export ---------------------------------------------------------------------------------------
