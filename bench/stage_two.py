@@ -2,17 +2,25 @@
 
     python bench/stage_two.py                       # 100K and 1M rows under /tmp/faramir-bench
     python bench/stage_two.py --rows 100000 --dir /data/bench --queries 100
+    python bench/stage_two.py --rows 1000000 --json # one JSON object per size on stdout
 
-Builds (once, then reuses) a cache of the real schema (full-size config: 1152-d embeddings) with
-N synthetic rows from `tests.synthetic` (seed 0), then measures each operation in a fresh
+Builds (once, then reuses: the cache directory carries a marker with its row count, seed and
+schema version) a cache of the real schema (full-size config: 1152-d embeddings) with N
+synthetic rows from `tests.synthetic` (seed 0), then measures each operation in a fresh
 process, reporting wall seconds, CPU seconds (user + sys) and the process's peak RSS:
 
-- rescore: every row with a new head (same pool, other weights), `store.rescore`;
+- rescore: every row with a new head (same pool, other weights: a new frozen part), from the
+  embeddings, `store.rescore`;
+- rescore finetuned: every row with the cache's head with new decision layers (what a finetune
+  changes), scored from the head's cached v and f;
 - count: rows accepted at a new threshold, `store.count` (median over 20 thresholds);
 - top100: the best 100 by confidence under a one-label filter, `store.top` (median over labels);
-- nearest-10 accepted: `store.similar(k=10, accepted=True)` from 100 query rows, p50/p95
-  latency and recall@10 against exact filtered search (brute force in NumPy over the rows that
-  pass, checked against LanceDB's own exact search), without and with the ANN index.
+- nearest-10 accepted: `store.similar(k=10, accepted=True)` from 100 query rows in one
+  warm process (the Cache keeps the filter's allow-list after the first query, whose time is
+  reported apart), p50/p95 latency and recall@10 against exact filtered search (brute force in
+  NumPy over the rows that pass), without and with the ANN index;
+- nearest CLI: the wall time of a one-shot `faramir similar ID --accepted --k 10` subprocess
+  (Python start, imports, opening the cache, the allow-list and the search), median of 5.
 
 How the synthetic embeddings are made (tests.synthetic): unit vectors around a few thousand
 cluster centres (min(3000, N/100), Zipf-like sizes), centres sharing a common direction (cosine
@@ -54,6 +62,7 @@ SEED = 0
 QUERY_SEED = 1
 THRESHOLD = 0.5
 TOP_LABELS = ("2d_human", "3d_scene", "3d_wireframe", "degraded", "2d_fantasy")
+CLI_RUNS = 5  # one-shot `faramir similar` processes timed
 
 
 # -- one measurement per process ------------------------------------------------------------------
@@ -73,19 +82,23 @@ def _done(start: tuple[float, float], **extra) -> dict:
 def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
     from store.db import Cache
 
-    if op == "baseline":  # imports and an open cache: what every other figure includes
+    if op == "baseline":  # an open cache (every figure is timed after its imports)
         start = _usage()
         import store.indexes, store.neighbours, store.query, store.rescoring  # noqa: E401, F401
 
         Cache.open(db).images().count_rows()
         return _done(start)
-    if op == "rescore":
+    if op in ("rescore", "rescore-finetuned"):
+        import lance, lancedb  # noqa: E401, F401  (imports are the baseline's, not the operation's)
+
+        import store.scoring  # noqa: F401  (torch)
         from store import rescore
 
-        checkpoint = workdir / "new-head.pth"
-        start = _usage()
-        record = rescore(checkpoint, "bench-new", db=db, index=False)
-        return _done(start, rows=record.rows)
+        checkpoint, name = ((workdir / "new-head.pth", "bench-new") if op == "rescore"
+                            else (workdir / "finetuned-head.pth", "bench-finetuned"))
+        start = _usage()  # the new head from the embeddings, even where an earlier run registered it
+        record = rescore(checkpoint, name, db=db, index=False, reuse=op == "rescore-finetuned")
+        return _done(start, rows=record.rows, scored_from=record.scored_from)
     cache = Cache.open(db)
     if op == "count":
         from store import count
@@ -115,7 +128,9 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
         data = np.load(workdir / "queries.npz", allow_pickle=True)
         vectors, truth = data["vectors"], data["truth"]
         n = min(queries, len(vectors))
-        similar(vectors[0], cache, k=10, accepted=True, exact=op == "nearest-exact")  # warm
+        t0 = time.perf_counter()  # the first query also finds the rows passing the filter
+        similar(vectors[0], cache, k=10, accepted=True, threshold=THRESHOLD, exact=op == "nearest-exact")
+        first = time.perf_counter() - t0
         times, recall = [], []
         for q in range(n):
             t0 = time.perf_counter()
@@ -124,8 +139,32 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
             times.append(time.perf_counter() - t0)
             recall.append(len(set(rows.column("id").to_pylist()) & set(truth[q])) / 10)
         return {"p50_s": float(np.percentile(times, 50)), "p95_s": float(np.percentile(times, 95)),
-                "recall": float(np.mean(recall)), "queries": n,
+                "recall": float(np.mean(recall)), "queries": n, "first_s": first,
                 "peak_rss_gb": peak_rss_mb() / 1024}
+    if op == "nearest-cli":
+        from store import similar
+
+        data = np.load(workdir / "queries.npz", allow_pickle=True)
+        ids, truth = data["ids"], data["truth"]
+        walls, recall = [], []
+        for q in range(min(CLI_RUNS, len(ids))):
+            t0 = time.perf_counter()
+            out = subprocess.run(
+                [sys.executable, "-c", "import sys; from cli.app import main; sys.argv[0] = 'faramir'; main()",
+                 "similar", str(ids[q]), "--db", db, "--accepted", "--threshold", str(THRESHOLD),
+                 "--k", "10", "--format", "jsonl"],
+                capture_output=True, text=True, check=False, cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+            )
+            walls.append(time.perf_counter() - t0)
+            if out.returncode != 0:
+                raise SystemExit(f"faramir similar failed:\n{out.stderr[-3000:]}")
+            got = [json.loads(line)["id"] for line in out.stdout.splitlines()]
+            recall.append(len(set(got) & set(truth[q])) / 10)
+            assert got == similar(str(ids[q]), cache, k=10, accepted=True, threshold=THRESHOLD).column(
+                "id").to_pylist(), "the CLI and the library disagree"
+        return {"median_s": float(np.median(walls)), "max_s": float(np.max(walls)), "runs": len(walls),
+                "recall": float(np.mean(recall))}
     if op == "index":
         from store import index
 
@@ -151,20 +190,39 @@ def run_child(op: str, db: Path, workdir: Path, queries: int) -> dict:
 
 def build(n: int, db: Path, workdir: Path) -> float | None:
     from faramir.config import FULL
+    from store.schema import SCHEMA_VERSION
     from tests.synthetic import random_checkpoint, save_checkpoint, write_cache
 
     marker = db / "bench.json"
-    if marker.is_file() and json.loads(marker.read_text()) == {"rows": n, "seed": SEED}:
+    made = {"rows": n, "seed": SEED, "schema": SCHEMA_VERSION}
+    if marker.is_file() and json.loads(marker.read_text()) == made:
         return None
     shutil.rmtree(db, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)  # query rows and ground truth of the old cache
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    write_cache(db, n, FULL, seed=SEED, batch_rows=50_000)
+    cache = write_cache(db, n, FULL, seed=SEED, batch_rows=50_000)
     seconds = time.perf_counter() - t0
-    marker.write_text(json.dumps({"rows": n, "seed": SEED}))
+    marker.write_text(json.dumps(made))
     # The new head for the rescore: other weights, the same attention pool as the cache's.
     save_checkpoint(random_checkpoint(FULL, seed=SEED + 5, pool_seed=SEED + 1000), workdir / "new-head.pth")
+    save_checkpoint(finetuned(cache), workdir / "finetuned-head.pth")
     return seconds
+
+
+def finetuned(cache) -> dict:
+    """The cache's head (norm.* + head.*) with its decision layers moved, as a finetune moves them:
+    everything else bit-identical."""
+    import torch
+
+    from faramir.checkpoints import head_state_from_bytes
+    from faramir.config import TRAINED_PREFIXES
+    from store import schema
+
+    state = head_state_from_bytes(cache.head_checkpoint(schema.DEFAULT_HEAD))
+    g = torch.Generator().manual_seed(SEED + 7)
+    return {k: v * (1 + 0.1 * torch.randn(v.shape, generator=g)) if k.startswith(TRAINED_PREFIXES) else v
+            for k, v in state.items()}
 
 
 def ground_truth(db: Path, workdir: Path, queries: int) -> None:
@@ -172,15 +230,17 @@ def ground_truth(db: Path, workdir: Path, queries: int) -> None:
     from store.db import Cache
 
     path = workdir / "queries.npz"
-    if path.is_file() and len(np.load(path)["vectors"]) >= queries:
-        return
+    if path.is_file():
+        data = np.load(path, allow_pickle=True)
+        if "ids" in data and len(data["vectors"]) >= queries:
+            return
     cache = Cache.open(db)
     ds = cache.dataset()
     prefix = cache.head("faramir-v1")["prefix"]
     n = ds.count_rows()
     rows = np.sort(np.random.default_rng(QUERY_SEED).choice(n, queries, replace=False))
-    q = ds.take(rows, columns=["faramir_embedding"]).column("faramir_embedding")
-    vectors = q.combine_chunks().values.to_numpy().reshape(queries, -1)
+    taken = ds.take(rows, columns=["id", "faramir_embedding"])
+    vectors = taken.column("faramir_embedding").combine_chunks().values.to_numpy().reshape(queries, -1)
     qn = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     best_s = np.full((queries, 10), -np.inf)
     best_id = np.empty((queries, 10), object)
@@ -193,7 +253,7 @@ def ground_truth(db: Path, workdir: Path, queries: int) -> None:
         all_id = np.concatenate([best_id, np.broadcast_to(ids, (queries, len(ids)))], axis=1)
         top = np.argpartition(-all_s, 10, axis=1)[:, :10]
         best_s, best_id = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_id, top, 1)
-    np.savez(path, vectors=vectors, truth=best_id)
+    np.savez(path, vectors=vectors, truth=best_id, ids=np.asarray(taken.column("id").to_pylist(), object))
 
 
 def drop_ann(db: Path) -> None:
@@ -211,35 +271,66 @@ def drop_ann(db: Path) -> None:
 # -- the report -----------------------------------------------------------------------------------
 
 
-def bench(n: int, root: Path, queries: int, exact_queries: int) -> dict:
+def bench(n: int, root: Path, queries: int, exact_queries: int, log) -> dict:
     db, workdir = root / f"cache-{n}", root / f"work-{n}"
-    print(f"\n== {n:,} rows: {db}", flush=True)
+    log(f"\n== {n:,} rows: {db}")
     built = build(n, db, workdir)
     if built is not None:
-        print(f"built in {built:.0f} s ({sum(f.stat().st_size for f in db.rglob('*') if f.is_file()) / 1e9:.1f} GB)",
-              flush=True)
+        log(f"built in {built:.0f} s ({sum(f.stat().st_size for f in db.rglob('*') if f.is_file()) / 1e9:.1f} GB)")
     ground_truth(db, workdir, queries)
     drop_ann(db)
     results = {"rows": n, "build_s": built}
-    for op, q in (("baseline", 0), ("rescore", 0), ("count", 0), ("top", 0), ("nearest-exact", exact_queries),
-                  ("index", 0), ("nearest", queries)):
+    for op, q in (("baseline", 0), ("rescore", 0), ("rescore-finetuned", 0), ("count", 0), ("top", 0),
+                  ("nearest-exact", exact_queries), ("index", 0), ("nearest", queries), ("nearest-cli", 0)):
         results[op] = run_child(op, db, workdir, q)
-        print(f"  {op}: {json.dumps(results[op])}", flush=True)
+        log(f"  {op}: {json.dumps(results[op])}")
     return results
+
+
+def summary(r: dict) -> dict:
+    """The figures of one size as one flat JSON object (what --json prints)."""
+    rs, ft, a, cli = r["rescore"], r["rescore-finetuned"], r["nearest"], r["nearest-cli"]
+    return {
+        "rows": r["rows"],
+        "rescore_s": rs["wall_s"],
+        "rescore_peak_rss_gb": rs["peak_rss_gb"],
+        "rescore_finetuned_s": ft["wall_s"],
+        "rescore_finetuned_peak_rss_gb": ft["peak_rss_gb"],
+        "rescore_finetuned_from": ft["scored_from"],
+        "count_ms": 1000 * r["count"]["median_s"],
+        "top100_label_ms": 1000 * r["top"]["median_s"],
+        "nearest_exact_p50_ms": 1000 * r["nearest-exact"]["p50_s"],
+        "nearest_exact_recall_at_10": r["nearest-exact"]["recall"],
+        "ann_build_s": r["index"]["wall_s"],
+        "nearest_p50_ms": 1000 * a["p50_s"],
+        "nearest_p95_ms": 1000 * a["p95_s"],
+        "nearest_first_query_ms": 1000 * a["first_s"],
+        "nearest_recall_at_10": a["recall"],
+        "nearest_cli_wall_s": cli["median_s"],
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "load_average": os.getloadavg()[0],
+    }
 
 
 def report(all_results: list[dict]) -> None:
     print("\nMachine:", platform.processor() or platform.machine(), f"{os.cpu_count()} cores,",
           f"load average at the end {os.getloadavg()[0]:.1f}")
-    print("| rows | rescore s (cpu s, peak RSS) | count ms | top-100 label ms | nearest-10 accepted, exact: "
-          "p50 / p95 ms (recall) | ANN build s | nearest-10 accepted, ANN: p50 / p95 ms (recall@10) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| rows | rescore s (cpu s, peak RSS) | rescore finetuned s (cpu s, peak RSS) | count ms "
+          "| top-100 label ms | nearest-10 accepted, exact: p50 / p95 ms (recall) | ANN build s "
+          "| nearest-10 accepted, ANN, warm process: p50 / p95 ms (recall@10; first query ms) "
+          "| `faramir similar --accepted` wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in all_results:
-        rs, c, t, e, ix, a = (r[k] for k in ("rescore", "count", "top", "nearest-exact", "index", "nearest"))
+        rs, ft, c, t, e, ix, a, cli = (r[k] for k in ("rescore", "rescore-finetuned", "count", "top",
+                                                       "nearest-exact", "index", "nearest", "nearest-cli"))
         print(f"| {r['rows']:,} | {rs['wall_s']:.1f} ({rs['cpu_s']:.1f}, {rs['peak_rss_gb']:.2f} GB) "
+              f"| {ft['wall_s']:.2f} ({ft['cpu_s']:.2f}, {ft['peak_rss_gb']:.2f} GB) "
               f"| {1000 * c['median_s']:.0f} | {1000 * t['median_s']:.0f} "
               f"| {1000 * e['p50_s']:.0f} / {1000 * e['p95_s']:.0f} ({e['recall']:.2f}, n={e['queries']}) "
-              f"| {ix['wall_s']:.0f} | {1000 * a['p50_s']:.1f} / {1000 * a['p95_s']:.1f} ({a['recall']:.3f}) |")
+              f"| {ix['wall_s']:.0f} | {1000 * a['p50_s']:.1f} / {1000 * a['p95_s']:.1f} ({a['recall']:.3f}; "
+              f"{1000 * a['first_s']:.0f}) | {cli['median_s']:.2f} |")
+    if any(r["rescore-finetuned"]["scored_from"] is None for r in all_results):
+        print("NOTE: a finetuned rescore ran from the embeddings, not from the base's v and f")
     base = all_results[0]["baseline"]["peak_rss_gb"]
     print(f"(peak RSS includes {base:.2f} GB for Python, torch, lancedb and an open cache)")
 
@@ -251,6 +342,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--exact-queries", type=int, default=None,
                         help="queries for exact search (default: 100 up to 100K rows, else 10)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per size on stdout (progress goes to stderr)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -258,11 +351,17 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(args.measure, args.db, args.workdir, args.queries)))
         return
+    def log(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
     results = []
     for n in args.rows:
         exact = args.exact_queries or (100 if n <= 100_000 else 10)
-        results.append(bench(n, args.dir, args.queries, exact))
-    report(results)
+        results.append(bench(n, args.dir, args.queries, exact, log))
+        if args.json:
+            print(json.dumps(summary(results[-1])), flush=True)
+    if not args.json:
+        report(results)
 
 
 if __name__ == "__main__":
