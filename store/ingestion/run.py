@@ -20,7 +20,7 @@ import torch
 from faramir.decoding import Batch, Item, iter_batches
 from store.ingestion.events import FailedFile, IngestProgress
 from store.ingestion.plan import Plan
-from store.ingestion.write import EMBEDDING_FIELDS, Chunk, Writer
+from store.ingestion.write import EMBEDDING_FIELDS, Chunk, Writer, image_row
 
 
 class _HostResults:
@@ -137,25 +137,23 @@ class Run:
                 chunk.arrays[name].append(arrays[name])
             for it in p.items:
                 chunk.row_of[it.sha256] = len(chunk.rows)
-                chunk.rows.append({
-                    "id": it.sha256, "paths": [it.source.path], "size": it.size,
-                    "mtime_ns": it.mtime_ns, "width": it.facts.width, "height": it.facts.height,
-                    "format": it.facts.format, "mode": it.facts.mode,
-                    "experts_fingerprint": self.model.info.experts_fingerprint, "precision": self.precision,
-                })
-                self._file_read(it)
-            self.counts["new"] += len(p.items)
+                chunk.rows.append(image_row(it, self.model.info.experts_fingerprint, self.precision))
+                self._account("new", it)
         for kind, it in p.records:
-            if kind == "failed":
-                self._failed(it)
-                continue
-            if kind != "touched":
-                chunk.add_path(it.sha256, it.source.path, it.mtime_ns)
-            self._file_read(it)
-            self.counts[kind] += 1
-        n = len(p.items) + len(p.records)
-        chunk.n += n
-        self.done += n
+            self._account(kind, it)
+        self.done += len(p.items) + len(p.records)
+
+    def _account(self, kind: str, it: Item) -> None:
+        """One file read, into the chunk: `kind` is new (its row is in the chunk already),
+        failed, known or duplicate (a path of content cached or computed before), or touched."""
+        self.chunk.n += 1
+        if kind == "failed":
+            self._failed(it)
+            return
+        if kind not in ("new", "touched"):
+            self.chunk.add_path(it.sha256, it.source.path, it.mtime_ns)
+        self._file_read(it)
+        self.counts[kind] += 1
 
     def _file_read(self, it: Item) -> None:
         """A file that read fine: its files row, and its failure (if it had one) forgotten."""

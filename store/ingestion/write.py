@@ -72,6 +72,36 @@ def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, HeadScorer]]:
     return images.schema, scorers
 
 
+def image_row(it, fingerprint: str, precision: str) -> dict:
+    """The file facts (`FACT_COLUMNS`) of the new ``images`` row of a decoded `Item`."""
+    return {
+        "id": it.sha256, "paths": [it.source.path], "size": it.size, "mtime_ns": it.mtime_ns,
+        "width": it.facts.width, "height": it.facts.height, "format": it.facts.format,
+        "mode": it.facts.mode, "experts_fingerprint": fingerprint, "precision": precision,
+    }
+
+
+def images_table(images_schema: pa.Schema, scorers: dict[str, HeadScorer], rows: list[dict],
+                 arrays: dict[str, list[np.ndarray]], now: datetime) -> pa.Table:
+    """New images as rows of the images table: `image_row`s, the experts' outputs (per
+    `EMBEDDING_FIELDS` name, a list of per-batch arrays), and every registered head's scores."""
+    n = len(rows)
+    arrays = {k: np.concatenate(v) for k, v in arrays.items()}
+    cols: dict[str, pa.Array] = {
+        name: pa.array([r[name] for r in rows], images_schema.field(name).type) for name in FACT_COLUMNS
+    }
+    cols["ingested_at"] = pa.array([now] * n, schema.TIMESTAMP)
+    cols["aesthetic_score"] = pa.array(arrays["aesthetic_score"], pa.float32())
+    for name in ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features"):
+        cols[name] = fixed_size_list(arrays[name])
+    for prefix, scorer in scorers.items():
+        cols.update(scorer.score_columns(prefix, arrays["faramir_embedding"], arrays["aesthetic_features"],
+                                         arrays["quality_features"]))
+    return pa.Table.from_arrays(
+        [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in images_schema], schema=images_schema,
+    )
+
+
 @dataclass
 class Chunk:
     """Everything one commit writes, built in the model thread, written by the writer thread."""
@@ -133,14 +163,23 @@ class Writer(threading.Thread):
 
     def commit(self, chunk: Chunk) -> None:
         now = datetime.now(timezone.utc)
+        self.commit_images(chunk, now)
+        self.commit_records(chunk, now)
+
+    def commit_images(self, chunk: Chunk, now: datetime) -> None:
+        """The chunk's new ``images`` rows, one atomic commit (a Ray ingest appends fragments)."""
         if chunk.rows:
-            result = (self.cache.images().merge_insert("id").when_not_matched_insert_all()
-                      .execute(self.images_table(chunk, now)))
+            rows = images_table(self.images_schema, self.scorers, chunk.rows, chunk.arrays, now)
+            result = self.cache.images().merge_insert("id").when_not_matched_insert_all().execute(rows)
             self.touched.add(schema.IMAGES)
             if result.num_inserted_rows < len(chunk.rows):
                 # Another process inserted some of these ids first: add our paths to its rows.
                 self.append_paths({r["id"]: [(p, r["mtime_ns"]) for p in r["paths"]] for r in chunk.rows},
                                   count=False)
+
+    def commit_records(self, chunk: Chunk, now: datetime) -> None:
+        """After the images: new paths of cached content, failures cleared, ``files`` rows, new
+        failures, and the files rows of paths that fail now; each one commit."""
         if chunk.path_appends:
             self.append_paths(chunk.path_appends)
         if chunk.cleared_failures:
@@ -161,26 +200,6 @@ class Writer(threading.Thread):
     def delete_paths(self, name: str, paths: list[str]) -> None:
         self.cache.table(name).delete(sql_in("path", paths))
         self.touched.add(name)
-
-    def images_table(self, chunk: Chunk, now: datetime) -> pa.Table:
-        """The chunk's new images as rows of the images table, scored by every registered head."""
-        n = len(chunk.rows)
-        arrays = {k: np.concatenate(v) for k, v in chunk.arrays.items()}
-        cols: dict[str, pa.Array] = {
-            name: pa.array([r[name] for r in chunk.rows], self.images_schema.field(name).type)
-            for name in FACT_COLUMNS
-        }
-        cols["ingested_at"] = pa.array([now] * n, schema.TIMESTAMP)
-        cols["aesthetic_score"] = pa.array(arrays["aesthetic_score"], pa.float32())
-        for name in ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features"):
-            cols[name] = fixed_size_list(arrays[name])
-        for prefix, scorer in self.scorers.items():
-            cols.update(scorer.score_columns(prefix, arrays["faramir_embedding"], arrays["aesthetic_features"],
-                                             arrays["quality_features"]))
-        return pa.Table.from_arrays(
-            [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in self.images_schema],
-            schema=self.images_schema,
-        )
 
     def append_paths(self, appends: dict[str, list[tuple[str, int]]], count: bool = True) -> None:
         """Add paths to the `paths` of rows already committed (a merge of id, paths, mtime_ns)."""
