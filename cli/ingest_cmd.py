@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -29,6 +29,11 @@ def ingest(
     weights_dir: WeightsDir = None,
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="Read again files that failed before even if unchanged.")] = False,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", metavar="ADDRESS",
+        help="Read and run the experts on Ray Data: 'local' starts Ray on this machine, 'auto' or "
+             "ray://HOST:PORT joins a cluster (needs faramir[ray]; --device applies to its model "
+             "actors, --workers does not).")] = None,
 ):
     """Run the experts once per image and keep their outputs in the cache, scored by every head.
 
@@ -39,15 +44,19 @@ def ingest(
     Interrupt it at any time: committed work is kept and a rerun finishes the rest.
 
     Unreadable files are recorded (see 'faramir failures') and skipped; they do not fail the run.
+
+    On a Ray cluster: faramir ingest /shared/art -r --db s3://bucket/art.lancedb --ray auto
     """
     from store.ingestion import IngestPlan, IngestProgress, IngestSummary, ingest as run
 
-    def load():
+    def load():  # with --ray only to fingerprint the weights: each Ray model actor loads its own
+        if ray is not None:
+            return options.load_model(weights_dir, "cpu", "fp32")
         return options.load_model(weights_dir, device, precision.value)
 
     events = run(paths, db=db, model=load, recursive=recursive, file_list=file_list,
                  batch_size=batch_size, workers=workers, device=device, precision=precision.value,
-                 retry_failed=retry_failed)
+                 retry_failed=retry_failed, ray=ray)
     summary = None
     with contextlib.closing(events), progress_bar() as bar:
         task = None

@@ -55,3 +55,7 @@ class LabelsError(CacheError):
 
 class TuningError(CacheError):
     """A finetune or evaluation cannot run as asked."""
+
+
+class RayError(FaramirError):
+    """Ray cannot be used as asked: not installed, or no cluster at the address."""

@@ -17,6 +17,11 @@ How a run goes, one module per step:
    chunks, each a few atomic commits: a crash loses at most the chunk in flight.
 4. `driver`: the above in turn, then compaction and indexes for the tables a run touched.
 
+With `ray=ADDRESS` (`faramir ingest --ray`), steps 2 and 3 run on a Ray cluster instead:
+`ray_run` (the pipeline, and the same accounting as `run`), `ray_tasks` (what the workers run:
+reading, the experts, rows written as Lance fragments), `fragments` (the writer that commits a
+chunk's fragments as one Append), `ray_cluster` (starting or joining Ray).
+
 `failures` lists the files ingest could not read.
 """
 

@@ -40,6 +40,7 @@ def ingest(
     retry_failed: bool = False,
     commit_every: int = COMMIT_ROWS,
     commit_seconds: float = COMMIT_SECONDS,
+    ray: str | None = None,
 ) -> Iterator[IngestEvent]:
     """Ingest image files into the cache at `db` (default: `store.db.default_db()`), yielding
     progress events: an `IngestPlan`, an `IngestProgress` per batch, and last an `IngestSummary`.
@@ -47,11 +48,20 @@ def ingest(
     `model` is a loaded `FaramirModel`, or a function returning one, called only when some file
     has to be read; without it the model is loaded from `weights_dir` (resolved, and downloaded
     into the default directory if needed, by `faramir.download`) onto `device`.
+
+    `ray` runs the reading and the experts on Ray Data (`store.ingestion.ray_run`): "local" starts
+    Ray on this machine, "auto", "ray://HOST:PORT" or "HOST:PORT" joins a cluster. The plan and
+    the commits stay here; `model` (loaded on the CPU) then only fixes the weights, which each
+    model actor loads from its `weights_dir` onto `device`; `workers` does not apply.
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if batch_size < 1 or commit_every < 1:
         raise InputError("batch_size and commit_every must be at least 1")
+    if ray is not None:
+        from store.ingestion.ray_cluster import check
+
+        check(ray)
     started = time.monotonic()
     sources = discover([os.fspath(p) for p in paths], recursive,
                        os.fspath(file_list) if file_list is not None else None)
@@ -63,18 +73,36 @@ def ingest(
     run = writer = None
     compute_s = 0.0
     if plan.to_read:
-        from store.ingestion.run import Run
-        from store.ingestion.write import Writer, prepare
-
-        model = _load(model, weights_dir, device)
-        writer = Writer(cache, *prepare(cache, model))
-        run = Run(model, plan, known, writer, precision=precision, commit_every=commit_every,
-                  commit_seconds=commit_seconds)
+        options = {"precision": precision, "commit_every": commit_every, "commit_seconds": commit_seconds}
+        if ray is None:
+            run = _local_run(cache, plan, known, _load(model, weights_dir, device), options)
+        else:
+            run = _ray_run(cache, plan, known, _load(model, weights_dir, "cpu"), ray, device, options)
+        writer = run.writer
         compute_started = time.monotonic()
         yield from run.progress(batch_size, workers)
         compute_s = time.monotonic() - compute_started
     compacted, indexed = _housekeeping(cache, writer.touched if writer is not None else set())
     yield _summary(cache.uri, plan, run, writer, time.monotonic() - started, compute_s, compacted, indexed)
+
+
+def _local_run(cache: Cache, plan, known: set[str], model, options: dict):
+    """A run on this machine: decode workers, the model here, a writer thread."""
+    from store.ingestion.run import Run
+    from store.ingestion.write import Writer, prepare
+
+    return Run(model, plan, known, Writer(cache, *prepare(cache, model)), **options)
+
+
+def _ray_run(cache: Cache, plan, known: set[str], model, address: str, device: str, options: dict):
+    """A run on Ray. The driver's model (on the CPU) only fixes the weights and registers the
+    released head in a new cache; it is dropped here, and each model actor loads its own."""
+    from store.ingestion.fragments import FragmentWriter
+    from store.ingestion.ray_run import RayRun
+    from store.ingestion.write import prepare
+
+    writer = FragmentWriter(cache, *prepare(cache, model))
+    return RayRun(address, model.info, plan, known, writer, device=device, **options)
 
 
 def _summary(db: str, plan, run, writer, elapsed_s: float, compute_s: float, compacted: list[str],

@@ -178,7 +178,7 @@ class Run:
         if chunk.n and (force or chunk.n >= self.commit_every
                         or time.monotonic() - self.last_commit >= self.commit_seconds):
             self.writer.put(chunk)
-            self.chunk = Chunk()
+            self.chunk = type(chunk)()  # a run on Ray collects fragments in a Chunk subclass
             self.last_commit = time.monotonic()
 
     def _known_kind(self, it: Item) -> str:
