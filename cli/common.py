@@ -4,6 +4,7 @@ stdout stays pipeable). Output on stdout is `cli.output`."""
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -13,7 +14,7 @@ from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
-from faramir.errors import FaramirError
+from faramir.errors import FaramirError, FaramirWarning
 
 stderr = Console(stderr=True, highlight=False)
 T = TypeVar("T")
@@ -28,19 +29,39 @@ def fail(message: str, code: int = EXIT_ERROR):
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn our exceptions into one line on stderr and a non-zero exit."""
+    """Turn our exceptions into one line on stderr and a non-zero exit, and our warnings into one
+    line on stderr; a full disk, whichever layer meets it, is one line too."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except FaramirError as ex:
             fail(str(ex))
         except KeyboardInterrupt:
             stderr.print("Interrupted.", markup=False)
             raise typer.Exit(130)
+        except Exception as ex:
+            from store.errors import disk_full
+
+            full = disk_full(ex, kwargs.get("db"))
+            if full is None:
+                raise
+            fail(str(full))
 
     return wrapper
+
+
+_show_other_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, FaramirWarning):
+        warn(str(message))
+    else:
+        _show_other_warning(message, category, filename, lineno, file, line)
 
 
 def note(message: str) -> None:

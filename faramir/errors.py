@@ -10,6 +10,10 @@ class FaramirError(Exception):
     """Base class of every error this project raises on purpose."""
 
 
+class FaramirWarning(UserWarning):
+    """Something the user must know that does not stop the command; the CLI prints it as one line."""
+
+
 class ImageLoadError(FaramirError):
     """An image file could not be read or decoded."""
 

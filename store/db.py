@@ -10,6 +10,7 @@ lancedb` (which loads its namespace clients), and Lance's scans are what the que
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import pyarrow as pa
 
 from faramir.config import FaramirConfig
 from store import schema
-from store.errors import CacheError, NoCache
+from store.errors import CacheError, CacheRecovered, NoCache
+from store.recovery import recover
 
 TABLE_KEYS = {  # every table but images, with its primary key
     schema.META: "key", schema.FILES: "path", schema.FAILURES: "path", schema.HEADS: "name",
@@ -66,6 +68,7 @@ class Cache:
 
     def __init__(self, uri: str):
         self.uri = uri
+        self.warnings: list[str] = []  # e.g. a table opened at an older version (store.recovery)
         self._conn = None
         self._datasets: dict[str, object] = {}  # table name → Lance dataset (see `dataset`)
         self._allow_lists: dict[tuple, bytes] = {}  # (table, version, filter) → row addresses (see `allow_list`)
@@ -80,15 +83,21 @@ class Cache:
     def open(cls, db: str | os.PathLike | Cache | None = None, *, create: bool = False) -> Cache:
         """The cache at `db`: a folder or an object-store URI (None: `default_db()`); an open
         `Cache` passes through. With `create` a new cache (or a missing table) is made; without
-        it, a location holding no cache raises NoCache saying how to make one."""
+        it, a location holding no cache raises NoCache saying how to make one.
+
+        A local table whose newest version a power cut left unreadable opens at its newest whole
+        version (`store.recovery`): a `CacheRecovered` warning says so, also kept in `warnings`."""
         if isinstance(db, Cache):
             return db
         uri = os.fspath(db) if db is not None else default_db()
+        cache = cls(uri)
         if not _is_uri(uri):
             if not create and not Path(uri).is_dir():
                 raise NoCache(f"{uri}: no cache here yet; run 'faramir ingest PATH --db {uri}' first")
             Path(uri).mkdir(parents=True, exist_ok=True)
-        cache = cls(uri)
+            cache.warnings = recover(uri)
+            for line in cache.warnings:
+                warnings.warn(line, CacheRecovered, stacklevel=2)
         missing = [name for name in TABLE_KEYS if not cache.has_table(name)]
         if not create and schema.META in missing:
             raise NoCache(f"{uri}: no cache here yet; run 'faramir ingest PATH --db {uri}' first")
@@ -229,8 +238,15 @@ class Cache:
          .when_matched_update_all().when_not_matched_insert_all().execute(data))
 
     def config(self) -> FaramirConfig | None:
+        """The model configuration of the cached vectors; None before the first ingest."""
         text = self.get_meta("config")
-        return FaramirConfig.from_json(text) if text else None
+        if text:
+            return FaramirConfig.from_json(text)
+        if self.has_images():
+            raise CacheError(f"{self.uri}: the record of the model this cache was built with is missing "
+                             f"(a power cut can lose the newest version of its meta table); run 'faramir "
+                             f"ingest PATH --db {self.uri}' with the weights it was built with to restore it")
+        return None
 
     # -- heads -----------------------------------------------------------------------------
 

@@ -6,11 +6,21 @@ non-zero exit. Messages name the parameter or the file at fault, and the fix.
 
 from __future__ import annotations
 
-from faramir.errors import FaramirError
+import errno
+
+from faramir.errors import FaramirError, FaramirWarning
 
 
 class CacheError(FaramirError):
     """The cache cannot be opened or used as asked."""
+
+
+class DiskFull(CacheError):
+    """The disk holding the cache ran out of space (or quota) while a command wrote to it."""
+
+
+class CacheRecovered(FaramirWarning):
+    """A table's newest version was cut short (a power cut); the cache opened at the newest whole one."""
 
 
 class NoCache(CacheError):
@@ -59,3 +69,17 @@ class TuningError(CacheError):
 
 class RayError(FaramirError):
     """Ray cannot be used as asked: not installed, or no cluster at the address."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "(os error 28)", "(os error 122)")
+
+
+def disk_full(ex: BaseException, uri: str | None = None) -> DiskFull | None:
+    """`DiskFull` for an exception that says the disk is full, from Python or from Lance (whose
+    errors carry the OS error only in their text), else None."""
+    if not (isinstance(ex, OSError) and ex.errno in _FULL) and not any(t in str(ex) for t in _FULL_TEXT):
+        return None
+    where = f"{uri}: " if uri else ""
+    return DiskFull(f"{where}the disk is full (no space left on device); what was committed is kept: "
+                    f"free some space and run the command again to finish")

@@ -7,6 +7,7 @@ indexes what it touched. An ingest that finds nothing new never imports torch an
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -15,7 +16,8 @@ from datetime import timedelta
 from faramir.config import PRECISIONS
 from faramir.errors import InputError
 from faramir.sources import discover
-from store.db import Cache
+from store.db import Cache, default_db
+from store.errors import disk_full
 from store.ingestion.events import IngestEvent, IngestPlan, IngestSummary
 from store.ingestion.plan import make_plan
 
@@ -25,6 +27,24 @@ COMPACT_AT = 8  # compact a table at the end of a run once it holds this many sm
 KEEP_VERSIONS = timedelta(days=1)  # older table versions are removed by the end-of-run compaction
 
 
+def _disk_full_in_one_line(run):
+    """A full disk, met anywhere in the run (creating the cache, the writer thread, compaction),
+    raised as `store.errors.DiskFull` rather than as the storage layer's own error."""
+
+    @functools.wraps(run)
+    def wrapper(*args, db=None, **kwargs):
+        try:
+            yield from run(*args, db=db, **kwargs)
+        except Exception as ex:
+            full = disk_full(ex, getattr(db, "uri", None) or (os.fspath(db) if db is not None else default_db()))
+            if full is None:
+                raise
+            raise full from ex
+
+    return wrapper
+
+
+@_disk_full_in_one_line
 def ingest(
     paths: Sequence[str | os.PathLike],
     *,
@@ -82,6 +102,10 @@ def ingest(
         compute_started = time.monotonic()
         yield from run.progress(batch_size, workers)
         compute_s = time.monotonic() - compute_started
+    elif cache.has_images() and not cache.get_meta("experts_fingerprint"):
+        from store.ingestion.write import prepare
+
+        prepare(cache, _load(model, weights_dir, device))  # the meta table lost its claim: restore it
     compacted, indexed = _housekeeping(cache, writer.touched if writer is not None else set())
     yield _summary(cache.uri, plan, run, writer, time.monotonic() - started, compute_s, compacted, indexed)
 

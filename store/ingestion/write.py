@@ -38,7 +38,8 @@ def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, HeadScorer]]:
     """Check the cache was built with these experts (or claim an empty one), make sure the
     images table exists, and return its schema and the heads that score new rows (prefix → scorer)."""
     info = model.info
-    built_with = cache.get_meta("experts_fingerprint")
+    claimed = cache.get_meta("experts_fingerprint")
+    built_with = claimed or _rows_fingerprint(cache)
     if built_with and built_with != info.experts_fingerprint:
         raise ExpertsMismatch(
             f"{cache.uri} was built with other expert weights or preprocessing (experts "
@@ -46,7 +47,7 @@ def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, HeadScorer]]:
             f"its vectors cannot be mixed with new ones. Ingest into another cache with "
             f"--db DIR, or use the weights it was built with"
         )
-    if not built_with:
+    if not claimed:
         cache.set_meta(config=info.config.to_json(), experts_fingerprint=info.experts_fingerprint,
                        pool_fingerprint=info.pool_fingerprint, weights_generated=info.generated or "")
     if not cache.has_images():
@@ -100,6 +101,15 @@ def images_table(images_schema: pa.Schema, scorers: dict[str, HeadScorer], rows:
     return pa.Table.from_arrays(
         [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in images_schema], schema=images_schema,
     )
+
+
+def _rows_fingerprint(cache: Cache) -> str | None:
+    """The experts fingerprint of the cached rows: what claims the cache when its meta table lost
+    the claim (a power cut can lose its newest version while later commits survive)."""
+    if not cache.has_images():
+        return None
+    rows = cache.dataset(schema.IMAGES).to_table(columns=["experts_fingerprint"], limit=1)
+    return rows.column(0)[0].as_py() if len(rows) else None
 
 
 @dataclass
