@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Several minutes of forked writers and kills on 2 cores: with the slow checks, not the default run.
+pytestmark = pytest.mark.slow
 # Remove when the fixes of issue 9's items land (branch rel): the harness finds these bugs today.
 RACE_FIXES = "issue 9 items 2, 4, 9 (race-free creation, gap filling, counts): branch rel"
 HOSTILE_FIXES = "issue 9 items 1, 3, 10 (non-UTF-8 names, FIFOs, thin images): branch rel"
@@ -47,6 +49,8 @@ def test_the_harness_prints_its_tables(report):
         assert title in report["stdout"]
 
 
+@pytest.mark.xfail(reason="issue 9: on main the kill trials still report violations (rescore/finetune killed "
+                          "mid-run leave rows unscored until issue 9 item 4's gap filling lands)", strict=False)
 def test_a_kill_at_any_moment_then_a_rerun_leaves_every_image_once_and_every_head_scored(report):
     rows = {r["command"]: r for r in report["kill"]}
     assert set(rows) == {"ingest (new cache)", "ingest", "rescore", "finetune", "labels import", "index"}
