@@ -59,7 +59,7 @@ def _child(job: dict) -> dict:
     from faramir.weights import load_model
 
     device = resolve_device(job["device"])
-    model = load_model(job["weights"], device)
+    model = load_model(job["weights"], device, job["precision"])
     paths = [Path(p) for p in job["paths"]]
     out = {"mode": job["mode"], "device": device.type, "images": len(paths)}
     if device.type == "cuda":

@@ -73,6 +73,11 @@ def warn(message: str) -> None:
     stderr.print(f"Warning: {message}", markup=False, soft_wrap=True)
 
 
+def note(message: str) -> None:
+    """Advice, not a problem: one line on stderr."""
+    stderr.print(f"Note: {message}", markup=False, soft_wrap=True)
+
+
 def warn_generated(info) -> None:
     """Say loudly that scores from generated weights mean nothing."""
     if info is not None and info.generated:

@@ -40,7 +40,8 @@ WeightsDir = Annotated[Optional[Path], typer.Option(
     help="Directory with the four weight files (default: download into ~/.cache/faramir/weights).",
 )]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda (or cuda:N) or mps.")]
-PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="fp32 (reference) or bf16 (faster, ~1e-2 off).")]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    "--precision", help="fp32 (the reference) or bf16 (faster only with AMX or a bf16 GPU; logits ~1e-2 off).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Decode worker processes (default: spare cores).")]
 Recursive = Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")]
@@ -119,16 +120,16 @@ def make_filter(*, head, threshold, accepted, rejected, labels, min_confidence, 
 def load_model(weights_dir: Optional[Path], device: str, precision: str):
     """Resolve weights (downloading into the default cache if needed) and load the model,
     saying on stderr what a user should know: a precision that is slow here, generated weights."""
-    from cli.common import download_progress, warn, warn_generated
-    from faramir.devices import precision_warning, resolve_device
+    from cli.common import download_progress, note, warn, warn_generated
+    from faramir.devices import precision_advice, resolve_device
     from faramir.download import resolve_weights_dir
     from faramir.weights import load_model as load
 
     dev = resolve_device(device)
-    if (why := precision_warning(dev, precision)) is not None:
-        warn(why)
+    if (advice := precision_advice(dev, precision)) is not None:
+        (warn if precision == "bf16" else note)(advice)  # against the choice made, or a hint
     with download_progress() as progress:
         root = resolve_weights_dir(weights_dir, download=True, progress=progress)
-    model = load(root, dev)
+    model = load(root, dev, precision)
     warn_generated(model.info)
     return model

@@ -3,6 +3,11 @@
 The SigLIP trunk runs once per batch and feeds both attention pools: the stock one (→ aesthetic
 v2.5 features and score) and FARAMIR's fine-tuned one (→ the head's main input). ARNIQA runs on the
 separate quality input. Everything the head needs leaves here as float32.
+
+Precision is chosen once, after the weights are loaded (`Experts.prepare`): in bf16 the trunk, both
+pools and ARNIQA's ResNet hold bf16 weights and compute in bf16 (no autocast, which would cast
+every weight again on every call); the small MLPs on pooled vectors (aesthetic v2.5, ARNIQA's
+projector) stay float32, like the head. ARNIQA's ResNet is channels_last in both precisions.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import timm
 import torch
 from torch import nn
 
-from faramir.config import ARNIQA_MODEL, FULL, TRUNK_MODEL, FaramirConfig
+from faramir.config import ARNIQA_MODEL, FULL, PRECISIONS, TRUNK_MODEL, FaramirConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm.data.IMAGENET_DEFAULT_MEAN, as upstream uses
 IMAGENET_STD = (0.229, 0.224, 0.225)  # timm.data.IMAGENET_DEFAULT_STD
@@ -61,7 +66,8 @@ class ArniqaEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(nn.functional.normalize(self.model(x)))
+        pooled = self.model(x).float()  # (B, 2048); the ResNet may run in bf16, the projector not
+        return self.projector(nn.functional.normalize(pooled))
 
 
 @dataclass
@@ -86,32 +92,54 @@ class Experts(nn.Module):
         self.quality = ArniqaEncoder(cfg)
         self.faramir_pool = copy.deepcopy(self.trunk.attn_pool)  # weights: attn_pool.* of FARAMIR
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the trunk, the pools and the ResNet compute in: float32 or bfloat16."""
+        return self.trunk.patch_embed.proj.weight.dtype
+
+    def prepare(self, precision: str) -> Experts:
+        """Lay the loaded weights out for inference in `precision` ("fp32" or "bf16"), once.
+
+        bf16 casts the trunk (with the stock pool), the FARAMIR pool and ARNIQA's ResNet; the
+        aesthetic MLP and ARNIQA's projector keep float32. ARNIQA's ResNet goes channels_last
+        in both precisions: faster convolutions on CPUs, equal to NCHW within float32 rounding.
+        """
+        assert precision in PRECISIONS, f"precision must be one of {PRECISIONS}, not {precision!r}"
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert self.dtype in (torch.float32, dtype), (
+            f"experts already cast to {self.dtype}; load the weights again for {precision}")
+        for module in (self.trunk, self.faramir_pool):
+            module.to(dtype)
+        self.quality.model.to(dtype, memory_format=torch.channels_last)
+        return self
+
     def forward_features(self, xb: torch.Tensor) -> torch.Tensor:
-        """Trunk tokens (B, 729, D) from the backbone input in [0, 1]."""
-        return self.trunk.forward_features((xb - 0.5) * 2.0)
+        """Trunk tokens (B, 729, D), in the experts' dtype, from the backbone input in [0, 1]."""
+        return self.trunk.forward_features(((xb.float() - 0.5) * 2.0).to(self.dtype))
 
     def forward_quality(self, xq: torch.Tensor) -> torch.Tensor:
-        """ARNIQA features (B, 128) from the quality input in [0, 1]."""
-        mean = torch.tensor(IMAGENET_MEAN, dtype=xq.dtype, device=xq.device)[:, None, None]
-        std = torch.tensor(IMAGENET_STD, dtype=xq.dtype, device=xq.device)[:, None, None]
-        return self.quality((xq - mean) / std)
+        """ARNIQA features (B, 128), float32, from the quality input in [0, 1]."""
+        xq = xq.float()
+        mean = torch.tensor(IMAGENET_MEAN, device=xq.device)[:, None, None]
+        std = torch.tensor(IMAGENET_STD, device=xq.device)[:, None, None]
+        x = ((xq - mean) / std).to(self.dtype, memory_format=torch.channels_last)
+        return self.quality(x)
 
     def forward_pools(self, tokens: torch.Tensor):
-        """(faramir embedding, stock embedding), each (B, D), from one set of trunk tokens."""
-        return self.faramir_pool(tokens), self.trunk.attn_pool(tokens)
+        """(faramir embedding, stock embedding), each (B, D) float32, from one set of trunk tokens."""
+        return self.faramir_pool(tokens).float(), self.trunk.attn_pool(tokens).float()
 
-    def forward(self, xb: torch.Tensor, xq: torch.Tensor, precision: str = "fp32") -> ExpertOutputs:
-        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            tokens = self.forward_features(xb)  # (B, 729, D)
-            faramir_embedding, siglip_embedding = self.forward_pools(tokens)
-            quality = self.forward_quality(xq)  # (B, 128)
+    def forward(self, xb: torch.Tensor, xq: torch.Tensor) -> ExpertOutputs:
+        """The pooled outputs of one batch; `xb` (B, 3, 384, 384) and `xq` (B, 3, 512, 512) in [0, 1]."""
+        tokens = self.forward_features(xb)  # (B, 729, D)
+        faramir_embedding, siglip_embedding = self.forward_pools(tokens)
+        quality = self.forward_quality(xq)  # (B, 128)
         # The small aesthetic MLP runs in float32 on the float32 embedding, like the head.
-        siglip_embedding = siglip_embedding.float()
         aesthetic, score = self.aesthetic(siglip_embedding)
         return ExpertOutputs(
-            faramir_embedding=faramir_embedding.float(),
+            faramir_embedding=faramir_embedding,
             siglip_embedding=siglip_embedding,
             aesthetic_features=aesthetic,
             aesthetic_score=score,
-            quality_features=quality.float(),
+            quality_features=quality,
         )

@@ -21,14 +21,24 @@ class FaramirModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.head.parameters()).device
 
+    @property
+    def precision(self) -> str:
+        """What the experts compute in ("fp32" or "bf16"), chosen at load; the head is always fp32."""
+        return "bf16" if self.experts.dtype == torch.bfloat16 else "fp32"
+
     @torch.inference_mode()
-    def features(self, xb: torch.Tensor, xq: torch.Tensor, precision: str = "fp32") -> ExpertOutputs:
-        """Stage one on a batch of upstream inputs (float16 or float32 in [0, 1])."""
-        assert precision in PRECISIONS, f"precision must be one of {PRECISIONS}, not {precision!r}"
+    def features(self, xb: torch.Tensor, xq: torch.Tensor, precision: str | None = None) -> ExpertOutputs:
+        """Stage one on a batch of upstream inputs (float16 or float32 in [0, 1]), in the precision
+        the model was loaded for; `precision`, if given, must be that one."""
+        if precision is not None and precision != self.precision:
+            assert precision in PRECISIONS, f"precision must be one of {PRECISIONS}, not {precision!r}"
+            raise ValueError(f"this model was loaded for {self.precision}; load it with "
+                             f"precision={precision!r} to compute in {precision}")
         dev = self.device
-        xb = xb.to(dev, torch.float32, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        xq = xq.to(dev, torch.float32, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return self.experts(xb, xq, precision)
+        # float16 travels to the device (half the bytes of float32) and is widened there.
+        xb = xb.to(dev, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
+        xq = xq.to(dev, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
+        return self.experts(xb, xq)
 
     @torch.inference_mode()
     def score(self, feats: ExpertOutputs) -> torch.Tensor:

@@ -41,9 +41,10 @@ def assess(
     threshold: float = 0.5,
     batch_size: int = 8,
     workers: int | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
 ) -> Iterator[Assessment | Failure]:
-    """Upstream's `inference.py` over `sources`: one Assessment or Failure per source, in order."""
+    """Upstream's `inference.py` over `sources`: one Assessment or Failure per source, in order,
+    computed in the precision `model` was loaded for (`precision`, if given, must be that one)."""
     pin = model.device.type == "cuda"
     for batch in iter_batches(sources, batch_size, workers, pin_memory=pin):
         results: dict[int, Assessment | Failure] = {

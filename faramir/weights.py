@@ -85,8 +85,9 @@ class WeightsInfo:
     head_fingerprint: str  # FARAMIR norm.* + head.*
 
 
-def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """A ready `FaramirModel` (eval mode, float32) from a complete weights directory."""
+def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32"):
+    """A ready `FaramirModel` (eval mode) from a complete weights directory, its experts laid out
+    for `precision` ("fp32", the reference, or "bf16"; see `Experts.prepare`)."""
     from faramir.experts import Experts
     from faramir.head import FaramirHead
     from faramir.model import FaramirModel
@@ -134,6 +135,7 @@ def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu
         pool_fingerprint=pool_fp,
         head_fingerprint=tensor_digest(head_state),
     )
+    experts.prepare(precision)  # before moving: a bf16 model crosses to the device at half the size
     return FaramirModel(experts, head, info).eval().to(device)
 
 

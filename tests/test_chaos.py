@@ -49,8 +49,8 @@ def test_the_harness_prints_its_tables(report):
         assert title in report["stdout"]
 
 
-@pytest.mark.xfail(reason="issue 9: on main the kill trials still report violations (rescore/finetune killed "
-                          "mid-run leave rows unscored until issue 9 item 4's gap filling lands)", strict=False)
+@pytest.mark.xfail(reason="issue 9 is open: on main the kill trials still report violations "
+                          "(see the harness's table)", strict=False)
 def test_a_kill_at_any_moment_then_a_rerun_leaves_every_image_once_and_every_head_scored(report):
     rows = {r["command"]: r for r in report["kill"]}
     assert set(rows) == {"ingest (new cache)", "ingest", "rescore", "finetune", "labels import", "index"}

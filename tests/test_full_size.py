@@ -102,3 +102,22 @@ def test_full_size_bf16_stays_close_to_fp32(images, full_weights, assessed_fp32)
         # bf16 keeps 8 bits of mantissa through 27 trunk blocks; the decision logit moves, but
         # little against its own scale (bench/assess.py reports the deviation on real images).
         assert abs(d16 - d32) <= 0.1 + 0.05 * abs(d32), (content_id, d32, d16)
+
+
+def test_full_size_channels_last_resnet_equals_nchw(full_weights):
+    """ARNIQA's ResNet-50 runs channels_last in fp32 too: the same numbers as NCHW up to float32
+    rounding (fp32 is the reference, so its layout may not move a result by more)."""
+    import copy
+
+    import torch
+
+    from faramir.weights import load_model
+
+    model = load_model(full_weights, "cpu", "fp32")
+    resnet = model.experts.quality.model
+    nchw = copy.deepcopy(resnet).to(memory_format=torch.contiguous_format)
+    x = torch.randn(2, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = nchw(x.contiguous())
+        got = resnet(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

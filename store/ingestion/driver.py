@@ -67,7 +67,8 @@ def ingest(
 
     `model` is a loaded `FaramirModel`, or a function returning one, called only when some file
     has to be read; without it the model is loaded from `weights_dir` (resolved, and downloaded
-    into the default directory if needed, by `faramir.download`) onto `device`.
+    into the default directory if needed, by `faramir.download`) onto `device` for `precision`.
+    A model given must have been loaded for `precision`.
 
     `ray` runs the reading and the experts on Ray Data (`store.ingestion.ray_run`): "local" starts
     Ray on this machine, "auto", "ray://HOST:PORT" or "HOST:PORT" joins a cluster. The plan and
@@ -95,9 +96,9 @@ def ingest(
     if plan.to_read:
         options = {"precision": precision, "commit_every": commit_every, "commit_seconds": commit_seconds}
         if ray is None:
-            run = _local_run(cache, plan, known, _load(model, weights_dir, device), options)
+            run = _local_run(cache, plan, known, _load(model, weights_dir, device, precision), options)
         else:
-            run = _ray_run(cache, plan, known, _load(model, weights_dir, "cpu"), ray, device, options)
+            run = _ray_run(cache, plan, known, _load(model, weights_dir, "cpu", precision), ray, device, options)
         writer = run.writer
         compute_started = time.monotonic()
         yield from run.progress(batch_size, workers)
@@ -105,7 +106,7 @@ def ingest(
     elif cache.has_images() and not cache.get_meta("experts_fingerprint"):
         from store.ingestion.write import prepare
 
-        prepare(cache, _load(model, weights_dir, device))  # the meta table lost its claim: restore it
+        prepare(cache, _load(model, weights_dir, device, precision))  # the meta table lost its claim: restore it
     compacted, indexed = _housekeeping(cache, writer.touched if writer is not None else set())
     yield _summary(cache.uri, plan, run, writer, time.monotonic() - started, compute_s, compacted, indexed)
 
@@ -164,16 +165,19 @@ def _housekeeping(cache: Cache, touched: set[str]) -> tuple[list[str], list[str]
     return compacted, ensure_indexes(cache)
 
 
-def _load(model, weights_dir, device):
-    if model is not None:
-        import torch
+def _load(model, weights_dir, device, precision):
+    if model is None:
+        from faramir.devices import resolve_device
+        from faramir.download import resolve_weights_dir
+        from faramir.weights import load_model
 
-        return model() if callable(model) and not isinstance(model, torch.nn.Module) else model
-    from faramir.devices import resolve_device
-    from faramir.download import resolve_weights_dir
-    from faramir.weights import load_model
+        return load_model(resolve_weights_dir(weights_dir, download=True), resolve_device(device), precision)
+    import torch
 
-    return load_model(resolve_weights_dir(weights_dir, download=True), resolve_device(device))
+    model = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
+    if model.precision != precision:
+        raise InputError(f"precision {precision!r}: the model given was loaded for {model.precision}")
+    return model
 
 
 def ingest_all(paths: Sequence[str | os.PathLike], **kwargs) -> IngestSummary:
