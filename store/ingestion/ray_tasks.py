@@ -111,7 +111,7 @@ class Experts:
         dev = resolve_device(device)
         if dev.type == "cpu":  # the node's cores, as a local ingest uses them (Ray would set 1)
             torch.set_num_threads(len(os.sched_getaffinity(0)))
-        self.model = load_model(weights_dir, dev)
+        self.model = load_model(weights_dir, dev, precision)
         if self.model.info.experts_fingerprint != fingerprint:
             raise ExpertsMismatch(
                 f"{weights_dir} on this Ray node holds other weights than on the driver (experts "
