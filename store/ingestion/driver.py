@@ -65,16 +65,14 @@ def ingest(
     """Ingest image files into the cache at `db` (default: `store.db.default_db()`), yielding
     progress events: an `IngestPlan`, an `IngestProgress` per batch, and last an `IngestSummary`.
 
-    `model` is a loaded `FaramirModel`, or a function returning one, called only when some file
-    has to be read; without it the model is loaded from `weights_dir` (resolved, and downloaded
-    into the default directory if needed, by `faramir.download`) onto `device` for `precision`.
-    A model given must have been loaded for `precision`.
+    `model` is a `FaramirModel` loaded for `precision`, or a function returning one, called only
+    when some file has to be read; without it the model is loaded from `weights_dir` (resolved, and
+    downloaded if needed, by `faramir.download`) onto `device` for `precision`.
 
     `ray` runs the reading and the experts on Ray Data (`store.ingestion.ray_run`): "local" starts
     Ray on this machine, "auto", "ray://HOST:PORT" or "HOST:PORT" joins a cluster. The plan and
-    the commits stay here; `model` (loaded on the CPU) then only fixes the weights, which each
-    model actor loads from its `weights_dir` onto `device`; `workers` does not apply.
-    """
+    the commits stay here; `model` (on the CPU) only fixes the weights, which each model actor
+    loads from its `weights_dir` onto `device`; `workers` does not apply."""
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if batch_size < 1 or commit_every < 1:
