@@ -102,11 +102,16 @@ def ingest(
         yield from run.progress(batch_size, workers)
         compute_s = time.monotonic() - compute_started
     elif cache.has_images() and not cache.get_meta("experts_fingerprint"):
-        from store.ingestion.write import prepare
-
-        prepare(cache, _load(model, weights_dir, device, precision))  # the meta table lost its claim: restore it
+        _reclaim(cache, _load(model, weights_dir, device, precision))
     compacted, indexed = _housekeeping(cache, writer.touched if writer is not None else set())
     yield _summary(cache.uri, plan, run, writer, time.monotonic() - started, compute_s, compacted, indexed)
+
+
+def _reclaim(cache: Cache, model) -> None:
+    """The meta table lost its experts claim (a power cut can lose its newest version): restore it."""
+    from store.ingestion.write import prepare
+
+    prepare(cache, model)
 
 
 def _local_run(cache: Cache, plan, known: set[str], model, options: dict):
