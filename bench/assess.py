@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import faramir.experts  # noqa: E402,F401  (imports timm: seconds that are not model loading)
 from bench.images import bench_images  # noqa: E402
 from bench.memory import peak_rss_mb  # noqa: E402
-from faramir.config import PRECISIONS  # noqa: E402
+from faramir.config import N_ACCEPT, N_CLASSES, PRECISIONS  # noqa: E402
 from faramir.decoding import default_workers, read_item  # noqa: E402
 from faramir.devices import Bf16, bf16_support, resolve_device  # noqa: E402
 from faramir.digests import cached_file_digest  # noqa: E402
@@ -58,11 +58,22 @@ def agreement(fp32: list[Assessment], bf16: list[Assessment]) -> dict:
         # bf16's deviation with this spread rather than trusting "same decision" alone.
         "fp32_decision_logit_std": float(a[:, 30].std()),
         "same_label_fraction": float(np.mean([x.label == y.label for x, y in zip(fp32, bf16)])),
+        # A label is an argmax: it flips where fp32's two best class logits nearly tie.
+        "largest_fp32_label_margin_flipped": max(
+            (label_margin(x) for x, y in zip(fp32, bf16) if x.label != y.label), default=0.0),
+        "median_fp32_label_margin": float(np.median([label_margin(x) for x in fp32])),
         "max_abs_decision_logit_delta": float(np.abs(a[:, 30] - b[:, 30]).max()),
         "max_abs_logit_delta": float(np.abs(a - b).max()),
         "median_abs_decision_logit_delta": float(np.median(np.abs(a[:, 30] - b[:, 30]))),
         "max_abs_confidence_delta": float(max(abs(x.confidence - y.confidence) for x, y in zip(fp32, bf16))),
     }
+
+
+def label_margin(r: Assessment) -> float:
+    """fp32's lead of the chosen label over the runner-up in its group (accept- or reject-biased)."""
+    group = r.logits[:N_ACCEPT] if r.accepted else r.logits[N_ACCEPT:N_CLASSES]
+    first, second = sorted(group)[-2:][::-1]
+    return float(first - second)
 
 
 def decode_seconds(sources: list[Source]) -> float:
@@ -177,7 +188,9 @@ def main() -> None:
           f"same label {r['same_label_fraction']:.1%}, max |Δ decision logit| "
           f"{r['max_abs_decision_logit_delta']:.3g} (median {r['median_abs_decision_logit_delta']:.2g}), "
           f"max |Δ any logit| {r['max_abs_logit_delta']:.3g}, max |Δ confidence| {r['max_abs_confidence_delta']:.3g}; "
-          f"fp32's decision logits spread (std) {r['fp32_decision_logit_std']:.3g}")
+          f"fp32's decision logits spread (std) {r['fp32_decision_logit_std']:.3g}; labels that changed "
+          f"led by at most {r['largest_fp32_label_margin_flipped']:.3g} in fp32 (median lead "
+          f"{r['median_fp32_label_margin']:.3g})")
 
 
 if __name__ == "__main__":
