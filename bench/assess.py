@@ -39,11 +39,10 @@ from bench.memory import peak_rss_mb  # noqa: E402
 from faramir.config import N_ACCEPT, N_CLASSES, PRECISIONS  # noqa: E402
 from faramir.decoding import default_workers, read_item  # noqa: E402
 from faramir.devices import Bf16, bf16_support, resolve_device  # noqa: E402
-from faramir.digests import cached_file_digest  # noqa: E402
 from faramir.fake_weights import generate  # noqa: E402
 from faramir.pipeline import Assessment, assess  # noqa: E402
 from faramir.sources import Source  # noqa: E402
-from faramir.weights import SIGLIP_FILE, load_model  # noqa: E402
+from faramir.weights import SIGLIP_FILE, load_model, trunk_fingerprint  # noqa: E402
 
 
 def agreement(fp32: list[Assessment], bf16: list[Assessment]) -> dict:
@@ -117,7 +116,7 @@ def main() -> None:
     if not (args.weights / "faramir-v1.pth").is_file():
         print(f"generating full-size weights in {args.weights} (1.7 GB)...", file=sys.stderr)
         generate(args.weights, "full", seed=0, text=False)
-    cached_file_digest(args.weights / SIGLIP_FILE)  # hashed once here, so neither load pays for it
+    trunk_fingerprint(args.weights / SIGLIP_FILE)  # hashed once here, so neither load pays for it
     models, load_s, forwards, compile_s = {}, {}, {}, {}
     for precision in PRECISIONS:
         t0 = time.perf_counter()

@@ -41,14 +41,17 @@ def generate(
         "--variant", help="tiny (tests, fast) or full (upstream size, 1.7 GB).")] = Variant.tiny,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     text: Annotated[bool, typer.Option("--text/--no-text", help="Also the text tower and a generated tokenizer.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite weight files already in --to.")] = False,
 ):
     """Write GENERATED weights (seeded random values) in the real formats. Scores from them mean nothing.
 
     Example: faramir weights generate --to /tmp/fake-weights --variant tiny
+
+    A directory already holding weight files (perhaps the real ones) is refused without --force.
     """
     from faramir.fake_weights import generate as gen
 
-    gen(to, variant.value, seed, text=text)
+    gen(to, variant.value, seed, text=text, force=force)
     stderr.print(f"GENERATED {variant.value} weights (seed {seed}) written to {to}: for tests only, "
                  "scores from them mean nothing.", style="bold red", markup=False)
 

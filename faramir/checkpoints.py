@@ -40,7 +40,8 @@ def load_pth(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def check_state_dict(path, state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
-    """Raise WeightsError naming missing keys, unexpected keys and wrong shapes."""
+    """Raise WeightsError naming missing keys, unexpected keys and wrong shapes, else naming the
+    tensors holding NaN or infinity (a model with one gives NaN for every image)."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [
@@ -51,10 +52,17 @@ def check_state_dict(path, state: dict[str, torch.Tensor], expected: dict[str, t
     problems = []
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
         if items:
-            shown = ", ".join(items[:6]) + (f", … ({len(items)} in all)" if len(items) > 6 else "")
-            problems.append(f"{label}: {shown}")
+            problems.append(f"{label}: {_listing(items)}")
     if problems:
         raise WeightsError(f"{path}: does not match the model; " + "; ".join(problems))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(f"{path}: non-finite values (NaN or infinity) in {_listing(bad)}; the file is "
+                           f"damaged, replace it with a good copy")
+
+
+def _listing(keys: list[str]) -> str:
+    return ", ".join(keys[:6]) + (f", … ({len(keys)} in all)" if len(keys) > 6 else "")
 
 
 def shapes_of(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
@@ -168,16 +176,16 @@ def trained_state_dict(base_state: dict[str, torch.Tensor], head: FaramirHead) -
                 changed.append(key)
         out[key] = base.detach().cpu().contiguous().clone()
     if changed:
-        shown = ", ".join(changed[:6]) + (f", … ({len(changed)} in all)" if len(changed) > 6 else "")
         raise ValueError(
-            f"the head differs from the base checkpoint outside the trained modules ({shown}); "
+            f"the head differs from the base checkpoint outside the trained modules ({_listing(changed)}); "
             f"load the head from this base before finetuning"
         )
     return out
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
-    """torch.save a plain dict of tensors atomically (`faramir.files.atomic_path`).
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """torch.save a plain dict of tensors atomically (`faramir.files.atomic_path`); without
+    `overwrite`, FileExistsError if `path` exists, even if it appeared meanwhile.
 
     The file loads with `torch.load(path, weights_only=True)`, like upstream's checkpoint.
     """
@@ -186,6 +194,6 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> 
         raise ValueError(f"not a plain state dict of tensors: {bad[:6]}")
     plain = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         torch.save(plain, tmp)
     return path

@@ -17,9 +17,10 @@ from safetensors.torch import save_file
 
 from faramir.checkpoints import save_state_dict
 from faramir.config import VARIANTS, FaramirConfig
+from faramir.errors import WeightsError
 from faramir.files import atomic_path
 from faramir.weights import (
-    AESTHETIC_FILE, ARNIQA_FILE, FARAMIR_FILE, META_CONFIG, META_GENERATED, SIGLIP_FILE,
+    AESTHETIC_FILE, ARNIQA_FILE, FARAMIR_FILE, META_CONFIG, META_GENERATED, SIGLIP_FILE, WEIGHT_FILES,
 )
 
 
@@ -52,26 +53,51 @@ def random_state(module: torch.nn.Module, seed: int, prefix: str = "") -> dict[s
     }
 
 
-def generate(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0, text: bool = True) -> Path:
+def generate(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0, text: bool = True, *,
+             force: bool = False) -> Path:
     """Write the four weight files for `variant` ("tiny" or "full") into `dest`, and with `text`
-    the text tower's entry (`generate_text`; needs the text extra)."""
+    the text tower's entry (`generate_text`; needs the text extra).
+
+    A directory already holding any of them is refused unless `force`: it may be a user's real
+    weights (`~/.cache/faramir/weights`), which random values would silently replace."""
     from faramir.experts import Experts
     from faramir.head import FaramirHead
 
+    from faramir.text_weights import TEXT_MODEL_FILE
+
+    root = Path(dest)
+    if not force:
+        _refuse_existing(root, [name for name in (*WEIGHT_FILES, *((TEXT_MODEL_FILE,) if text else ()))
+                                if (root / name).exists()])
     cfg: FaramirConfig = VARIANTS[variant]
     with torch.device("meta"):
         experts = Experts(cfg)
         head = FaramirHead(cfg)
-    root = Path(dest)
     (root / SIGLIP_FILE).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write(root, experts, head, cfg, variant, seed, overwrite=force)
+        if text:
+            generate_text(root, variant, seed, overwrite=force)
+    except FileExistsError as ex:  # a file appeared meanwhile: still never replaced
+        _refuse_existing(root, [os.path.relpath(ex.filename2 or ex.filename, root)])
+    return root
 
+
+def _refuse_existing(root: Path, present: list[str]) -> None:
+    if present:
+        raise WeightsError(f"{root} already holds weight files ({', '.join(present)}); choose another "
+                           f"directory, or pass --force to overwrite them")
+
+
+def _write(root: Path, experts, head, cfg: FaramirConfig, variant: str, seed: int, overwrite: bool) -> None:
+    """The four files, each written atomically (replacing an existing one only with `overwrite`)."""
     trunk = random_state(experts.trunk, seed)
     meta = {
         "format": "pt",
         META_CONFIG: cfg.to_json(),
         META_GENERATED: f"GENERATED {variant} weights, seed {seed}: random values, scores mean nothing",
     }
-    with atomic_path(root / SIGLIP_FILE) as tmp:
+    with atomic_path(root / SIGLIP_FILE, overwrite=overwrite) as tmp:
         save_file(trunk, str(tmp), metadata=meta)
     del trunk
     for name, state in (
@@ -82,10 +108,7 @@ def generate(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0, text
             **random_state(head, seed + 4),
         }),
     ):
-        save_state_dict(state, root / name)
-    if text:
-        generate_text(root, variant, seed)
-    return root
+        save_state_dict(state, root / name, overwrite=overwrite)
 
 
 # -- the text tower's entry (faramir.text_weights) -----------------------------------------------
@@ -140,9 +163,10 @@ def write_generated_tokenizer(dest: str | os.PathLike, context_length: int, voca
     return dest
 
 
-def generate_text(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0) -> Path:
+def generate_text(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0, *, overwrite: bool = True) -> Path:
     """Write the text entry for `variant` ("tiny" or "full") into the weights directory `dest`:
-    a seeded random tower in open_clip's key format and the generated tokenizer."""
+    a seeded random tower in open_clip's key format and the generated tokenizer (the tower
+    replacing an existing one only with `overwrite`)."""
     from faramir.text import TEXT_VARIANTS, build_text_tower
     from faramir.text_weights import META_TEXT_CONFIG, PREFIX, TEXT_DIR, TEXT_MODEL_FILE
 
@@ -157,7 +181,7 @@ def generate_text(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0)
         META_TEXT_CONFIG: cfg.to_json(),
         META_GENERATED: f"GENERATED {variant} text tower, seed {seed}: random values, search results mean nothing",
     }
-    with atomic_path(root / TEXT_MODEL_FILE) as tmp:
+    with atomic_path(root / TEXT_MODEL_FILE, overwrite=overwrite) as tmp:
         save_file(state, str(tmp), metadata=meta)
     write_generated_tokenizer(root / TEXT_DIR, cfg.context_length, cfg.vocab_size)
     return root

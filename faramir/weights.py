@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from faramir.checkpoints import as_float32, check_state_dict, load_pth, shapes_of, split_faramir_checkpoint
 from faramir.config import FULL, PREPROCESS_VERSION, FaramirConfig
-from faramir.digests import cached_file_digest, tensor_digest
+from faramir.digests import cached_file_digest, remembered_digest, tensor_digest
 from faramir.errors import WeightsError, WeightsNotFound
 
 FARAMIR_FILE = "faramir-v1.pth"
@@ -103,7 +103,7 @@ def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu
         head = FaramirHead(cfg)
 
     trunk_path = root / SIGLIP_FILE
-    _load_into(experts.trunk, trunk_path, load_file(str(trunk_path)))
+    trunk_state = _load_into(experts.trunk, trunk_path, load_file(str(trunk_path)))
     arniqa_state = _load_into(experts.quality, root / ARNIQA_FILE, load_pth(root / ARNIQA_FILE))
     aesthetic_state = _load_into(experts.aesthetic, root / AESTHETIC_FILE, load_pth(root / AESTHETIC_FILE))
 
@@ -118,25 +118,43 @@ def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu
         assert not t.is_meta, f"{name} was not loaded from the weights directory"
 
     pool_fp = tensor_digest(pool_state)
-    experts_fp = hashlib.sha256(
-        json.dumps({
-            "preprocess": PREPROCESS_VERSION,
-            "trunk": cached_file_digest(trunk_path),
-            "arniqa": tensor_digest(arniqa_state),
-            "aesthetic": tensor_digest(aesthetic_state),
-            "faramir_pool": pool_fp,
-        }, sort_keys=True).encode()
-    ).hexdigest()
+    trunk_fp = trunk_fingerprint(trunk_path, trunk_state)
+    del trunk_state
     info = WeightsInfo(
         weights_dir=str(root),
         config=cfg,
         generated=generated,
-        experts_fingerprint=experts_fp,
+        experts_fingerprint=_experts_fingerprint(trunk_fp, tensor_digest(arniqa_state),
+                                                 tensor_digest(aesthetic_state), pool_fp),
         pool_fingerprint=pool_fp,
         head_fingerprint=tensor_digest(head_state),
     )
     experts.prepare(precision)  # before moving: a bf16 model crosses to the device at half the size
     return FaramirModel(experts, head, info).eval().to(device)
+
+
+def _experts_fingerprint(trunk: str, arniqa: str, aesthetic: str, faramir_pool: str) -> str:
+    """What keys the cache's vectors: the four experts' digests and the preprocessing version."""
+    return hashlib.sha256(json.dumps({
+        "preprocess": PREPROCESS_VERSION, "trunk": trunk, "arniqa": arniqa, "aesthetic": aesthetic,
+        "faramir_pool": faramir_pool,
+    }, sort_keys=True).encode()).hexdigest()
+
+
+def trunk_fingerprint(path: str | os.PathLike, state: dict[str, torch.Tensor] | None = None) -> str:
+    """The trunk file's tensor digest, remembered by file (hashing 1.7 GB takes seconds); `state`:
+    its tensors, when they are loaded already."""
+    return remembered_digest(path, "tensors", lambda: tensor_digest(state if state is not None else load_file(str(path))))
+
+
+def file_bytes_experts_fingerprint(weights_dir: str | os.PathLike) -> str:
+    """The experts fingerprint as older caches (schema 1 and 2) recorded it: the trunk by its
+    file's bytes rather than its tensors. Only to recognise such a cache as made by these weights."""
+    root = Path(weights_dir)
+    pool, _ = split_faramir_checkpoint(as_float32(load_pth(root / FARAMIR_FILE)))
+    return _experts_fingerprint(cached_file_digest(root / SIGLIP_FILE),
+                                tensor_digest(load_pth(root / ARNIQA_FILE)),
+                                tensor_digest(load_pth(root / AESTHETIC_FILE)), tensor_digest(pool))
 
 
 def _load_into(module: torch.nn.Module, path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

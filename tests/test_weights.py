@@ -117,3 +117,94 @@ def test_weight_file_layout_is_upstreams():
         "ARNIQA.pth",
         "aesthetic_predictor_v2_5.pth",
     )
+
+
+@pytest.mark.parametrize("file, key", [
+    (FARAMIR_FILE, "head.linear_4.weight"),
+    (ARNIQA_FILE, "projector.0.bias"),
+    (AESTHETIC_FILE, "scoring_head.0.weight"),
+])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_values_are_refused_by_key(weights_copy, file, key, bad):
+    def poison(state):
+        state[key].view(-1)[0] = bad
+
+    _edit(weights_copy / file, poison)
+    with pytest.raises(WeightsError, match=rf"{file}: non-finite values \(NaN or infinity\) in {key}; "):
+        load_model(weights_copy)
+
+
+def test_non_finite_trunk_values_are_refused_by_key(weights_copy):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = weights_copy / SIGLIP_FILE
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    state = load_file(str(path))
+    state["blocks.0.attn.qkv.weight"][3, 5] = float("nan")
+    save_file(state, str(path), metadata=metadata)
+    with pytest.raises(WeightsError, match=r"model\.safetensors: non-finite values \(NaN or infinity\) in "
+                                           r"blocks\.0\.attn\.qkv\.weight; "):
+        load_model(weights_copy)
+
+
+def test_non_finite_head_checkpoint_is_refused(tiny_dir, tmp_path):
+    from faramir.checkpoints import load_head_checkpoint, save_state_dict
+
+    state = load_pth(tiny_dir / FARAMIR_FILE)
+    state["norm.ap_norm.stddev"] = torch.full_like(state["norm.ap_norm.stddev"], float("nan"))
+    save_state_dict(state, tmp_path / "nan.pth")
+    with pytest.raises(WeightsError, match=r"nan\.pth: non-finite values \(NaN or infinity\) in norm\.ap_norm\.stddev; "):
+        load_head_checkpoint(tmp_path / "nan.pth", load_model(tiny_dir).info.config)
+
+
+def test_cli_weights_check_refuses_non_finite_values(weights_copy):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    _edit(weights_copy / FARAMIR_FILE, lambda s: s["head.linear_4.weight"].view(-1).__setitem__(0, float("nan")))
+    result = CliRunner().invoke(app, ["weights", "check", str(weights_copy)])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: ") and "non-finite values" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fingerprints_hash_the_tensors_not_the_file_bytes(tmp_path):
+    """The same tensors saved twice are the same experts, whatever the files' bytes."""
+    first = generate(tmp_path / "first", "tiny", seed=0)
+    second = generate(tmp_path / "second", "tiny", seed=0)
+    assert (first / SIGLIP_FILE).read_bytes() != (second / SIGLIP_FILE).read_bytes() or \
+        (first / FARAMIR_FILE).read_bytes() != (second / FARAMIR_FILE).read_bytes()
+    assert load_model(first).info.experts_fingerprint == load_model(second).info.experts_fingerprint
+
+
+def test_generate_never_overwrites_weight_files_without_force(tmp_path):
+    dest = generate(tmp_path / "w", "tiny", seed=0)
+    before = {name: (dest / name).read_bytes() for name in WEIGHT_FILES}
+    with pytest.raises(WeightsError, match=r"already holds weight files \(faramir-v1\.pth, .*\); "
+                                           r"choose another directory, or pass --force to overwrite them$"):
+        generate(dest, "tiny", seed=1)
+    assert {name: (dest / name).read_bytes() for name in WEIGHT_FILES} == before
+    (dest / ARNIQA_FILE).unlink()  # one file is enough to refuse
+    with pytest.raises(WeightsError, match="already holds weight files"):
+        generate(dest, "tiny", seed=1)
+    generate(dest, "tiny", seed=1, force=True)
+    assert load_model(dest).info.generated.endswith("seed 1: random values, scores mean nothing")
+
+
+def test_cli_generate_refuses_to_overwrite_without_force(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    runner = CliRunner()
+    args = ["weights", "generate", "--to", str(tmp_path / "w")]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (tmp_path / "w" / FARAMIR_FILE).read_bytes()
+    result = runner.invoke(app, [*args, "--seed", "3"])
+    assert result.exit_code == 1 and "pass --force to overwrite them" in result.stderr
+    assert (tmp_path / "w" / FARAMIR_FILE).read_bytes() == before
+    assert runner.invoke(app, [*args, "--seed", "3", "--force"]).exit_code == 0
+    assert (tmp_path / "w" / FARAMIR_FILE).read_bytes() != before
