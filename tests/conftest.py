@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny generated weights (made once per session) and generated images."""
+"""Shared fixtures: a temporary home for the whole session, tiny generated weights (made once per
+session) and generated images."""
 
 from __future__ import annotations
 
@@ -7,6 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_home(tmp_path_factory):
+    """HOME, the XDG folders, FARAMIR_CACHE and HF_HOME in a temporary folder for every test (and
+    every process a test starts), and none of FARAMIR_DB, FARAMIR_WEIGHTS, FARAMIR_WEIGHTS_MIRROR:
+    no test reads or writes a user's cache, weights or digest file (tests/test_isolation.py)."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        for name, sub in (("XDG_CACHE_HOME", ".cache"), ("XDG_DATA_HOME", ".local/share"),
+                          ("XDG_CONFIG_HOME", ".config"), ("FARAMIR_CACHE", ".cache/faramir"),
+                          ("HF_HOME", ".cache/huggingface")):
+            mp.setenv(name, str(home / sub))
+        for name in ("FARAMIR_DB", "FARAMIR_WEIGHTS", "FARAMIR_WEIGHTS_MIRROR"):
+            mp.delenv(name, raising=False)
+        yield home
 
 
 def write_images(dest: str | Path, n: int, *, size: tuple[int, int] = (64, 48), fmt: str = "png",
