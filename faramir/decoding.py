@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from faramir.errors import ImageLoadError
+from faramir.files import open_regular
 from faramir.preprocess import ImageFacts, decode
 from faramir.sources import Source
 
@@ -55,7 +56,7 @@ def read_item(index: int, source: Source, known=None, res: tuple[int, int] = (38
     """Read, hash and (unless its hash is known) preprocess one file; never raises for bad input."""
     item = Item(index, source)
     try:
-        with open(source.path, "rb") as f:
+        with open_regular(source.path) as f:  # a FIFO or socket is refused, never waited on
             st = os.fstat(f.fileno())
             data = f.read()
     except OSError as ex:

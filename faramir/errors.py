@@ -11,7 +11,8 @@ class FaramirError(Exception):
 
 
 class FaramirWarning(UserWarning):
-    """Something the user must know that does not stop the command; the CLI prints it as one line."""
+    """Something the user must know that does not stop the command (issued with `warnings.warn`);
+    the CLI prints each one once, as one line on stderr."""
 
 
 class ImageLoadError(FaramirError):
@@ -35,6 +36,8 @@ class ImageLoadError(FaramirError):
             return cls(path, f"{detail}; the file is incomplete, re-copy or re-export it")
         if name == "DecompressionBombError":
             return cls(path, f"{text}; downscale it first")
+        if isinstance(ex, NotRegularFile):
+            return cls(path, str(ex))
         if isinstance(ex, OSError) and getattr(ex, "strerror", None):
             return cls(path, f"cannot read file: {ex.strerror}")
         return cls(path, f"{name}: {text or 'failed to decode'}")
@@ -54,3 +57,7 @@ class DownloadError(WeightsError):
 
 class InputError(FaramirError):
     """A path argument, file list or setting cannot be used."""
+
+
+class NotRegularFile(OSError):
+    """A path names a FIFO, socket, device or folder, not a file: it is never read."""

@@ -1,4 +1,5 @@
-"""Small file helpers shared by every package: atomic writes and content hashes."""
+"""Small file helpers shared by every package: atomic writes, reading regular files only, and
+content hashes."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ import contextlib
 import hashlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+from faramir.errors import NotRegularFile
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
 
 
 @contextlib.contextmanager
@@ -32,7 +40,37 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True, suffix: str 
         tmp.unlink(missing_ok=True)
 
 
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """`path` opened for reading in binary, if it is a regular file (symlinks followed); else
+    NotRegularFile (an OSError) saying what it is.
+
+    The open itself never blocks: it is non-blocking, so a FIFO named like an image (which a
+    plain open would wait on until some process writes to it, forever) is opened, seen for what
+    it is by fstat, and closed unread. Reads of a regular file ignore the flag."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as ex:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            raise ex from None
+        _refuse_irregular(mode)  # a socket cannot even be opened (ENXIO): say what it is
+        raise
+    try:
+        _refuse_irregular(os.fstat(fd).st_mode)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _refuse_irregular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+        raise NotRegularFile(f"not a regular file ({kind}); only regular files are read")
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes (hex), read in chunks: the content id of the cache."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

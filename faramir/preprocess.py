@@ -6,6 +6,7 @@ pixels). Where upstream raises, this module goes on instead:
 - LA, La, PA and palette-with-transparency images cannot be converted to premultiplied `RGBa`
   directly; they are converted to `RGBA` first.
 - `ImageCms.FLAGS` is gone in Pillow 12; the `ImageCms.Flags` enum gives the same numbers.
+- A very thin image (1×1000) would be fitted to zero pixels wide; it keeps one pixel a side.
 
 This module imports neither torch nor LanceDB, so decode workers start fast.
 """
@@ -22,6 +23,7 @@ from PIL import Image, ImageCms
 from PIL.ImageCms import Intent
 
 from faramir.errors import ImageLoadError
+from faramir.files import open_regular
 
 _SRGB = ImageCms.createProfile(colorSpace="sRGB")
 _HRPC = int(ImageCms.Flags.HIGHRESPRECALC)
@@ -117,9 +119,10 @@ def open_srgb(img: Image.Image, name: str) -> Image.Image:
 
 
 def calculate_fit(in_w: int, in_h: int, out_w: int, out_h: int) -> tuple[int, int]:
-    """Size that fits inside (out_w, out_h) keeping aspect, never upscaling."""
+    """Size that fits inside (out_w, out_h) keeping aspect, never upscaling, and at least one
+    pixel a side: upstream rounds a very thin image (1×1000) to zero pixels wide and fails."""
     scale = min(out_w / in_w, out_h / in_h, 1.0)
-    return min(round(in_w * scale), out_w), min(round(in_h * scale), out_h)
+    return max(1, min(round(in_w * scale), out_w)), max(1, min(round(in_h * scale), out_h))
 
 
 def calculate_center(in_w: int, in_h: int, out_w: int, out_h: int) -> tuple[int, int, int, int]:
@@ -181,7 +184,7 @@ def load_image(path: str | os.PathLike, backbone_res: int = 384, quality_res: in
     """Upstream's `load_image`: float16 arrays (3, 384, 384) and (3, 512, 512) for one file."""
     name = os.fspath(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read()
     except OSError as ex:
         raise ImageLoadError.from_exception(name, ex) from ex

@@ -33,7 +33,11 @@ def discover(
 ) -> list[Source]:
     """Upstream's file enumeration, sorted: a file as given; a directory's image files (its
     subtree with `recursive`); or, with `file_list`, its lines relative to the one directory.
-    Hidden files and folders are skipped; files named explicitly are always tried."""
+    Hidden files and folders are skipped; files named explicitly are always tried.
+
+    Every entry with an image extension that is not a folder is listed, FIFOs, sockets and
+    broken links included, in both kinds of listing: reading one fails with the reason (see
+    `faramir.files.open_regular`), so it is reported rather than silently left out."""
     if file_list is not None:
         if len(paths) > 1:
             raise InputError("file_list takes at most one path: the folder its entries are relative to")
@@ -59,7 +63,7 @@ def discover(
             else:
                 for name in sorted(os.listdir(arg)):
                     full = os.path.join(arg, name)
-                    if (not name.startswith(".") and os.path.isfile(full)
+                    if (not name.startswith(".") and not os.path.isdir(full)
                             and os.path.splitext(name)[1].lower() in exts):
                         found.append(Source(full, full))
         elif os.path.exists(arg):
