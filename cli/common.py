@@ -1,5 +1,5 @@
-"""What every command shares: error handling, stderr notices and progress bars (stderr only, so
-stdout stays pipeable). Output on stdout is `cli.output`."""
+"""What every command shares: error handling, stderr notices (the library's warnings among them)
+and progress bars (stderr only, so stdout stays pipeable). Output on stdout is `cli.output`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
+from cli.output import printable
 from faramir.errors import FaramirError, FaramirWarning
 
 stderr = Console(stderr=True, highlight=False)
@@ -24,19 +25,21 @@ EXIT_PARTIAL = 3  # it did its job but some inputs were unreadable (reported on 
 
 
 def fail(message: str, code: int = EXIT_ERROR):
-    stderr.print(f"Error: {message}", markup=False, soft_wrap=True)
+    stderr.print(printable(f"Error: {message}"), markup=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn our exceptions into one line on stderr and a non-zero exit, and our warnings into one
-    line on stderr; a full disk, whichever layer meets it, is one line too."""
+    """Turn our exceptions into one line on stderr and a non-zero exit, and show each warning the
+    library gives (`FaramirWarning`) once, as one line on stderr, when it is given; a full disk,
+    whichever layer meets it, is one line too."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            with warnings.catch_warnings():
-                warnings.showwarning = _show_warning
+            with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+                warnings.simplefilter("always", FaramirWarning)
+                warnings.showwarning = _show_once(warnings.showwarning)
                 return fn(*args, **kwargs)
         except FaramirError as ex:
             fail(str(ex))
@@ -54,28 +57,32 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-_show_other_warning = warnings.showwarning
+def _show_once(others: Callable) -> Callable:
+    """A `warnings.showwarning` printing our warnings as `warn` lines, each text once; others as before."""
+    shown: set[str] = set()
 
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, FaramirWarning):
+            return others(message, category, filename, lineno, file, line)
+        if str(message) not in shown:
+            shown.add(str(message))
+            warn(str(message))
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    if issubclass(category, FaramirWarning):
-        warn(str(message))
-    else:
-        _show_other_warning(message, category, filename, lineno, file, line)
+    return show
 
 
 def note(message: str) -> None:
     """A line for the user on stderr (what was done, where it went)."""
-    stderr.print(message, markup=False, soft_wrap=True)
+    stderr.print(printable(message), markup=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    stderr.print(f"Warning: {message}", markup=False, soft_wrap=True)
+    stderr.print(printable(f"Warning: {message}"), markup=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
     """Advice, not a problem: one line on stderr."""
-    stderr.print(f"Note: {message}", markup=False, soft_wrap=True)
+    stderr.print(printable(f"Note: {message}"), markup=False, soft_wrap=True)
 
 
 def warn_generated(info) -> None:

@@ -1,25 +1,56 @@
 """Every `--format` a command prints, from one place: rows as a table, JSON lines, CSV or TSV;
-result rows of a query also as upstream's assess line; reports as one JSON object."""
+result rows of a query also as upstream's assess line; reports as one JSON object.
+
+Whatever a row holds, the output stays parseable: JSON is strict (`faramir.json_text`: NaN as
+null), CSV keeps full precision (only the table rounds, for reading), a TSV field escapes tab,
+newline, carriage return and backslash (`faramir.decision.tsv_field`), and text that is not
+valid Unicode (a file name's bytes that are not UTF-8) is printed with \\xNN escapes (`printable`).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from faramir import json_text
+from faramir.decision import tsv_field
+
+WRAPPED = {"path", "paths", "reason", "source"}  # table columns folded onto more lines, never cut
 
 
-def _cell(v: Any) -> str:
+def printable(text: str) -> str:
+    """`text` as it can be written to any UTF-8 stream: the bytes of a file name that are not
+    UTF-8 (which Python keeps as surrogate escapes) as \\xNN."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _cell(v: Any, fmt: str) -> str:
+    """One value as table, CSV or TSV text (a TSV field escaped before any \\xNN is added)."""
     if isinstance(v, float):
-        return f"{v:.4f}"
-    if isinstance(v, (list, tuple)):
-        return json.dumps(v)
-    return "" if v is None else str(v)
+        text = f"{v:.4f}" if fmt == "table" else repr(v)
+    elif isinstance(v, (list, tuple)):
+        text = json_text.dumps(v)
+    else:
+        text = "" if v is None else str(v)
+    return printable(tsv_field(text) if fmt == "tsv" else text)
+
+
+def _printable_row(row: dict) -> dict:
+    return {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
 
 
 def emit(rows: Iterable[dict], fmt: str, columns: Sequence[str], out=None) -> int:
@@ -29,18 +60,25 @@ def emit(rows: Iterable[dict], fmt: str, columns: Sequence[str], out=None) -> in
     fmt = getattr(fmt, "value", fmt)
     if fmt == "jsonl":
         for row in rows:
-            out.write(json.dumps(row, default=str) + "\n")
+            out.write(json_text.dumps(_printable_row(row)) + "\n")
             n += 1
-    elif fmt in ("csv", "tsv"):
-        writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
+            writer.writerow([_cell(row.get(c), fmt) for c in columns])
+            n += 1
+    elif fmt == "tsv":
+        out.write("\t".join(map(tsv_field, columns)) + "\n")
+        for row in rows:
+            out.write("\t".join(_cell(row.get(c), fmt) for c in columns) + "\n")
             n += 1
     elif fmt == "table":
-        table = Table(*columns, show_edge=False, header_style="bold")
+        table = Table(show_edge=False, header_style="bold")
+        for c in columns:
+            table.add_column(c, overflow="fold" if c in WRAPPED else "ellipsis")
         for row in rows:
-            table.add_row(*(_cell(row.get(c)) for c in columns))
+            table.add_row(*(Text(_cell(row.get(c), fmt)) for c in columns))  # Text: no markup in paths
             n += 1
         console = Console(file=out, highlight=False)
         if not console.is_terminal:  # piped or redirected: never truncate ids and paths
@@ -53,13 +91,16 @@ def emit(rows: Iterable[dict], fmt: str, columns: Sequence[str], out=None) -> in
 
 
 def emit_results(table, fmt: str, columns: Sequence[str]) -> int:
-    """A query's result rows (`store.scores.results`); tsv is upstream's assess line."""
+    """A query's result rows (`store.scores.results`); tsv is upstream's assess line, followed by
+    the distance for a nearest-neighbour search."""
     from faramir.decision import tsv_line
 
     rows = table.to_pylist()
     if getattr(fmt, "value", fmt) == "tsv":
+        extra = [c for c in ("distance",) if c in columns]
         for row in rows:
-            sys.stdout.write(tsv_line(row["path"], row["accepted"], row["label"], row["confidence"]) + "\n")
+            line = tsv_line(row["path"], row["accepted"], row["label"], row["confidence"])
+            sys.stdout.write(printable("\t".join([line, *(_cell(row[c], "tsv") for c in extra)])) + "\n")
         sys.stdout.flush()
         return len(rows)
     return emit(rows, fmt, columns)
@@ -79,28 +120,21 @@ def assessment_line(result, fmt: str) -> str:
     """One `faramir.pipeline.Assessment` as upstream's TSV line, a JSON line or a CSV row."""
     fmt = getattr(fmt, "value", fmt)
     if fmt == "tsv":
-        return result.tsv()
+        return printable(result.tsv())
+    path = printable(result.path)
     if fmt == "jsonl":
-        return json.dumps({
-            "path": result.path, "accepted": result.accepted, "label": result.label,
+        return json_text.dumps({
+            "path": path, "accepted": result.accepted, "label": result.label,
             "confidence": result.confidence, "aesthetic_score": result.aesthetic_score,
             "logits": result.logits,
         })
     buf = io.StringIO()
     csv.writer(buf, lineterminator="").writerow([
-        result.path, result.accepted, result.label, result.confidence, result.aesthetic_score, *result.logits,
+        path, result.accepted, result.label, result.confidence, result.aesthetic_score, *result.logits,
     ])
     return buf.getvalue()
 
 
 def emit_json(value: Any, indent: int | None = None) -> None:
-    """One JSON object on stdout (floats as they are; other values as text)."""
-    print(json.dumps(value, indent=indent, default=_json_default))
-
-
-def _json_default(value: Any):
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if hasattr(value, "item"):  # NumPy scalars
-        return value.item()
-    return str(value)
+    """One JSON object on stdout (strict JSON: non-finite numbers as null)."""
+    print(json_text.dumps(value, indent=indent))

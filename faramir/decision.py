@@ -72,10 +72,31 @@ def decide(confidence, accept_label, reject_label, threshold: float):
 
 
 def accepted_sql(confidence_column: str, threshold: float, is_accepted: bool = True) -> str:
-    """The rule as a SQL condition: `column > T` for accepted rows, `column <= T` for rejected ones."""
-    return f"{confidence_column} {'>' if is_accepted else '<='} {sql_float(threshold)}"
+    """The rule as a SQL condition on a confidence column (values in [0, 1], NaN, or NULL for a
+    row not scored, which neither side holds).
+
+    SQL engines (Lance's among them) order NaN above every number, so `column > T` alone would
+    accept a NaN confidence, which the rule never does. Confidences are at most 1, so the rule is
+    `column > T AND column <= 1` for accepted rows and `column <= T OR column > 1` for rejected
+    ones (NaN being "above 1"): range conditions a scalar index answers."""
+    t = sql_float(threshold)
+    if is_accepted:
+        return f"({confidence_column} > {t} AND {confidence_column} <= 1.0)"
+    return f"({confidence_column} <= {t} OR {confidence_column} > 1.0)"
 
 
 def tsv_line(path: str, is_accepted: bool, label_name: str, confidence: float) -> str:
-    """Upstream inference.py's output line: path, accept|reject, label, confidence (2 decimals)."""
-    return f"{path}\t{'accept' if is_accepted else 'reject'}\t{label_name}\t{confidence:.2f}"
+    """Upstream inference.py's output line: path, accept|reject, label, confidence (2 decimals).
+
+    The path is a `tsv_field`: the same as upstream's for every path without a tab, newline,
+    carriage return or backslash."""
+    return f"{tsv_field(path)}\t{'accept' if is_accepted else 'reject'}\t{label_name}\t{confidence:.2f}"
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_field(text: str) -> str:
+    """`text` as one TSV field: backslash, tab, newline and carriage return written as \\\\, \\t, \\n
+    and \\r (the "linear TSV" convention), so a file name holding them never splits a row."""
+    return text.translate(_TSV_ESCAPES)
