@@ -78,12 +78,14 @@ def finetune(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     threads: Annotated[int, typer.Option(
         "--threads", min=1, help="Torch threads (1 is fastest for this small head).")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
     db: Db = None,
 ):
     """Finetune the decision layers of a head on the labelled cached images (upstream's recipe).
 
     Trains head.linear_3, head.activation_2 and head.linear_4 only; keeps the epoch with the best
-    validation MCC; writes a checkpoint that differs from the base only in those modules.
+    validation MCC; writes a checkpoint that differs from the base only in those modules. An
+    existing --out is never overwritten without --force.
 
     Example: faramir finetune --base faramir-v1 --out tuned.pth --name tuned --epochs 20
     """
@@ -102,7 +104,7 @@ def finetune(
                 note(f"epoch {r.epoch}: {loss}val loss {r.val_loss:.4f} val MCC {r.val_mcc:.4f}")
 
         outcome = run(base, out, db=db, name=name, epochs=epochs, lr=lr, batch_size=batch_size,
-                      val_fraction=val_fraction, seed=seed, on_epoch=on_epoch)
+                      val_fraction=val_fraction, seed=seed, on_epoch=on_epoch, force=force)
     res = outcome.result
     note(f"Base {outcome.base}: val MCC {res.base_val_mcc:.4f}. Best epoch {res.best_epoch}: val MCC "
          f"{res.best_val_mcc:.4f} ({res.train_rows} train / {res.val_rows} val rows). "

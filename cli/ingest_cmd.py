@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cli import options
-from cli.common import handle_errors, note, progress_bar, warn
+from cli.common import EXIT_PARTIAL, handle_errors, note, progress_bar, warn
 from cli.options import (
     BatchSize, Db, Device, FileList, ListFormat, ListFormatOpt, Paths, PrecisionOpt, Precision, Recursive,
     WeightsDir, Workers,
@@ -43,7 +43,8 @@ def ingest(
 
     Interrupt it at any time: committed work is kept and a rerun finishes the rest.
 
-    Unreadable files are recorded (see 'faramir failures') and skipped; they do not fail the run.
+    Unreadable files are recorded (see 'faramir failures') and skipped, and the run goes on; the
+    exit status is then 3, as for 'faramir assess'.
 
     On a Ray cluster: faramir ingest /shared/art -r --db s3://bucket/art.lancedb --ray auto
     """
@@ -74,10 +75,11 @@ def ingest(
                     bar.update(task, completed=event.done, rate=rate)
             elif isinstance(event, IngestSummary):
                 summary = event
-    _print_summary(summary)
+    _finish(summary)
 
 
-def _print_summary(s) -> None:
+def _finish(s) -> None:
+    """Print the summary; exit with status 3 when some files could not be read, as assess does."""
     for f in s.failures:
         note(f"Failed: {f.path}: {f.reason}" + (" (unchanged since it failed before; not retried)"
                                                 if f.recorded_earlier else ""))
@@ -86,6 +88,8 @@ def _print_summary(s) -> None:
          f"{s.duplicate} duplicate, {s.failed} failed ({s.elapsed_s:.1f} s{rate}).")
     if any(f.recorded_earlier for f in s.failures):
         note("Use --retry-failed to read unchanged failed files again.")
+    if s.failed:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @handle_errors

@@ -5,7 +5,8 @@ NumPy, no torch) loads on first use, and every module that needs torch is import
 
 Layout, one concept per module (building blocks first):
 
-- config, errors, labels, decision (the accept/reject rule), files (atomic writes, hashes);
+- config, errors, labels, decision (the accept/reject rule), files (atomic writes, regular
+  files only, hashes), json_text (strict JSON);
 - stage one: sources (which files), preprocess (pixels), decoding (worker processes), experts;
 - stage two: head (forward_norm / forward_head), metrics, finetune;
 - the model and its weights: model, weights (the directory), checkpoints, digests, download,

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from faramir.files import open_regular
 from faramir.preprocess import open_srgb
+from store.schema import path_from_column
 
 SIZES = {"thumb": 256, "preview": 1024}  # longest side in pixels; never upscaled
 QUALITY = 82  # WebP quality: small files, no visible banding at 256 px
@@ -57,7 +59,7 @@ def thumbnail(image_id: str, paths: list[str], root: Path, size: str = "thumb") 
         return target
     for path in paths:
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path_from_column(path)) as fh:  # as the cache stores it; never a FIFO
                 data = fh.read()
         except OSError:
             continue

@@ -16,7 +16,7 @@ Modules, one concept each: db (Cache: opening, tables, heads registry), schema, 
 scores (a head's score columns → result rows), query, neighbours, browse (keyset pages, counts,
 one image, two heads' disagreements), text_search, near_duplicates (close_pairs: its candidate
 search), indexes, exporter, labels (also set/unset by content id),
-tuning, heads, rescoring, scoring (the head over cached rows; torch), ingestion/ (plan, run,
+tuning, heads, rescoring, gaps (rows a head has not scored), scoring (the head over cached rows; torch), ingestion/ (plan, run,
 write, driver), allocator.
 """
 

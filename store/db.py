@@ -5,21 +5,33 @@ Reads go through Lance datasets (`Cache.dataset`, `Cache.read`); writes through 
 (`Cache.table`, `Cache.images`), whose connection is made on first use. A stage-two command that
 only reads therefore never imports LanceDB: `import lance` costs about a third of `import
 lancedb` (which loads its namespace clients), and Lance's scans are what the queries run anyway.
+
+Any number of processes may open, create and write one cache at once: tables are created with
+identical schemas (primary keys included) and one that another process created first is taken
+as it is; LanceDB retries conflicting commits of its own operations, and the operations that
+Lance leaves to the caller retry through `retrying`.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 
 from faramir.config import FaramirConfig
 from store import schema
-from store.errors import CacheError, CacheRecovered, NoCache
+from store.errors import CacheError, CacheRecovered, GeneratedCache, NoCache
 from store.recovery import recover
+
+T = TypeVar("T")
+RETRIES = 8  # tries of an idempotent write whose commit conflicts with another process's
 
 TABLE_KEYS = {  # every table but images, with its primary key
     schema.META: "key", schema.FILES: "path", schema.FAILURES: "path", schema.HEADS: "name",
@@ -52,6 +64,28 @@ def sql_in(column: str, values) -> str:
     return f"{column} IN ({', '.join(sql_str(v) for v in values)})" if values else "false"
 
 
+def is_conflict(ex: BaseException) -> bool:
+    """Whether `ex` is a commit that lost to another process's concurrent commit (Lance's
+    CommitConflictError, its "too many concurrent writers" once its own retries are used up,
+    or LanceDB's wrapping of either), so that running it again may succeed."""
+    text = str(ex).lower()
+    return (type(ex).__name__ == "CommitConflictError" or "commit conflict" in text
+            or "too many concurrent writers" in text)
+
+
+def retrying(write: Callable[[], T], attempts: int = RETRIES) -> T:
+    """`write()`, again after a growing random pause while its commit conflicts with another
+    process's (for idempotent writes only: each try must read afresh what it writes from)."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except Exception as ex:
+            if not is_conflict(ex) or attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.1) * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
 def ensure_primary_key(table, key: str) -> None:
     """Declare `key` the table's (unenforced) primary key, if it is not yet: without it, concurrent
     merge_insert calls inserting the same new key can both succeed and leave duplicate rows."""
@@ -80,10 +114,13 @@ class Cache:
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, db: str | os.PathLike | Cache | None = None, *, create: bool = False) -> Cache:
+    def open(cls, db: str | os.PathLike | Cache | None = None, *, create: bool = False,
+             warn_generated: bool = True) -> Cache:
         """The cache at `db`: a folder or an object-store URI (None: `default_db()`); an open
         `Cache` passes through. With `create` a new cache (or a missing table) is made; without
-        it, a location holding no cache raises NoCache saying how to make one.
+        it, a location holding no cache raises NoCache saying how to make one, and a cache built
+        from generated weights gives a `GeneratedCache` warning (unless not `warn_generated`:
+        stage one, which says so of the weights themselves).
 
         A local table whose newest version a power cut left unreadable opens at its newest whole
         version (`store.recovery`): a `CacheRecovered` warning says so, also kept in `warnings`."""
@@ -103,7 +140,11 @@ class Cache:
             raise NoCache(f"{uri}: no cache here yet; run 'faramir ingest PATH --db {uri}' first")
         for name in missing:
             cache._create(name, TABLE_KEYS[name])
-        cache._check_version()
+        meta = cache.meta()
+        cache._check_version(meta)
+        if not create and warn_generated and meta.get("weights_generated"):
+            warnings.warn(GeneratedCache(f"{uri} was built from GENERATED weights ({meta['weights_generated']}); "
+                                         f"its scores mean nothing"), stacklevel=2)
         return cache
 
     @property
@@ -125,14 +166,32 @@ class Cache:
         return os.path.isdir(os.path.join(self.uri, f"{name}.lance", "_versions"))
 
     def _create(self, name: str, key: str):
-        table = self.conn.create_table(name, schema=_SCHEMAS[name], exist_ok=True)
+        table = self._create_table(name, _SCHEMAS[name])
         ensure_primary_key(table, key)
         if name == schema.META:
-            self.set_meta(schema_version=str(schema.SCHEMA_VERSION))
+            self.set_meta(schema_version=str(schema.SCHEMA_VERSION), replace=False)
         return table
 
-    def _check_version(self) -> None:
-        version = int(self.get_meta("schema_version") or schema.SCHEMA_VERSION)
+    def _create_table(self, name: str, table_schema: pa.Schema):
+        """Table `name`, created with `table_schema` unless it exists. Another process may create
+        it at the same moment: whichever commit wins, both go on with the table it made (its
+        columns checked against ours, score columns aside)."""
+        try:
+            return self.conn.create_table(name, schema=table_schema, exist_ok=True)
+        except Exception:
+            if not self.has_table(name):
+                raise
+        table = self.table(name)
+        have = {f.name: f.type for f in table.schema}
+        differ = [f.name for f in table_schema if not schema.is_score_column(f.name) and have.get(f.name) != f.type]
+        if differ:
+            raise CacheError(f"{self.uri}: its {name} table has other columns than this faramir makes "
+                             f"({', '.join(differ)}); use another --db")
+        return table
+
+    def _check_version(self, meta: dict[str, str]) -> None:
+        """Refuse a cache newer than this code; bring an older one up to date (`store.migrations`)."""
+        version = int(meta.get("schema_version") or schema.SCHEMA_VERSION)
         if version > schema.SCHEMA_VERSION:
             raise CacheError(
                 f"{self.uri}: cache schema version {version} is newer than this faramir supports "
@@ -159,9 +218,9 @@ class Cache:
         return self.table(schema.IMAGES)
 
     def create_images(self, cfg: FaramirConfig, head_prefixes: list[str]):
-        """The images table for embeddings of `cfg`'s width, with score columns per prefix."""
-        table = self.conn.create_table(schema.IMAGES, schema=schema.images_schema(cfg, head_prefixes),
-                                       exist_ok=True)
+        """The images table for embeddings of `cfg`'s width, with score columns per prefix (or
+        the one another process created meanwhile)."""
+        table = self._create_table(schema.IMAGES, schema.images_schema(cfg, head_prefixes))
         ensure_primary_key(table, "id")
         return table
 
@@ -230,12 +289,16 @@ class Cache:
     def get_meta(self, key: str) -> str | None:
         return self.meta().get(key)
 
-    def set_meta(self, **values: str) -> None:
+    def set_meta(self, replace: bool = True, **values: str) -> None:
+        """Set these meta keys in one commit; with `replace` false, keys already set keep their
+        value (the first of several processes claiming a new cache wins)."""
         data = pa.Table.from_pylist(
             [{"key": k, "value": v} for k, v in values.items()], schema=schema.META_SCHEMA
         )
-        (self.table(schema.META).merge_insert("key")
-         .when_matched_update_all().when_not_matched_insert_all().execute(data))
+        merge = self.table(schema.META).merge_insert("key")
+        if replace:
+            merge = merge.when_matched_update_all()
+        merge.when_not_matched_insert_all().execute(data)
 
     def config(self) -> FaramirConfig | None:
         """The model configuration of the cached vectors; None before the first ingest."""

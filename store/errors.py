@@ -1,7 +1,8 @@
-"""Every error the cache raises on purpose: one class per kind of failure, one line per message.
+"""Every error and warning the cache gives on purpose: one class per kind, one line per message.
 
-They derive from `faramir.errors.FaramirError`, which the CLI turns into one line on stderr and a
-non-zero exit. Messages name the parameter or the file at fault, and the fix.
+Errors derive from `faramir.errors.FaramirError`, which the CLI turns into one line on stderr and a
+non-zero exit; warnings from `faramir.errors.FaramirWarning`, which it prints once, in one line.
+Messages name the parameter or the file at fault, and the fix.
 """
 
 from __future__ import annotations
@@ -83,3 +84,15 @@ def disk_full(ex: BaseException, uri: str | None = None) -> DiskFull | None:
     where = f"{uri}: " if uri else ""
     return DiskFull(f"{where}the disk is full (no space left on device); what was committed is kept: "
                     f"free some space and run the command again to finish")
+
+
+class CacheWarning(FaramirWarning):
+    """Something about the cache its user should know; the command goes on."""
+
+
+class GeneratedCache(CacheWarning):
+    """The cache was built from GENERATED weights: its scores mean nothing."""
+
+
+class UnscoredRows(CacheWarning):
+    """Some cached rows have no scores under the head a query reads (it leaves them out)."""

@@ -10,12 +10,15 @@ Nothing is ever overwritten:
   reported as a clash. A name already holding the same content (same size and sha256, as after a
   rerun of the same export) counts as present and is left alone, so an export can be resumed.
 - a row none of whose paths exists any more is reported as missing; the export goes on.
+
+A cache built from GENERATED weights says so in every table it exports: a `weights_generated`
+column (what made the weights) on every row, and in Parquet also the file's metadata
+(`faramir.weights_generated`). Paths are written as the cache stores them (`store.schema`).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -27,11 +30,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from faramir import json_text
 from faramir.files import atomic_path, sha256_file
 from store.db import Cache, sql_in
 from store.errors import ExportError
 from store.filters import Filter
 from store.query import top
+from store.schema import path_from_column
 from store.scores import on_head, read_columns, results
 
 TABLE_FORMATS = ("csv", "jsonl", "parquet")
@@ -96,6 +101,8 @@ def export(
     result = ExportResult(str(dest), fmt)
     ranked = sort is not None or limit is not None
 
+    generated = cache.get_meta("weights_generated") or ""
+
     def run(prefix: str, ds) -> ExportResult:
         drop = _dropped(cache, f, dedupe_threshold, keep) if dedupe else set()
         if ranked:
@@ -108,7 +115,7 @@ def export(
         if fmt == "files":
             _export_files(batches, dest, link, by_label, result, progress)
         else:
-            _export_table(batches, dest, fmt, result, progress)
+            _export_table(_marked(batches, generated), dest, fmt, result, progress)
         return result
 
     return on_head(cache, f.head, run)
@@ -165,6 +172,15 @@ def _ranked_batches(ds, prefix: str, f: Filter, extra: list[str], ids: list[str]
         yield len(ids), results(rows, prefix, f.threshold, extra=extra)
 
 
+def _marked(batches, generated: str):
+    """The batches with a `weights_generated` column (and Parquet metadata) when `generated`."""
+    for total, table in batches:
+        if generated:
+            table = table.append_column("weights_generated", pa.array([generated] * len(table), pa.string()))
+            table = table.replace_schema_metadata({"faramir.weights_generated": generated})
+        yield total, table
+
+
 # -- table files ----------------------------------------------------------------------------------
 
 
@@ -193,7 +209,7 @@ def _write_table(batches, tmp: Path, fmt: str, result: ExportResult, progress) -
                     writer.writerow([_csv_cell(v) for v in row.values()])
             else:
                 for row in table.to_pylist():
-                    out.write(json.dumps(row, default=_json_default) + "\n")
+                    out.write(json_text.dumps(row) + "\n")
             result.rows += len(table)
             result.written += len(table)
             if progress is not None:
@@ -204,14 +220,8 @@ def _write_table(batches, tmp: Path, fmt: str, result: ExportResult, progress) -
 
 def _csv_cell(value):
     if isinstance(value, list):
-        return json.dumps(value)
+        return json_text.dumps(value)
     return "" if value is None else value
-
-
-def _json_default(value):
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
 
 
 # -- image files ----------------------------------------------------------------------------------
@@ -222,7 +232,8 @@ def _export_files(batches, dest: Path, link: str, by_label: bool, result: Export
     for total, table in batches:
         for row in table.select(["id", "paths", "label", "size"]).to_pylist():
             result.rows += 1
-            source = next((p for p in row["paths"] or () if os.path.isfile(p)), None)
+            source = next((path_from_column(p) for p in row["paths"] or () if os.path.isfile(path_from_column(p))),
+                          None)
             if source is None:
                 result.missing.append((row["paths"] or ["(no path)"])[0])
             else:

@@ -88,7 +88,9 @@ class Filter:
                 sides.append(f"({accepted_sql(conf, self.threshold, False)} AND "
                              f"{sql_in(f'{prefix}_reject_label', reject)})")
             parts.append("(" + " OR ".join(sides) + ")")
-        for column, bound, op in ((conf, self.min_confidence, ">="), (conf, self.max_confidence, "<="),
+        # A lower bound alone would keep NaN (SQL orders it above every number): bound it above too.
+        max_confidence = 1.0 if self.min_confidence is not None and self.max_confidence is None else self.max_confidence
+        for column, bound, op in ((conf, self.min_confidence, ">="), (conf, max_confidence, "<="),
                                   ("aesthetic_score", self.min_aesthetic, ">="),
                                   ("aesthetic_score", self.max_aesthetic, "<=")):
             if bound is not None:
@@ -102,7 +104,8 @@ class Filter:
 
     def keep(self, confidence: np.ndarray, accept_label: Sequence[str], reject_label: Sequence[str],
              aesthetic: np.ndarray | None = None) -> np.ndarray:
-        """The same filter in NumPy over in-memory rows (a reference for tests and benchmarks)."""
+        """The same filter in NumPy over in-memory rows (a reference for tests and benchmarks);
+        a NaN confidence here stands for a row the head has not scored (NULL)."""
         conf = np.asarray(confidence, np.float32)
         accepted, label = decide(conf, np.asarray(accept_label), np.asarray(reject_label), self.threshold)
         keep = ~np.isnan(conf)

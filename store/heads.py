@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from store import schema
-from store.db import Cache, sql_str
+from store.db import Cache, retrying, sql_str
+from store.errors import HeadError
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,14 @@ def describe(cache: Cache, head: dict) -> HeadInfo:
 
 def drop_prefix(cache: Cache, prefix: str) -> None:
     """Drop the score columns under `prefix` (metadata only: their data goes at the next compaction)."""
-    table = cache.images()
-    present = [c for c in schema.score_column_names(prefix) if c in table.schema.names]
-    if present:
-        table.drop_columns(present)
+
+    def drop():
+        table = cache.images()
+        present = [c for c in schema.score_column_names(prefix) if c in table.schema.names]
+        if present:
+            table.drop_columns(present)
+
+    retrying(drop)  # an ingest appending meanwhile makes the commit conflict
 
 
 def list_heads(db: str | os.PathLike | Cache | None = None) -> list[HeadInfo]:
@@ -64,7 +69,13 @@ def list_heads(db: str | os.PathLike | Cache | None = None) -> list[HeadInfo]:
 
 
 def remove_head(name: str, db: str | os.PathLike | Cache | None = None) -> HeadInfo:
-    """Unregister head `name` and drop its score columns; returns what was removed."""
+    """Unregister head `name` and drop its score columns; returns what was removed. The default
+    head (`faramir-v1`) is refused: every query reads it unless told otherwise, and ingest
+    registers it with the first images only, so a cache without it could not get it back."""
+    if name == schema.DEFAULT_HEAD:
+        raise HeadError(f"{name} is the default head of every query and scores every new image at ingest; "
+                        f"it cannot be removed. To replace its scores, run "
+                        f"'faramir rescore --head FILE --name {name}'")
     cache = Cache.open(db)
     removed = describe(cache, cache.head(name))
     cache.table(schema.HEADS).delete(f"name = {sql_str(name)}")

@@ -83,12 +83,14 @@ def _path_index(cache: Cache) -> dict[str, str]:
 
 
 def resolve_ref(ref: str, base: Path, paths: dict[str, str], ids: set[str]) -> tuple[str | None, str]:
-    """(content id or None, reason) for an id, or a path absolute / relative to cwd or `base`."""
+    """(content id or None, reason) for an id, or a path absolute / relative to cwd or `base`
+    (as the file system names it, or as the cache prints it: `store.schema.path_to_column`)."""
     if _ID.match(ref.lower()):
         return (ref.lower(), "") if ref.lower() in ids else (None, "no cached image has this id")
+    ref = schema.path_from_column(ref)
     candidates = [Path(ref)] if os.path.isabs(ref) else [Path.cwd() / ref, base / ref]
     for candidate in candidates:
-        full = os.path.abspath(candidate)
+        full = schema.path_to_column(os.path.abspath(candidate))
         if full in paths and paths[full] in ids:
             return paths[full], ""
     for candidate in candidates:

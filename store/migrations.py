@@ -22,6 +22,7 @@ def migrate(cache: Cache, version: int) -> None:
     """Bring `cache`, at schema `version`, to the current version."""
     if version < 2:
         _add_frozen_fingerprints(cache)
+    # 2 → 3 rewrites nothing: no older cache holds a path that is not UTF-8 (see store.schema)
     cache.set_meta(schema_version=str(schema.SCHEMA_VERSION))
 
 

@@ -34,17 +34,18 @@ def embedding_column(embedding: str) -> str:
 
 
 def reference_vector(cache: Cache, ref: str, embedding: str = "faramir") -> tuple[str, np.ndarray]:
-    """(id, embedding) of REF: a cached image's id, a path the cache has seen, or an image file
-    whose content is cached under any path (found by its sha256). NotCached for an image file the
-    cache has not seen; QueryError for anything else."""
+    """(id, embedding) of REF: a cached image's id, a path the cache has seen (as the file system
+    names it, or as the cache prints it: `store.schema.path_to_column`), or an image file whose
+    content is cached under any path (found by its sha256). NotCached for an image file the cache
+    has not seen; QueryError for anything else."""
     column = embedding_column(embedding)
     if _ID.match(ref.lower()):
         found = _vector_of(cache, ref.lower(), column)
         if found is not None:
             return ref.lower(), found
     if not ref.startswith(("http://", "https://")):
-        path = os.path.abspath(os.path.expanduser(ref))
-        hit = cache.read(schema.FILES, ["id"], f"path = {sql_str(path)}")
+        path = os.path.abspath(os.path.expanduser(schema.path_from_column(ref)))  # a path as printed works too
+        hit = cache.read(schema.FILES, ["id"], f"path = {sql_str(schema.path_to_column(path))}")
         if len(hit):
             content_id = hit.column("id")[0].as_py()
             found = _vector_of(cache, content_id, column)

@@ -47,7 +47,7 @@ def top(
     `descending=False`; at most `limit` (None: all). Columns: see `store.scores.results`.
 
     Confidence ties (sigmoid saturates to 1.0 in float32) are broken by the decision logit, which
-    orders the same way, then by id."""
+    orders the same way, then by id. Rows whose sort key is NaN come last either way."""
     if sort not in SORTS:
         raise QueryError(f"sort {sort!r}: use one of {', '.join(SORTS)}")
     if limit is not None and limit < 1:
@@ -64,13 +64,18 @@ def _top(ds, prefix: str, f: Filter, sort: str, descending: bool, limit: int | N
     keys = [decision] if sort == "confidence" else ["aesthetic_score", decision]
     cand = ds.to_table(columns=[*dict.fromkeys(keys), "_rowoffset"], filter=f.where(prefix))
     sign = -1.0 if descending else 1.0
-    first = sign * cand.column(keys[0]).to_numpy().astype(np.float64)
+
+    def ascending_key(column) -> np.ndarray:  # smaller first; NaN (a score that is no number) last
+        key = sign * column.to_numpy(zero_copy_only=False).astype(np.float64)
+        return np.where(np.isnan(key), np.inf, key)
+
+    first = ascending_key(cand.column(keys[0]))
     if limit is not None and len(first) > limit:
         kth = np.partition(first, limit - 1)[limit - 1]
         cand = cand.filter(pa.array(first <= kth))  # the best `limit`, and any rows tied with the last
     rows = ds.take(cand.column("_rowoffset").to_numpy(), columns=read_columns(prefix))
     sort_keys = [np.asarray(rows.column("id").to_pylist(), dtype=str)]  # last tie-break: id
-    sort_keys += [sign * rows.column(k).to_numpy().astype(np.float64) for k in reversed(keys)]
+    sort_keys += [ascending_key(rows.column(k)) for k in reversed(keys)]
     order = np.lexsort(sort_keys)[:limit]
     return results(rows.take(pa.array(order, pa.int64())), prefix, f.threshold)
 
@@ -119,8 +124,8 @@ def stats(
         n_accepted = pc.sum(accepted).as_py() or 0
         counts = pc.value_counts(label)
         counts = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
-        hist, edges = np.histogram(conf, bins=bins, range=(0.0, 1.0))
-        ordered = np.sort(conf)
+        hist, edges = np.histogram(conf, bins=bins, range=(0.0, 1.0))  # NaN falls in no bin
+        ordered = np.sort(conf[~np.isnan(conf)])  # NaN is accepted at no threshold
         thresholds = sorted(set(round(float(x), 6) for x in sweep) | {f.threshold})
         return Stats(
             head=f.head, threshold=f.threshold, total=len(conf), accepted=n_accepted,

@@ -17,12 +17,14 @@ A head's scores are six columns of the ``images`` table under a column prefix (s
 2. It points the ``heads`` row of that name at the new prefix: that one-row commit is the moment
    the new scores replace the old for every reader, who resolves name → prefix through ``heads``
    (and retries once if the columns it resolved were dropped under it).
-3. It scores any row still without scores under the new prefix (appended by an ingest between
-   steps 1 and 2, which wrote nulls there), then drops the old prefix's columns (metadata only:
-   their data goes at the next compaction).
+3. It scores every row that any registered head has not scored (`store.gaps`): under the new
+   prefix, rows an ingest appended between steps 1 and 2 (it wrote nulls there), then drops the
+   old prefix's columns (metadata only: their data goes at the next compaction).
 
 A crash before step 2 leaves the old scores in force and unreferenced columns behind: harmless,
-and never reused, since a new prefix avoids every prefix present in the table.
+and never reused, since a new prefix avoids every prefix present in the table. Two rescores of
+one name running at once may pick the same prefix: the second to commit finds it taken and
+scores under the next one.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from faramir.checkpoints import frozen_fingerprint, head_to_bytes, load_head_che
 from store import schema
 from store.db import Cache
 from store.errors import HeadError, PoolMismatch
+from store.gaps import fill_gaps
 from store.heads import HeadInfo, describe, drop_prefix
 from store.schema import HEAD_INPUTS
 from store.scoring import SHARED, HeadScorer, decision_scores, head_inputs
@@ -99,14 +102,12 @@ def rescore(
         raise PoolMismatch(_pool_mismatch_message(head, pool_fp, cache_pool, cache.uri))
 
     heads = {h["name"]: h for h in cache.heads()}
-    taken = {h["prefix"] for h in heads.values()} | _prefixes_in(table.schema)
-    prefix = schema.new_prefix(name, taken)
     frozen = frozen_fingerprint(head_state) if reuse else None
-    _, scored_from = _add_score_columns(cache, prefix, model, cfg, batch_size, progress, frozen)
+    prefix, scored_from = _score_columns(cache, name, heads, model, cfg, batch_size, progress, frozen)
     record = cache.put_head(  # the commit point: readers now see the new scores
         name=name, prefix=prefix, fingerprint=head_fp, pool_fingerprint=pool_fp or "",
         source=str(Path(head).resolve()), checkpoint=head_to_bytes(head_state))
-    _fill_missing(cache, prefix, model, cfg)
+    fill_gaps(cache)
 
     old = heads.get(name)
     if old is not None:
@@ -174,6 +175,35 @@ class _ScoreUDF:
         return pa.RecordBatch.from_arrays(list(arrays.values()), schema=self.schema)
 
 
+class _PrefixTaken(Exception):
+    """Another rescore of the same name committed columns under the prefix this one chose."""
+
+
+def _score_columns(cache: Cache, name: str, heads: dict, model, cfg, batch_size: int,
+                   progress: Callable[[int, int], None] | None, frozen: str | None) -> tuple[str, str | None]:
+    """(the new prefix, the head scored from or None): `_add_score_columns` under the first prefix
+    free for `name`, or the next one while concurrent rescores of that name take it first."""
+    for _ in range(COMMIT_ATTEMPTS):
+        taken = {h["prefix"] for h in heads.values()} | _prefixes_in(cache.images().schema)
+        prefix = schema.new_prefix(name, taken)
+        try:
+            return prefix, _add_score_columns(cache, prefix, model, cfg, batch_size, progress, frozen)[1]
+        except _PrefixTaken:
+            continue
+    raise HeadError(f"{cache.uri}: other rescores of {name!r} kept running; run this one again once they end")
+
+
+def _columns_alone(cache: Cache, dataset, prefix: str, columns: pa.Schema) -> int:
+    """An empty table gets the columns alone (metadata only); 0 rows scored."""
+    try:
+        dataset.add_columns(list(columns))
+    except Exception:
+        if f"{prefix}_confidence" in cache.images().schema.names:
+            raise _PrefixTaken(prefix) from None
+        raise
+    return 0
+
+
 def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
                        progress: Callable[[int, int], None] | None,
                        frozen: str | None = None) -> tuple[int, str | None]:
@@ -195,14 +225,15 @@ def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
     base_schema = merged_schema = None
     for _ in range(COMMIT_ATTEMPTS):
         dataset = cache.images().to_lance()  # the latest version
+        if f"{prefix}_confidence" in dataset.schema.names:
+            raise _PrefixTaken(prefix)
         if dataset.schema != base_schema:  # new field ids are assigned from the schema: start over
             scored.clear()
             base_schema = dataset.schema
         fragments = [f.metadata for f in dataset.get_fragments()]
         score.total = sum(m.num_rows for m in fragments)
-        if not fragments:  # an empty table: the columns alone, metadata only
-            dataset.add_columns(list(score.schema))
-            return 0, None
+        if not fragments:
+            return _columns_alone(cache, dataset, prefix, score.schema), None
         columns, rows = score.reads(_sharing_head(cache, frozen, dataset.schema.names) if frozen else None)
         keys = [(meta.id, tuple(f.path for f in meta.files)) for meta in fragments]
         todo = [(key, fragment) for key, fragment in zip(keys, dataset.get_fragments()) if key not in scored]
@@ -230,18 +261,3 @@ def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
             continue
     raise HeadError(f"{cache.uri} kept changing while rescoring ({COMMIT_ATTEMPTS} tries); "
                     f"run the rescore again once the ingest writing to it has finished")
-
-
-def _fill_missing(cache: Cache, prefix: str, model, cfg) -> int:
-    """Score rows that have no scores under `prefix`: rows an ingest appended between the column
-    commit and the switch of the heads row (it wrote the columns it knew of, nulls here)."""
-    table = cache.images()
-    where = f"{prefix}_confidence IS NULL"
-    if not table.count_rows(where):
-        return 0
-    rows = cache.read(schema.IMAGES, ["id", *HEAD_INPUTS], where)
-    columns = HeadScorer(model, len(rows)).score_columns(prefix, *head_inputs(rows, cfg))
-    update = pa.table({"id": rows.column("id"), **columns},
-                      schema=pa.schema([pa.field("id", pa.string(), nullable=False), *schema.score_fields(prefix)]))
-    table.merge_insert("id").when_matched_update_all().execute(update)
-    return len(rows)

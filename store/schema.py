@@ -1,4 +1,4 @@
-"""The feature cache's tables and columns (schema version 2).
+"""The feature cache's tables and columns (schema version 3).
 
 One LanceDB database (a local folder or an object-store URI) holds these tables:
 
@@ -48,21 +48,43 @@ One LanceDB database (a local folder or an object-store URI) holds these tables:
 ``meta``: key/value strings: schema_version, config (FaramirConfig JSON), experts_fingerprint,
     pool_fingerprint, weights_generated (non-empty when the cache was built with fake weights).
 
+Paths (``images.paths``, ``files.path``, ``failures.path``) are absolute, and stored losslessly as
+valid UTF-8 text (`path_to_column`, `path_from_column`). Linux file names are bytes, which need
+not be UTF-8 (Python keeps such bytes as surrogate escapes, which Arrow's strings cannot hold):
+
+- a path that is valid UTF-8 is stored as it is;
+- any other is stored as its ``file:`` URI (RFC 8089) with every byte outside ASCII letters,
+  digits, ``/`` and ``_.-~`` percent-encoded: ``/art/caf<0xE9>.png`` → ``file:///art/caf%E9.png``.
+  So is a path that itself starts with ``file://`` (never an absolute one), so the two kinds
+  never collide. The stored text is what queries and exports show, and what `faramir similar`
+  and label files accept back.
+
+The unenforced primary key of every table is declared in its schema (`PRIMARY_KEY`), so that
+processes creating a cache at the same moment pass LanceDB identical schemas.
+
 Versions: `SCHEMA_VERSION` is stored in ``meta``; `store.db.Cache.open` refuses a cache whose
-version is newer, with a message to upgrade faramir, and migrates an older one (`store.migrations`).
-Version 2 added ``heads.frozen_fingerprint`` (computed for existing heads from their checkpoint)
-and the P_free columns (written for heads scored from then on).
+version is newer, with a message to upgrade faramir, and migrates an older one (`store.migrations`):
+
+- 1 → 2 added ``heads.frozen_fingerprint`` (computed for existing heads from their checkpoint)
+  and the P_free columns (written for heads scored from then on).
+- 2 → 3 (paths that are not UTF-8 as ``file:`` URIs): an older cache cannot hold such a path (its
+  ingest failed on them) and its paths are absolute, so every stored path already means the same
+  under version 3: only the version is raised, so that an older faramir refuses a cache whose
+  ``file:`` paths it would take literally. Older versions recorded the experts fingerprint with
+  the trunk's file bytes; ingest recognises such a cache (`faramir.weights.file_bytes_experts_fingerprint`).
 """
 
 from __future__ import annotations
 
+import os
 import re
+from urllib.parse import quote, unquote_to_bytes
 
 import pyarrow as pa
 
 from faramir.config import N_CLASSES, N_FREE, FaramirConfig
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 IMAGES = "images"
 FILES = "files"
@@ -75,6 +97,12 @@ DEFAULT_HEAD = "faramir-v1"  # the released head, scored at ingest
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
+# Field metadata declaring a table's key its (unenforced) primary key, as LanceDB's
+# `set_unenforced_primary_key` writes it. Without a primary key, concurrent merge_insert calls
+# that insert the same new key can both succeed and leave duplicate rows.
+PRIMARY_KEY = {"lance-schema:unenforced-primary-key:position": "1"}
+_URI = "file://"
+
 EMBEDDING_COLUMNS = {"faramir": "faramir_embedding", "siglip": "siglip_embedding"}
 HEAD_INPUTS = ["faramir_embedding", "aesthetic_features", "quality_features"]  # what a head reads
 
@@ -85,7 +113,7 @@ def _vec(n: int) -> pa.DataType:
 
 def images_schema(cfg: FaramirConfig, head_prefixes: list[str] = ()) -> pa.Schema:
     fields = [
-        pa.field("id", pa.string(), nullable=False),
+        pa.field("id", pa.string(), nullable=False, metadata=PRIMARY_KEY),
         pa.field("paths", pa.list_(pa.string())),
         pa.field("size", pa.int64()),
         pa.field("mtime_ns", pa.int64()),
@@ -118,13 +146,21 @@ def score_fields(prefix: str) -> list[pa.Field]:
     ]
 
 
+_SCORE_SUFFIXES = tuple(f.name for f in score_fields(""))  # "_decision", "_confidence", ...
+
+
+def is_score_column(name: str) -> bool:
+    """Whether `name` is one of a head's score columns (under any prefix)."""
+    return name.startswith("s_") and name.endswith(_SCORE_SUFFIXES)
+
+
 def score_column_names(prefix: str) -> list[str]:
     """The six score columns of the head whose column prefix is `prefix`."""
     return [f.name for f in score_fields(prefix)]
 
 
 FILES_SCHEMA = pa.schema([
-    pa.field("path", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False, metadata=PRIMARY_KEY),
     pa.field("id", pa.string()),
     pa.field("size", pa.int64()),
     pa.field("mtime_ns", pa.int64()),
@@ -132,7 +168,7 @@ FILES_SCHEMA = pa.schema([
 ])
 
 FAILURES_SCHEMA = pa.schema([
-    pa.field("path", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False, metadata=PRIMARY_KEY),
     pa.field("size", pa.int64()),
     pa.field("mtime_ns", pa.int64()),
     pa.field("reason", pa.string()),
@@ -140,7 +176,7 @@ FAILURES_SCHEMA = pa.schema([
 ])
 
 HEADS_SCHEMA = pa.schema([
-    pa.field("name", pa.string(), nullable=False),
+    pa.field("name", pa.string(), nullable=False, metadata=PRIMARY_KEY),
     pa.field("prefix", pa.string()),
     pa.field("fingerprint", pa.string()),
     pa.field("pool_fingerprint", pa.string()),
@@ -151,14 +187,14 @@ HEADS_SCHEMA = pa.schema([
 ])
 
 LABELS_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),
+    pa.field("id", pa.string(), nullable=False, metadata=PRIMARY_KEY),
     pa.field("label", pa.string()),
     pa.field("source", pa.string()),
     pa.field("imported_at", TIMESTAMP),
 ])
 
 META_SCHEMA = pa.schema([
-    pa.field("key", pa.string(), nullable=False),
+    pa.field("key", pa.string(), nullable=False, metadata=PRIMARY_KEY),
     pa.field("value", pa.string()),
 ])
 
@@ -177,3 +213,22 @@ def new_prefix(name: str, taken: set[str]) -> str:
     while f"{base}_{n}" in taken:
         n += 1
     return f"{base}_{n}"
+
+
+def path_to_column(path: str) -> str:
+    """A file path as a path column stores it: itself when it is valid UTF-8, else its file: URI
+    (see the module's notes). `path` is as Python's os functions give it: bytes that are not
+    UTF-8 as surrogate escapes."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        if not path.startswith(_URI):
+            return path
+    return _URI + quote(os.fsencode(path), safe="/")
+
+
+def path_from_column(text: str) -> str:
+    """The file path a path column's `text` stands for (the inverse of `path_to_column`)."""
+    return os.fsdecode(unquote_to_bytes(text[len(_URI):])) if text.startswith(_URI) else text

@@ -17,6 +17,7 @@ from faramir.decision import decide
 from store import schema
 from store.db import Cache
 from store.errors import QueryError
+from store.gaps import warn_unscored
 
 T = TypeVar("T")
 
@@ -27,12 +28,14 @@ def read_columns(prefix: str) -> list[str]:
 
 
 def resolve(cache: Cache, head: str):
-    """(column prefix of registered head `head`, the images table as a Lance dataset holding them)."""
+    """(column prefix of registered head `head`, the images table as a Lance dataset holding them).
+    Rows the head has not scored are left out of every query: an `UnscoredRows` warning says so."""
     prefix = cache.head(head)["prefix"]
     ds = cache.dataset(schema.IMAGES)
     if f"{prefix}_confidence" not in ds.schema.names:
         raise QueryError(f"head {head!r} is registered but its columns ({prefix}_*) are missing from "
                          f"{cache.uri}; rescore it with 'faramir rescore --head FILE --name {head}'")
+    warn_unscored(cache, head, prefix, ds)
     return prefix, ds
 
 

@@ -103,16 +103,21 @@ def finetune(
     val_fraction: float = 0.2,
     seed: int = 0,
     on_epoch: Callable | None = None,
+    force: bool = False,
 ) -> FinetuneOutcome:
     """Finetune `base` (a registered head name or a checkpoint file) on the labelled cached images,
     keep the best epoch by validation MCC, write `out` in upstream's key format, and (with `name`)
-    score the cache with it. `on_epoch` sees every epoch's report (epoch 0: the base head)."""
+    score the cache with it. `on_epoch` sees every epoch's report (epoch 0: the base head). An
+    existing `out` is refused, before any training, unless `force`."""
     import torch
 
     from faramir.checkpoints import save_state_dict, split_faramir_checkpoint, trained_state_dict
     from faramir.finetune import Finetuner
     from faramir.head import FaramirHead
 
+    exists = TuningError(f"{out} exists; choose another --out, or pass --force to overwrite it")
+    if not force and (Path(out).exists() or Path(out).is_symlink()):
+        raise exists
     cache = Cache.open(db)
     _, ap, ae, q, targets, _ = training_data(cache)
     base_state, description = base_checkpoint(cache, base)
@@ -129,7 +134,10 @@ def finetune(
         if on_epoch is not None:
             on_epoch(report)
     state = trained_state_dict(base_state, head)
-    save_state_dict(state, out)
+    try:
+        save_state_dict(state, out, overwrite=force)
+    except FileExistsError:  # it appeared while training
+        raise exists from None
     if name is not None:
         from store.rescoring import rescore
 

@@ -79,5 +79,11 @@ def boundary_confidences(rng: np.random.Generator, n_random: int = 200) -> np.nd
     return np.asarray(values, np.float32)
 
 
+def errors(result) -> list[str]:
+    """A CLI result's stderr lines but the warning that every command reading a cache built from
+    generated weights gives (tests/test_generated_cache.py): every test cache is one."""
+    return [line for line in result.stderr.splitlines() if "was built from GENERATED weights" not in line]
+
+
 def logit(p: float) -> float:
     return math.log(p / (1 - p))

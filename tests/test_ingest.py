@@ -237,7 +237,7 @@ def test_cached_scores_equal_assess_jsonl(tmp_path, tiny_weights, tiny_model):
     assert row["size"] == paths[0].stat().st_size
 
 
-def test_cli_ingest_reports_failures_and_exits_0_and_failures_lists_them(tmp_path, tiny_weights):
+def test_cli_ingest_reports_failures_and_exits_3_and_failures_lists_them(tmp_path, tiny_weights):
     imgs = tmp_path / "imgs"
     write_images(imgs, 2)
     (imgs / "broken.png").write_bytes(b"nope")
@@ -245,15 +245,19 @@ def test_cli_ingest_reports_failures_and_exits_0_and_failures_lists_them(tmp_pat
     args = ["ingest", str(imgs), "--db", str(db), "--weights-dir", str(tiny_weights), "--device", "cpu",
             "--workers", "0"]
     result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # as `faramir assess`: some files could not be read
     assert "GENERATED" in result.stderr
     assert f"Failed: {os.path.abspath(imgs / 'broken.png')}: not an image format" in result.stderr
     assert "Ingested 3 files" in result.stderr and "2 new" in result.stderr and "1 failed" in result.stderr
     assert result.stdout == ""
 
     result = runner.invoke(app, args)
-    assert result.exit_code == 0 and "0 new, 2 unchanged" in result.stderr
+    assert result.exit_code == 3 and "0 new, 2 unchanged" in result.stderr
     assert "--retry-failed" in result.stderr
+
+    (imgs / "broken.png").unlink()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "0 new, 2 unchanged, 0 duplicate, 0 failed" in result.stderr
 
     result = runner.invoke(app, ["failures", "--db", str(db), "--format", "jsonl"])
     assert result.exit_code == 0, result.output
@@ -290,3 +294,23 @@ def test_ingest_indexes_the_filter_columns_and_keeps_them_current(tmp_path, tiny
 
     again = ingest_all([tmp_path / "a"], db=db, model=tiny_model, workers=0)  # nothing new: nothing to do
     assert again.indexed == []
+
+
+def test_a_model_that_fails_to_load_leaves_no_cache_behind(tmp_path):
+    from faramir.errors import WeightsNotFound
+
+    write_images(tmp_path / "imgs", 2)
+    db = tmp_path / "new.lancedb"
+    with pytest.raises(WeightsNotFound):
+        ingest_all([tmp_path / "imgs"], db=db, weights_dir=tmp_path / "no-weights", device="cpu", workers=0)
+    assert not db.exists()
+    result = runner.invoke(app, ["ingest", str(tmp_path / "imgs"), "--db", str(db), "--weights-dir",
+                                 str(tmp_path / "no-weights"), "--device", "cpu", "--workers", "0"])
+    assert result.exit_code == 1 and "FARAMIR weights missing" in result.stderr
+    assert not db.exists()
+
+
+def test_an_ingest_that_finds_nothing_creates_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    s = ingest_all([tmp_path / "empty"], db=tmp_path / "db", model=never_load, workers=0)
+    assert (s.found, s.new) == (0, 0) and not (tmp_path / "db").exists()

@@ -24,7 +24,7 @@ from store.indexes import ensure_indexes, index, list_indexes
 from store.neighbours import similar
 from store.query import count, stats, top
 from tests.synthetic import row_id
-from tests.stage2_helpers import ACCEPT, REJECT, boundary_confidences, hand_cache, tiny_cache
+from tests.stage2_helpers import ACCEPT, REJECT, boundary_confidences, errors, hand_cache, tiny_cache
 
 runner = CliRunner()
 THRESHOLDS = (0.0, 0.1, 0.25, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -394,10 +394,54 @@ def test_cli_errors_are_one_line(synth):
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: unknown label fantasy; valid labels: {', '.join(LABELS)}"
     result = runner.invoke(app, ["similar", "nothing-here.png", "--db", synth.uri])
-    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.exit_code == 1 and len(errors(result)) == 1
 
 
 def test_cli_export_exit_status_3_when_sources_are_gone(synth, tmp_path):
     result = runner.invoke(app, ["export", str(tmp_path / "out"), "--db", synth.uri, "--limit", "3"])
     assert result.exit_code == 3
     assert result.stderr.count("source file missing") == 3
+
+
+# -- scores that are not numbers ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def with_nan(tmp_path_factory):
+    """Ten rows, six of them with a NaN confidence (a head over a NaN vector gives one)."""
+    nan = float("nan")
+    conf = np.array([0.9, nan, 0.8, nan, 0.3, nan, nan, 0.6, nan, nan], np.float32)
+    cache = hand_cache(tmp_path_factory.mktemp("nan") / "db", conf, [ACCEPT[0]] * 10, [REJECT[0]] * 10)
+    ids = cache.images().to_arrow().column("id").to_pylist()
+    return cache, conf, ids
+
+
+def test_top_with_nan_scores_ranks_them_last_and_still_fills_the_limit(with_nan):
+    cache, conf, ids = with_nan
+    finite = sorted((c, i) for c, i in zip(conf, ids) if not np.isnan(c))
+    nan_ids = {i for c, i in zip(conf, ids) if np.isnan(c)}
+    best = top(cache, limit=8)
+    assert len(best) == 8
+    assert best.column("id").to_pylist()[:4] == [i for _, i in reversed(finite)]
+    assert set(best.column("id").to_pylist()[4:]) <= nan_ids
+    worst = top(cache, limit=6, descending=False)
+    assert worst.column("id").to_pylist()[:4] == [i for _, i in finite]
+    assert len(top(cache, limit=None)) == 10 and len(top(cache, limit=3)) == 3
+
+
+def test_nan_is_never_accepted_in_any_query(with_nan):
+    cache, conf, ids = with_nan
+    accepted = {i for c, i in zip(conf, ids) if c > 0.5}
+    assert count(cache, accepted=True) == 3 and count(cache, accepted=False) == 7
+    assert set(top(cache, accepted=True, limit=None).column("id").to_pylist()) == accepted
+    assert len(top(cache, accepted=False, limit=None)) == 7
+    assert count(cache, min_confidence=0.0) == 4 and count(cache, max_confidence=1.0) == 4
+    assert count(cache, labels=[ACCEPT[0]]) == 3 and count(cache, labels=[REJECT[0]]) == 7
+    table = top(cache, limit=None)
+    for row in table.to_pylist():
+        assert row["accepted"] is (row["id"] in accepted)
+    s = stats(cache, threshold=0.5)
+    assert (s.total, s.accepted, s.rejected) == (10, 3, 7)
+    assert {r["threshold"]: r["accepted"] for r in s.sweep}[0.05] == 4
+    near = similar(ids[0], cache, k=10, accepted=True, exact=True)
+    assert set(near.column("id").to_pylist()) == accepted

@@ -27,7 +27,7 @@ from store.query import top
 from store.rescoring import rescore
 from store.scoring import head_outputs, vectors
 from tests.synthetic import row_id
-from tests.stage2_helpers import head_file, tiny_cache
+from tests.stage2_helpers import errors, head_file, tiny_cache
 
 runner = CliRunner()
 EMBEDDING_FIELDS = ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features")
@@ -152,7 +152,7 @@ def test_a_head_with_another_pool_is_refused_and_says_how_to_rebuild(cache, tmp_
     )
     assert [h.name for h in list_heads(cache)] == ["faramir-v1"]
     result = runner.invoke(app, ["rescore", "--db", cache.uri, "--head", str(other), "--name", "other"])
-    assert result.exit_code == 1 and result.stderr.startswith("Error: ") and len(result.stderr.splitlines()) == 1
+    assert result.exit_code == 1 and len(errors(result)) == 1 and errors(result)[0].startswith("Error: ")
 
 
 def test_full_and_head_only_checkpoints_score_like_the_head_run_by_hand(cache, tmp_path):
@@ -297,5 +297,15 @@ def test_cli_rescore_heads_list_and_rm(cache, tmp_path):
     result = runner.invoke(app, ["heads", "rm", "cli", "--db", cache.uri])
     assert result.exit_code == 0 and "Removed head cli" in result.stderr
     result = runner.invoke(app, ["heads", "rm", "cli", "--db", cache.uri])
-    assert result.exit_code == 1 and result.stderr.startswith("Error: no head named 'cli'")
+    assert result.exit_code == 1 and errors(result)[0].startswith("Error: no head named 'cli'")
     assert row_id(0, 0) in {r["id"] for r in top(cache, limit=None).to_pylist()}
+
+
+def test_the_default_head_cannot_be_removed(cache):
+    with pytest.raises(HeadError, match=r"^faramir-v1 is the default head .*; it cannot be removed\. "
+                                        r"To replace its scores, run 'faramir rescore --head FILE --name faramir-v1'$"):
+        remove_head(schema.DEFAULT_HEAD, cache)
+    result = runner.invoke(app, ["heads", "rm", schema.DEFAULT_HEAD, "--db", cache.uri])
+    assert result.exit_code == 1 and "cannot be removed" in result.stderr
+    assert [h.name for h in list_heads(cache)][0] == schema.DEFAULT_HEAD
+    assert len(top(cache, limit=None)) == 600  # the default queries still work

@@ -104,3 +104,20 @@ def test_labels_rm(cache, labelled):
     assert result.exit_code == 0 and "2 labels removed." in result.stderr
     assert len(cli("labels", "list", "--db", db, "--format", "jsonl").stdout.splitlines()) == 38
     assert cli("labels", "rm", "--db", db).exit_code != 0  # says what to name
+
+
+def test_finetune_never_overwrites_its_output_without_force(cache, labelled, tmp_path):
+    from store.errors import TuningError
+    from store.tuning import finetune
+
+    db, _ = cache
+    out = tmp_path / "tuned.pth"
+    out.write_bytes(b"a curator's earlier checkpoint")
+    result = cli("finetune", "--db", db, "--out", out, "--epochs", "1")
+    assert result.exit_code == 1 and out.read_bytes() == b"a curator's earlier checkpoint"
+    assert result.stderr.strip() == f"Error: {out} exists; choose another --out, or pass --force to overwrite it"
+    with pytest.raises(TuningError, match="pass --force to overwrite it"):
+        finetune("faramir-v1", out, db=db, epochs=1)
+    result = cli("finetune", "--db", db, "--out", out, "--epochs", "1", "--force")
+    assert result.exit_code == 0, result.output
+    assert len(torch.load(out, weights_only=True)) == 39

@@ -1,8 +1,10 @@
 """`ingest`: plan, run, write, and end-of-run housekeeping; the one entry point of stage one.
 
 The driver plans (`plan`), loads the model only when some file has to be read, runs the plan
-(`run`, the model thread) while a writer thread commits (`write`), and finally compacts and
-indexes what it touched. An ingest that finds nothing new never imports torch and touches nothing.
+(`run`, the model thread) while a writer thread commits (`write`), then scores any row a head
+has not scored (`store.gaps`), and finally compacts and indexes what it touched. An ingest that
+finds nothing new never imports torch and touches nothing; a cache is created only once the
+model has loaded, so a run that cannot load it leaves no empty cache behind.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from datetime import timedelta
 from faramir.config import PRECISIONS
 from faramir.errors import InputError
 from faramir.sources import discover
-from store.db import Cache, default_db
-from store.errors import disk_full
+from store import schema
+from store.db import Cache, default_db, is_conflict, retrying
+from store.errors import NoCache, disk_full
 from store.ingestion.events import IngestEvent, IngestPlan, IngestSummary
 from store.ingestion.plan import make_plan
 
@@ -84,27 +87,39 @@ def ingest(
     started = time.monotonic()
     sources = discover([os.fspath(p) for p in paths], recursive,
                        os.fspath(file_list) if file_list is not None else None)
-    cache = Cache.open(db, create=True)
-    known = cache.ids()
-    plan = make_plan(cache, sources, known, retry_failed)
-    yield IngestPlan(cache.uri, plan.found, len(plan.to_read), plan.unchanged, len(plan.skipped))
+    cache, known, plan, uri = _plan(db, sources, retry_failed)
+    yield IngestPlan(uri, plan.found, len(plan.to_read), plan.unchanged, len(plan.skipped))
 
     run = writer = None
     compute_s = 0.0
     if plan.to_read:
         options = {"precision": precision, "commit_every": commit_every, "commit_seconds": commit_seconds}
+        model = _load(model, weights_dir, device if ray is None else "cpu", precision)
+        cache = Cache.open(db if cache is None else cache, create=True)  # only now: the model loaded
         if ray is None:
-            run = _local_run(cache, plan, known, _load(model, weights_dir, device, precision), options)
+            run = _local_run(cache, plan, known, model, options)
         else:
-            run = _ray_run(cache, plan, known, _load(model, weights_dir, "cpu", precision), ray, device, options)
+            run = _ray_run(cache, plan, known, model, ray, device, options)
         writer = run.writer
         compute_started = time.monotonic()
         yield from run.progress(batch_size, workers)
         compute_s = time.monotonic() - compute_started
-    elif cache.has_images() and not cache.get_meta("experts_fingerprint"):
+    elif cache is not None and cache.has_images() and not cache.get_meta("experts_fingerprint"):
         _reclaim(cache, _load(model, weights_dir, device, precision))
     compacted, indexed = _housekeeping(cache, writer.touched if writer is not None else set())
-    yield _summary(cache.uri, plan, run, writer, time.monotonic() - started, compute_s, compacted, indexed)
+    yield _summary(uri, plan, run, writer, time.monotonic() - started, compute_s, compacted, indexed)
+
+
+def _plan(db, sources, retry_failed: bool):
+    """(the cache at `db` or None where there is none yet, its cached ids, the plan, the cache's
+    location). Nothing is made here: a cache is made once the model has loaded."""
+    try:
+        cache = Cache.open(db, warn_generated=False)
+    except NoCache:
+        cache = None
+    known = cache.ids() if cache is not None else set()
+    uri = cache.uri if cache is not None else os.fspath(db) if db is not None else default_db()
+    return cache, known, make_plan(cache, sources, known, retry_failed), uri
 
 
 def _reclaim(cache: Cache, model) -> None:
@@ -135,26 +150,37 @@ def _ray_run(cache: Cache, plan, known: set[str], model, address: str, device: s
 
 def _summary(db: str, plan, run, writer, elapsed_s: float, compute_s: float, compacted: list[str],
              indexed: list[str]) -> IngestSummary:
-    """The counts of a finished ingest: the plan's, the run's and the writer's (a resumed run
-    finds some paths already listed: those count as unchanged, not duplicate)."""
+    """The counts of a finished ingest: the plan's, the run's and the writer's. They are what this
+    run committed: a row another process inserted first is not new here (its path counts as
+    unchanged if that process listed it too, else as a duplicate), and a path already listed
+    (a resumed run, or another process) counts as unchanged, not duplicate."""
     counts = run.counts if run is not None else {"new": 0, "known": 0, "touched": 0, "duplicate": 0}
     already = writer.already_listed if writer is not None else 0
+    lost = getattr(writer, "lost_inserts", 0)
     failures = plan.skipped + (run.failures if run is not None else [])
     return IngestSummary(
-        db=db, found=plan.found, new=counts["new"],
+        db=db, found=plan.found, new=counts["new"] - lost,
         unchanged=plan.unchanged + counts["touched"] + already,
-        duplicate=counts["duplicate"] + counts["known"] - already,
+        duplicate=counts["duplicate"] + counts["known"] + lost - already,
         failed=len(failures), failures=failures,
         elapsed_s=elapsed_s, compute_s=compute_s, compacted=compacted, indexed=indexed,
     )
 
 
-def _housekeeping(cache: Cache, touched: set[str]) -> tuple[list[str], list[str]]:
-    """(tables compacted, columns indexed) after a run that wrote to the `touched` tables: each
-    table compacted once it holds `COMPACT_AT` small fragments (versions younger than
-    `KEEP_VERSIONS` kept: a power cut can leave a broken latest manifest, and an older version is
-    the way back), then the indexes brought up to date (`store.indexes.ensure_indexes`), so a
-    collection grown by ingest alone is indexed like a rescored one. Nothing when nothing changed."""
+def _housekeeping(cache: Cache | None, touched: set[str]) -> tuple[list[str], list[str]]:
+    """(tables compacted, columns indexed) after a run that wrote to the `touched` tables: first
+    every row a registered head has not scored gets its scores (`store.gaps`: a rescore raced this
+    run, or an earlier run was killed before doing this); then each table is compacted once it
+    holds `COMPACT_AT` small fragments (versions younger than `KEEP_VERSIONS` kept: a power cut
+    can leave a broken latest manifest, and an older version is the way back), and the indexes
+    brought up to date (`store.indexes.ensure_indexes`), so a collection grown by ingest alone is
+    indexed like a rescored one. Nothing when nothing changed."""
+    if cache is None:
+        return [], []
+    from store.gaps import fill_gaps
+
+    if fill_gaps(cache):
+        touched = touched | {schema.IMAGES}
     if not touched:
         return [], []
     from store.indexes import ensure_indexes
@@ -163,9 +189,20 @@ def _housekeeping(cache: Cache, touched: set[str]) -> tuple[list[str], list[str]
     for name in sorted(touched):
         table = cache.table(name)
         if table.stats()["fragment_stats"]["num_small_fragments"] >= COMPACT_AT:
-            table.optimize(cleanup_older_than=KEEP_VERSIONS)
-            compacted.append(name)
-    return compacted, ensure_indexes(cache)
+            if _unless_contested(lambda: table.optimize(cleanup_older_than=KEEP_VERSIONS) or True, False):
+                compacted.append(name)
+    return compacted, _unless_contested(lambda: ensure_indexes(cache), [])
+
+
+def _unless_contested(housekeeping, otherwise):
+    """`housekeeping()`, or `otherwise` when other processes writing the cache keep winning its
+    commit: compaction and indexes are what the next run does too, never worth failing a run."""
+    try:
+        return retrying(housekeeping, attempts=3)
+    except Exception as ex:
+        if not is_conflict(ex):
+            raise
+        return otherwise
 
 
 def _load(model, weights_dir, device, precision):

@@ -68,7 +68,8 @@ class FragmentWriter(Writer):
             lance.LanceDataset.commit(self.uri, lance.LanceOperation.Append(fragments), read_version=latest)
             self.touched.add(schema.IMAGES)
         if raced:  # as the local writer does when another process inserted an id first
-            self.append_paths(raced, count=False)
+            self.lost_inserts += len(raced)
+            self.append_paths(raced)
 
     def _drop_raced(self, chunk: FragmentChunk) -> dict[str, list[tuple[str, int]]]:
         """Drop the rows whose content another process committed since this writer last looked;

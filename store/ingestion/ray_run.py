@@ -45,6 +45,7 @@ from store.ingestion.fragments import Fragment, FragmentChunk, FragmentWriter
 from store.ingestion.plan import Plan
 from store.ingestion.ray_cluster import connect, our_error
 from store.ingestion.run import Run
+from store.schema import path_from_column
 
 FRAGMENT_ROWS = 256  # files per fragment task at most with GPUs (~2.5 MB of rows at full size)
 CPU_FRAGMENT_ROWS = 32  # ...and without: Ray hands a fragment task its files only once it has
@@ -115,7 +116,7 @@ class RayRun(Run):
         compute, gpus, actor_device = _actors(self.device)
         # One block per read task, of READ_FILES files: model batches then hold the files a local
         # ingest batches together (with a batch size dividing READ_FILES), so the embeddings are its.
-        runs = [{"first": i, "paths": [src.path for src in files[i:i + ray_tasks.READ_FILES]]}
+        runs = [{"first": i, "paths": [src.display for src in files[i:i + ray_tasks.READ_FILES]]}
                 for i in range(0, len(files), ray_tasks.READ_FILES)]
         ds = ray.data.from_items(runs, override_num_blocks=len(runs))
         ds = ds.map_batches(ray_tasks.read_files, batch_format="pyarrow", num_cpus=1, fn_kwargs={
@@ -135,7 +136,7 @@ class RayRun(Run):
     def _apply_output(self, out: pa.Table) -> list[str]:
         """One block of results. Ray hands over whatever is ready, up to all the files of a fast
         run at once, so a chunk is committed when due between two of its fragments."""
-        records = [Item(r["index"], Source(r["path"], r["path"]), r["size"], r["mtime_ns"], r["sha256"],
+        records = [Item(r["index"], Source(path_from_column(r["path"]), r["path"]), r["size"], r["mtime_ns"], r["sha256"],
                         error=r["error"], known=r["known"], warnings=r["warnings"] or [])
                    for r in out.select(ray_tasks.RECORD_SCHEMA.names).to_pylist()]
         fragments = [pickle.loads(c) for c in out.column("fragment").to_pylist() if c is not None]
@@ -149,11 +150,11 @@ class RayRun(Run):
         for metadata, indexes in fragments:
             self._fragment(metadata, [by_index[i] for i in indexes])
             self._commit_if_due()
-        return [f"{it.source.path}: {w}" for it in records for w in it.warnings]
+        return [f"{it.source.display}: {w}" for it in records for w in it.warnings]
 
     def _fragment(self, metadata, items: list[Item]) -> None:
         """A fragment: its rows' files are new, and the later copies waiting for them duplicates."""
-        f = Fragment(metadata, [(it.sha256, it.source.path, it.mtime_ns) for it in items])
+        f = Fragment(metadata, [(it.sha256, it.source.display, it.mtime_ns) for it in items])
         for pos, it in enumerate(items):
             if it.sha256 in self.known or it.sha256 in self.in_run:  # only a retried task could repeat one
                 f.drop.add(pos)

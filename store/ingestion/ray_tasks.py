@@ -25,6 +25,7 @@ from faramir.decoding import Item, read_item
 from faramir.preprocess import ImageFacts
 from faramir.sources import Source
 from store.errors import ExpertsMismatch
+from store.schema import path_from_column
 from store.ingestion.write import EMBEDDING_FIELDS, image_row, images_table
 
 READ_FILES = 32  # files per read task: its scheduling is small against reading and decoding them
@@ -64,7 +65,7 @@ def read_files(batch: pa.Table, known: np.ndarray, claims, res: tuple[int, int])
     """Read task over runs of files (a row: the index of the first, and the paths)."""
     import ray
 
-    items = [read_item(first + j, Source(p, p), lambda h: has(known, h), res)
+    items = [read_item(first + j, Source(path_from_column(p), p), lambda h: has(known, h), res)
              for first, paths in zip(batch.column("first").to_pylist(), batch.column("paths").to_pylist())
              for j, p in enumerate(paths)]
     decoded = [it for it in items if it.xb is not None]
@@ -75,7 +76,7 @@ def read_files(batch: pa.Table, known: np.ndarray, claims, res: tuple[int, int])
                 it.xb = it.xq = None
     facts = [it.facts if it.xb is not None else None for it in items]
     columns = {
-        "index": [it.index for it in items], "path": [it.source.path for it in items],
+        "index": [it.index for it in items], "path": [it.source.display for it in items],
         "size": [it.size for it in items], "mtime_ns": [it.mtime_ns for it in items],
         "sha256": [it.sha256 for it in items], "error": [it.error for it in items],
         "known": [it.known for it in items], "warnings": [it.warnings for it in items],
@@ -165,7 +166,7 @@ def write_fragments(batch: pa.Table, uri: str, images_schema: pa.Schema, scorers
     cells: list[bytes | None] = [None] * batch.num_rows
     new = batch.filter(computed)
     if new.num_rows:
-        items = [Item(r["index"], Source(r["path"], r["path"]), r["size"], r["mtime_ns"], r["sha256"],
+        items = [Item(r["index"], Source(path_from_column(r["path"]), r["path"]), r["size"], r["mtime_ns"], r["sha256"],
                       ImageFacts(r["width"], r["height"], r["format"], r["mode"]))
                  for r in new.select(["index", "path", "size", "mtime_ns", "sha256", "width", "height",
                                       "format", "mode"]).to_pylist()]

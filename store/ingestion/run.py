@@ -2,7 +2,8 @@
 content only, and finished batches become chunks for the writer (`store.ingestion.write`).
 
 Content seen twice in one run is computed once; content already cached is never decoded (the
-workers are given the cached ids). On CUDA the batch arrives in pinned memory and the next batch
+workers are given the cached ids). A source is opened by its `path` and recorded (rows, files,
+failures, messages) by its `display`, the path's column text (see `store.ingestion.plan`). On CUDA the batch arrives in pinned memory and the next batch
 is launched before the previous one's results are copied back.
 """
 
@@ -111,7 +112,7 @@ class Run:
         for it in batch.others:
             records.append(("failed", it) if it.error else (self._known_kind(it), it))
         for row, it in enumerate(batch.items):
-            warned.extend(f"{it.source.path}: {w}" for w in it.warnings)
+            warned.extend(f"{it.source.display}: {w}" for w in it.warnings)
             if it.sha256 in self.known:
                 records.append((self._known_kind(it), it))
             elif it.sha256 in self.in_run:
@@ -151,26 +152,26 @@ class Run:
             self._failed(it)
             return
         if kind not in ("new", "touched"):
-            self.chunk.add_path(it.sha256, it.source.path, it.mtime_ns)
+            self.chunk.add_path(it.sha256, it.source.display, it.mtime_ns)
         self._file_read(it)
         self.counts[kind] += 1
 
     def _file_read(self, it: Item) -> None:
         """A file that read fine: its files row, and its failure (if it had one) forgotten."""
-        self.chunk.files.append({"path": it.source.path, "id": it.sha256, "size": it.size, "mtime_ns": it.mtime_ns})
+        self.chunk.files.append({"path": it.source.display, "id": it.sha256, "size": it.size, "mtime_ns": it.mtime_ns})
         if self.plan.entries[it.index].was_failure:
-            self.chunk.cleared_failures.append(it.source.path)
+            self.chunk.cleared_failures.append(it.source.display)
 
     def _failed(self, it: Item) -> None:
         entry = self.plan.entries[it.index]
         size, mtime = (it.size, it.mtime_ns) if it.sha256 else (entry.size, entry.mtime_ns)
         now = datetime.now(timezone.utc)
         reason = it.error or "not decoded"
-        self.chunk.failures.append({"path": it.source.path, "size": size, "mtime_ns": mtime,
+        self.chunk.failures.append({"path": it.source.display, "size": size, "mtime_ns": mtime,
                                     "reason": reason, "failed_at": now})
-        self.failures.append(FailedFile(it.source.path, reason, now))
+        self.failures.append(FailedFile(it.source.display, reason, now))
         if entry.prev_id is not None:
-            self.chunk.dropped_files.append(it.source.path)
+            self.chunk.dropped_files.append(it.source.display)
         self.counts["failed"] += 1
 
     def _commit_if_due(self, force: bool = False) -> None:

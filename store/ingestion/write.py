@@ -6,12 +6,22 @@ on the id: a rerun can never duplicate one), new paths of known content, then ``
 removed for files that now read fine, then ``files`` rows, then new ``failures`` rows. A SIGKILL
 between two commits leaves rows whose ``files`` entry is missing; the rerun reads those files
 again, finds their content cached, and only adds the ``files`` rows.
+
+Other processes may write the cache meanwhile. A row another ingest inserted first is not
+inserted again (and not counted as new: `Writer.lost_inserts`); its paths are appended to that
+row instead, each append a read-modify-write that Lance commits only if no other commit changed
+the row since the read (else it is read again), so two runs never drop each other's paths. The
+images table's columns are checked before every chunk: a head that a rescore added scores the
+chunk's rows from then on, and a head that was removed or replaced is no longer written.
 """
 
 from __future__ import annotations
 
 import queue
+import random
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +32,7 @@ import pyarrow as pa
 from faramir.checkpoints import head_from_bytes, head_to_bytes
 from faramir.weights import FARAMIR_FILE
 from store import schema
-from store.db import Cache, ensure_primary_key, sql_in
+from store.db import RETRIES, Cache, ensure_primary_key, is_conflict, retrying, sql_in
 from store.errors import ExpertsMismatch
 from store.scoring import HeadScorer, fixed_size_list
 
@@ -30,26 +40,22 @@ EMBEDDING_FIELDS = (  # ExpertOutputs attribute = images column
     "faramir_embedding", "siglip_embedding", "aesthetic_features", "aesthetic_score",
     "quality_features",
 )
+SCHEMA_ATTEMPTS = 5  # tries of a chunk's insert while rescores and heads rm change the score columns
 FACT_COLUMNS = ("id", "paths", "size", "mtime_ns", "width", "height", "format", "mode",
                 "experts_fingerprint", "precision")
 
 
 def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, HeadScorer]]:
-    """Check the cache was built with these experts (or claim an empty one), make sure the
-    images table exists, and return its schema and the heads that score new rows (prefix → scorer)."""
+    """Check the cache was built with these experts (or claim an empty one: the first of several
+    processes claiming it at once wins, the others are checked against it), make sure the images
+    table exists, and return its schema and the heads that score new rows (prefix → scorer)."""
     info = model.info
-    claimed = cache.get_meta("experts_fingerprint")
-    built_with = claimed or _rows_fingerprint(cache)
-    if built_with and built_with != info.experts_fingerprint:
-        raise ExpertsMismatch(
-            f"{cache.uri} was built with other expert weights or preprocessing (experts "
-            f"fingerprint {built_with[:12]}, these weights {info.experts_fingerprint[:12]}); "
-            f"its vectors cannot be mixed with new ones. Ingest into another cache with "
-            f"--db DIR, or use the weights it was built with"
-        )
-    if not claimed:
-        cache.set_meta(config=info.config.to_json(), experts_fingerprint=info.experts_fingerprint,
+    if not cache.get_meta("experts_fingerprint"):
+        _check_experts(cache, info, _rows_fingerprint(cache))  # a claim a power cut lost: the rows say
+        cache.set_meta(replace=False, config=info.config.to_json(), experts_fingerprint=info.experts_fingerprint,
                        pool_fingerprint=info.pool_fingerprint, weights_generated=info.generated or "")
+    if _check_experts(cache, info, cache.get_meta("experts_fingerprint")):
+        cache.set_meta(experts_fingerprint=info.experts_fingerprint)  # recorded the old way: relabelled
     if not cache.has_images():
         registered = cache.heads()
         if not any(h["name"] == schema.DEFAULT_HEAD for h in registered):
@@ -63,20 +69,49 @@ def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, HeadScorer]]:
         cache.create_images(info.config, [h["prefix"] for h in cache.heads()])
     images = cache.images()
     ensure_primary_key(images, "id")
-    names = set(images.schema.names)
+    return images.schema, scorers_for(cache, images.schema, {})
+
+
+def _check_experts(cache: Cache, info, built_with: str | None) -> bool:
+    """Raise ExpertsMismatch unless the cache's vectors (`built_with`, None: none yet) are these
+    experts'; True when they are, but recorded the old way (`file_bytes_experts_fingerprint`)."""
+    if not built_with or built_with == info.experts_fingerprint:
+        return False
+    from faramir.errors import FaramirError
+    from faramir.weights import file_bytes_experts_fingerprint
+
+    try:
+        if built_with == file_bytes_experts_fingerprint(info.weights_dir):
+            return True
+    except (OSError, FaramirError):
+        pass
+    raise ExpertsMismatch(
+        f"{cache.uri} was built with other expert weights or preprocessing (experts "
+        f"fingerprint {built_with[:12]}, these weights {info.experts_fingerprint[:12]}); "
+        f"its vectors cannot be mixed with new ones. Ingest into another cache with "
+        f"--db DIR, or use the weights it was built with"
+    )
+
+
+def scorers_for(cache: Cache, images_schema: pa.Schema, have: dict[str, HeadScorer]) -> dict[str, HeadScorer]:
+    """A scorer (prefix → HeadScorer) for every registered head whose columns `images_schema`
+    holds; those in `have` are reused. A head's columns are committed all at once; one scored
+    before schema version 2 has no P_free column, and its new rows get none (`images_table`
+    writes the columns there are)."""
+    names = set(images_schema.names)
     scorers = {}
-    for row in cache.read(schema.HEADS, ["prefix", "checkpoint"]).to_pylist():
-        # A head's columns are committed all at once; one scored before schema version 2 has no
-        # P_free column, and its new rows get none (`images_table` writes the columns there are).
-        if f"{row['prefix']}_confidence" in names:
-            scorers[row["prefix"]] = HeadScorer(head_from_bytes(row["checkpoint"], info.config), 1)
-    return images.schema, scorers
+    for row in cache.heads():
+        prefix = row["prefix"]
+        if f"{prefix}_confidence" in names:
+            scorers[prefix] = have.get(prefix) or HeadScorer(
+                head_from_bytes(cache.head_checkpoint(row["name"]), cache.config()), 1)
+    return scorers
 
 
 def image_row(it, fingerprint: str, precision: str) -> dict:
     """The file facts (`FACT_COLUMNS`) of the new ``images`` row of a decoded `Item`."""
     return {
-        "id": it.sha256, "paths": [it.source.path], "size": it.size, "mtime_ns": it.mtime_ns,
+        "id": it.sha256, "paths": [it.source.display], "size": it.size, "mtime_ns": it.mtime_ns,
         "width": it.facts.width, "height": it.facts.height, "format": it.facts.format,
         "mode": it.facts.mode, "experts_fingerprint": fingerprint, "precision": precision,
     }
@@ -144,12 +179,15 @@ class Writer(threading.Thread):
         self.scorers = scorers
         self.queue: queue.Queue[Chunk | None] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
-        self.already_listed = 0  # path records that images.paths already held (a resumed run)
+        self.already_listed = 0  # path records that images.paths already held (a resumed run, another process)
+        self.lost_inserts = 0  # new rows another process inserted first: not new in this run
         self.touched: set[str] = set()
 
     def put(self, chunk: Chunk) -> None:
         self.check()
         if not self.is_alive():
+            if sys.is_finalizing():  # an ingest left unfinished, closed at exit: no thread can start now
+                return  # the chunk is lost, as in a kill; a rerun computes it again
             self.start()  # late, so decode workers fork before this thread exists
         self.queue.put(chunk)
 
@@ -179,13 +217,39 @@ class Writer(threading.Thread):
     def commit_images(self, chunk: Chunk, now: datetime) -> None:
         """The chunk's new ``images`` rows, one atomic commit (a Ray ingest appends fragments)."""
         if chunk.rows:
-            rows = images_table(self.images_schema, self.scorers, chunk.rows, chunk.arrays, now)
-            result = self.cache.images().merge_insert("id").when_not_matched_insert_all().execute(rows)
+            inserted = self.insert(chunk, now)
             self.touched.add(schema.IMAGES)
-            if result.num_inserted_rows < len(chunk.rows):
-                # Another process inserted some of these ids first: add our paths to its rows.
-                self.append_paths({r["id"]: [(p, r["mtime_ns"]) for p in r["paths"]] for r in chunk.rows},
-                                  count=False)
+            if inserted < len(chunk.rows):
+                # Another process inserted some of these ids first (its rows have its own
+                # ingested_at): add our paths to its rows.
+                ours = self.cache.images().to_lance().to_table(
+                    columns=["id", "ingested_at"], filter=sql_in("id", chunk.row_of))
+                theirs = {i for i, t in zip(ours["id"].to_pylist(), ours["ingested_at"].to_pylist()) if t != now}
+                self.lost(chunk.rows, theirs)
+
+    def lost(self, rows: list[dict], theirs: set[str]) -> None:
+        """`rows` whose ids in `theirs` another process inserted first: not new here, and their
+        paths go onto that process's rows."""
+        self.lost_inserts += len(theirs)
+        self.append_paths({r["id"]: [(p, r["mtime_ns"]) for p in r["paths"]] for r in rows if r["id"] in theirs})
+
+    def insert(self, chunk: Chunk, now: datetime) -> int:
+        """Insert the chunk's new rows (ids already cached are left alone); returns how many were
+        inserted. Scored with the heads the table has columns for now, checked before each try:
+        a concurrent rescore or heads rm may add or drop score columns at any moment."""
+        for attempt in range(SCHEMA_ATTEMPTS):
+            images = self.cache.images()
+            if images.schema.names != self.images_schema.names:
+                self.images_schema = images.schema
+                self.scorers = scorers_for(self.cache, images.schema, self.scorers)
+            rows = images_table(self.images_schema, self.scorers, chunk.rows, chunk.arrays, now)
+            try:
+                return retrying(lambda: images.merge_insert("id").when_not_matched_insert_all()
+                                .execute(rows).num_inserted_rows)
+            except ValueError:  # "field ... not found": the columns changed between the check and the commit
+                if attempt == SCHEMA_ATTEMPTS - 1 or self.cache.images().schema.names == self.images_schema.names:
+                    raise
+        raise AssertionError("unreachable")
 
     def commit_records(self, chunk: Chunk, now: datetime) -> None:
         """After the images: new paths of cached content, failures cleared, ``files`` rows, new
@@ -204,33 +268,45 @@ class Writer(threading.Thread):
             self.delete_paths(schema.FILES, chunk.dropped_files)
 
     def upsert(self, name: str, key: str, rows: pa.Table) -> None:
-        self.cache.table(name).merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(rows)
+        retrying(lambda: self.cache.table(name).merge_insert(key).when_matched_update_all()
+                 .when_not_matched_insert_all().execute(rows))
         self.touched.add(name)
 
     def delete_paths(self, name: str, paths: list[str]) -> None:
-        self.cache.table(name).delete(sql_in("path", paths))
+        retrying(lambda: self.cache.table(name).delete(sql_in("path", paths)))
         self.touched.add(name)
 
-    def append_paths(self, appends: dict[str, list[tuple[str, int]]], count: bool = True) -> None:
-        """Add paths to the `paths` of rows already committed (a merge of id, paths, mtime_ns)."""
-        current = self.cache.read(schema.IMAGES, ["id", "paths"], sql_in("id", appends))
-        have = dict(zip(current["id"].to_pylist(), current["paths"].to_pylist()))
-        updates = []
-        for content_id, records in appends.items():
-            if content_id not in have:
-                continue  # cannot happen: paths are appended only to ids committed before
-            paths = list(have[content_id] or [])
-            mtime = None
-            for path, mtime_ns in records:
-                if path in paths:
-                    self.already_listed += count
-                else:
-                    paths.append(path)
-                    mtime = mtime_ns
-            if mtime is not None:
-                updates.append({"id": content_id, "paths": paths, "mtime_ns": mtime})
-        if updates:
-            sch = pa.schema([self.images_schema.field(n) for n in ("id", "paths", "mtime_ns")])
-            (self.cache.images().merge_insert("id").when_matched_update_all()
-             .execute(pa.Table.from_pylist(updates, schema=sch)))
-            self.touched.add(schema.IMAGES)
+    def append_paths(self, appends: dict[str, list[tuple[str, int]]]) -> None:
+        """Add paths to the `paths` of rows already committed: read the rows, then merge (id,
+        paths, mtime_ns) into the version read, which Lance refuses if a concurrent commit changed
+        those rows meanwhile (another run appending to the same row); then read and merge again."""
+        sch = pa.schema([self.images_schema.field(n) for n in ("id", "paths", "mtime_ns")])
+        for attempt in range(RETRIES):
+            dataset = self.cache.images().to_lance()  # the latest version
+            current = dataset.to_table(columns=["id", "paths"], filter=sql_in("id", appends))
+            have = dict(zip(current["id"].to_pylist(), current["paths"].to_pylist()))
+            updates, listed = [], 0
+            for content_id, records in appends.items():
+                if content_id not in have:
+                    continue  # cannot happen: paths are appended only to ids committed before
+                paths = list(have[content_id] or [])
+                mtime = None
+                for path, mtime_ns in records:
+                    if path in paths:
+                        listed += 1
+                    else:
+                        paths.append(path)
+                        mtime = mtime_ns
+                if mtime is not None:
+                    updates.append({"id": content_id, "paths": paths, "mtime_ns": mtime})
+            try:
+                if updates:
+                    (dataset.merge_insert("id").when_matched_update_all().conflict_retries(0)
+                     .execute(pa.Table.from_pylist(updates, schema=sch)))
+                    self.touched.add(schema.IMAGES)
+                self.already_listed += listed
+                return
+            except Exception as ex:
+                if not is_conflict(ex) or attempt == RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.05, 0.1) * 2 ** attempt)
