@@ -147,6 +147,17 @@ def _rows_fingerprint(cache: Cache) -> str | None:
     return rows.column(0)[0].as_py() if len(rows) else None
 
 
+def insert_new(images, rows: pa.Table):
+    """Insert the rows whose id the images table (a LanceDB table) lacks; LanceDB's MergeResult.
+
+    The merge is not planned on the id index: Lance 13 checks a merge planned on a scalar index
+    against the version it read, not against rows another writer committed since, so two ingests
+    committing the same new content both inserted it (bench/chaos.py found it; without the index,
+    the primary-key check sees the conflict and retries). The price is a scan of the id column
+    per commit, and a commit holds up to 1,024 files."""
+    return images.merge_insert("id").use_index(False).when_not_matched_insert_all().execute(rows)
+
+
 @dataclass
 class Chunk:
     """Everything one commit writes, built in the model thread, written by the writer thread."""
@@ -244,8 +255,7 @@ class Writer(threading.Thread):
                 self.scorers = scorers_for(self.cache, images.schema, self.scorers)
             rows = images_table(self.images_schema, self.scorers, chunk.rows, chunk.arrays, now)
             try:
-                return retrying(lambda: images.merge_insert("id").when_not_matched_insert_all()
-                                .execute(rows).num_inserted_rows)
+                return retrying(lambda: insert_new(images, rows).num_inserted_rows)
             except ValueError:  # "field ... not found": the columns changed between the check and the commit
                 if attempt == SCHEMA_ATTEMPTS - 1 or self.cache.images().schema.names == self.images_schema.names:
                     raise
