@@ -126,7 +126,8 @@ def check_heads(tables: dict, expect: dict) -> list[str]:
         if nulls:
             out.append(f"gap: head {row['name']!r}: {nulls} of {len(images)} rows without scores")
             continue
-        outputs = HeadScorer(head_from_bytes(row["checkpoint"], cfg), max(len(images), 1)).outputs(*inputs).numpy()
+        v, d, _ = HeadScorer(head_from_bytes(row["checkpoint"], cfg), max(len(images), 1)).outputs(*inputs)
+        outputs = np.concatenate([v.numpy(), d.numpy()], axis=1)  # logits, then the decision logit
         stored = np.concatenate([vectors(images.column(cols[4]), N_CLASSES),
                                  images.column(cols[0]).to_numpy()[:, None]], axis=1)
         bad = int((np.abs(stored - outputs) > SCORE_ATOL).any(axis=1).sum())

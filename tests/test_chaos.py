@@ -4,7 +4,7 @@ storage faults; each scenario must leave the cache whole. The full run (>= 100 k
 20 times) is `python bench/chaos.py`; README "Reliability" has its figures.
 
 The harness forks every command from one process that has imported torch and LanceDB but used
-neither, so it runs as its own process here (this one has used both)."""
+neither, so it runs as its own process here (this one has used both). About a minute on 2 idle cores."""
 
 from __future__ import annotations
 
@@ -17,11 +17,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# Several minutes of forked writers and kills on 2 cores: with the slow checks, not the default run.
-pytestmark = pytest.mark.slow
-# Remove when the fixes of issue 9's items land (branch rel): the harness finds these bugs today.
-RACE_FIXES = "issue 9 items 2, 4, 9 (race-free creation, gap filling, counts): branch rel"
-HOSTILE_FIXES = "issue 9 items 1, 3, 10 (non-UTF-8 names, FIFOs, thin images): branch rel"
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +44,6 @@ def test_the_harness_prints_its_tables(report):
         assert title in report["stdout"]
 
 
-@pytest.mark.xfail(reason="issue 9 is open: on main the kill trials still report violations "
-                          "(see the harness's table)", strict=False)
 def test_a_kill_at_any_moment_then_a_rerun_leaves_every_image_once_and_every_head_scored(report):
     rows = {r["command"]: r for r in report["kill"]}
     assert set(rows) == {"ingest (new cache)", "ingest", "rescore", "finetune", "labels import", "index"}
@@ -58,12 +51,10 @@ def test_a_kill_at_any_moment_then_a_rerun_leaves_every_image_once_and_every_hea
     assert _problems(report, "kill") == []
 
 
-@pytest.mark.xfail(reason=RACE_FIXES, strict=False)
 def test_two_ingests_started_together_on_a_new_cache(report):
     assert _problems(report, "race", "ingest + ingest", "new") == []
 
 
-@pytest.mark.xfail(reason=RACE_FIXES, strict=False)
 def test_a_rescore_during_an_ingest_leaves_no_row_unscored(report):
     assert _problems(report, "race", "ingest + rescore", "existing") == []
 
@@ -75,7 +66,6 @@ def test_other_writers_together_with_a_reader_looping(report):
     assert [(t["name"], t["errors"] + t["violations"]) for t in others if t["errors"] or t["violations"]] == []
 
 
-@pytest.mark.xfail(reason=HOSTILE_FIXES, strict=True)
 def test_a_hostile_collection_is_ingested_whole(report):
     hostile = report["hostile"]
     assert hostile["run"] == "ok", hostile["run"]
