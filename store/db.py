@@ -107,6 +107,7 @@ class Cache:
         self._datasets: dict[str, object] = {}  # table name → Lance dataset (see `dataset`)
         self._allow_lists: dict[tuple, bytes] = {}  # (table, version, filter) → row addresses (see `allow_list`)
         self._head_records: dict = {}  # "version" and head name → its rows (see `head`)
+        self._counts: dict[tuple, int] = {}  # (table, version, filter) → rows (see `count_where`)
 
     def __repr__(self) -> str:
         return f"Cache({self.uri!r})"
@@ -268,6 +269,17 @@ class Cache:
             found = serialize_row_addrs(addresses.to_numpy().tolist())
             kept = list(self._allow_lists.items())[1 - ALLOW_LISTS:]  # the newest; one step, for threads
             self._allow_lists = {**dict(kept), key: found}
+        return found
+
+    def count_where(self, ds, where: str) -> int:
+        """How many rows of `ds` (one version of a table, from `dataset`) pass the SQL filter
+        `where`; kept for the dataset's latest version, so a query that checks something of
+        every row (as `store.gaps.warn_unscored` does) pays for it once per version."""
+        key = (ds.uri, ds.version, where)
+        found = self._counts.get(key)
+        if found is None:
+            found = ds.count_rows(where)
+            self._counts = {k: v for k, v in self._counts.items() if k[:2] == key[:2]} | {key: found}
         return found
 
     def read(self, name: str, columns: list[str] | None = None, where: str | None = None) -> pa.Table:

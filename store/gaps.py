@@ -33,7 +33,7 @@ def unscored_where(prefix: str) -> str:
 
 def warn_unscored(cache: Cache, head: str, prefix: str, ds) -> None:
     """Warn if some rows of `ds` (the images dataset) have no scores under `head`."""
-    missing = ds.count_rows(unscored_where(prefix))
+    missing = cache.count_where(ds, unscored_where(prefix))
     if missing:
         warnings.warn(UnscoredRows(
             f"{missing} of {ds.count_rows()} cached images have no scores under head {head}; run "

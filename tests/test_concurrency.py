@@ -168,6 +168,10 @@ def test_queries_warn_about_rows_a_head_has_not_scored(tmp_path):
         warnings.simplefilter("error", UnscoredRows)
         cache2 = tiny_cache(tmp_path / "db2", n=10)
         top(cache2)  # no gap: no warning
+        from store.gaps import fill_gaps
+
+        assert fill_gaps(cache) == 5
+        top(cache)  # the same open cache: the count kept for the old version is not reused
 
 
 def test_an_ingest_with_nothing_to_read_fills_a_gap(tmp_path, tiny_model):
