@@ -7,13 +7,14 @@ only reads therefore never imports LanceDB: `import lance` costs about a third o
 lancedb` (which loads its namespace clients), and Lance's scans are what the queries run anyway.
 
 Any number of processes may open, create and write one cache at once: tables are created with
-identical schemas (primary keys included) and one that another process created first is taken
-as it is; LanceDB retries conflicting commits of its own operations, and the operations that
-Lance leaves to the caller retry through `retrying`.
+identical schemas (primary keys included), one process at a time (`creating`), and one that
+another process created first is taken as it is; LanceDB retries conflicting commits of its own
+operations, and the operations that Lance leaves to the caller retry through `retrying`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -32,6 +33,7 @@ from store.recovery import recover
 
 T = TypeVar("T")
 RETRIES = 8  # tries of an idempotent write whose commit conflicts with another process's
+CREATE_LOCK = ".faramir-create.lock"  # in a local cache's folder: held while a table is made
 
 TABLE_KEYS = {  # every table but images, with its primary key
     schema.META: "key", schema.FILES: "path", schema.FAILURES: "path", schema.HEADS: "name",
@@ -173,15 +175,35 @@ class Cache:
             self.set_meta(schema_version=str(schema.SCHEMA_VERSION), replace=False)
         return table
 
+    @contextlib.contextmanager
+    def creating(self):
+        """Held while a table is made, so that processes creating one cache make each table once.
+
+        Two processes creating a table at the same moment would both commit it: Lance retries the
+        second create as an overwrite of the first's table, which fails the first's next write (or
+        loses it, if it came in between). A local cache takes an exclusive lock on a file in its
+        folder; an object store has no lock to take, so make a new cache there with one process
+        (a Ray ingest does: only its driver creates tables)."""
+        if _is_uri(self.uri):
+            yield
+            return
+        import fcntl
+
+        os.makedirs(self.uri, exist_ok=True)
+        with open(os.path.join(self.uri, CREATE_LOCK), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            yield
+
     def _create_table(self, name: str, table_schema: pa.Schema):
-        """Table `name`, created with `table_schema` unless it exists. Another process may create
-        it at the same moment: whichever commit wins, both go on with the table it made (its
-        columns checked against ours, score columns aside)."""
-        try:
-            return self.conn.create_table(name, schema=table_schema, exist_ok=True)
-        except Exception:
+        """Table `name`, created with `table_schema` unless it exists (made by another process,
+        its columns are checked against ours, score columns aside)."""
+        with self.creating():
             if not self.has_table(name):
-                raise
+                try:
+                    return self.conn.create_table(name, schema=table_schema, exist_ok=True)
+                except Exception:  # an object store: another process may have made it meanwhile
+                    if not self.has_table(name):
+                        raise
         table = self.table(name)
         have = {f.name: f.type for f in table.schema}
         differ = [f.name for f in table_schema if not schema.is_score_column(f.name) and have.get(f.name) != f.type]

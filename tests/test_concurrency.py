@@ -68,6 +68,27 @@ def test_processes_creating_one_new_cache_together_all_succeed(tmp_path):
             assert cache.read(name).num_rows == (1 if name == schema.META else 0)
 
 
+def test_tables_are_made_one_process_at_a_time(tmp_path):
+    """Lance turns a second concurrent create of a table into an overwrite of the first's (bench/chaos.py
+    saw it fail the first's next write): creation waits for the lock another process holds."""
+    import fcntl
+    import threading
+
+    from store.db import CREATE_LOCK
+
+    db = tmp_path / "db"
+    db.mkdir()
+    with open(db / CREATE_LOCK, "a") as held:  # another process, making a table now
+        fcntl.flock(held, fcntl.LOCK_EX)
+        opener = threading.Thread(target=Cache.open, args=(db,), kwargs={"create": True})
+        opener.start()
+        opener.join(1.5)
+        assert opener.is_alive() and not Cache(str(db)).has_table(schema.META)  # waiting, nothing made
+    opener.join(60)
+    assert not opener.is_alive()
+    assert Cache.open(db).get_meta("schema_version") == str(schema.SCHEMA_VERSION)
+
+
 INGEST = """
 import dataclasses, json, sys, time
 start, imgs, db, weights = sys.argv[1:]
