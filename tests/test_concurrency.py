@@ -168,6 +168,20 @@ def test_rows_an_ingest_commits_after_a_rescore_registered_its_head_are_scored(t
     assert count(cache, head="new") == 10
 
 
+def test_an_ingest_commits_while_a_rescore_has_added_columns_but_not_yet_registered_its_head(tmp_path, tiny_model):
+    """A rescore adds its columns, then registers its head: rows an ingest commits in between have
+    no scores there yet (bench/chaos.py: LanceDB refused such rows as "variable length vectors")."""
+    db = tmp_path / "db"
+    ingest_all([write_images(tmp_path / "a", 4)[0].parent], db=db, model=tiny_model, workers=0)
+    cache = Cache.open(db)
+    cache.images().to_lance().add_columns(schema.score_fields("s_inflight_1"))  # the head is not registered yet
+    s = ingest_all([write_images(tmp_path / "b", 3, seed=1)[0].parent], db=db, model=tiny_model, workers=0)
+    assert (s.new, s.failed) == (3, 0)
+    rows = Cache.open(db).read(schema.IMAGES, ["s_faramir_v1_1_confidence", "s_inflight_1_logits"])
+    assert rows.num_rows == 7 and rows.column(0).null_count == 0
+    assert rows.column(1).null_count == 7  # left for the rescore, which fills every head's gaps once registered
+
+
 def _gap(cache: Cache, n: int = 5) -> None:
     """Rows committed without any head's scores: what an ingest killed before filling them leaves."""
     rows = cache.images().search().limit(n).to_arrow()

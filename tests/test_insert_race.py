@@ -18,12 +18,12 @@ def test_a_row_committed_meanwhile_by_another_writer_is_not_inserted_again(tmp_p
     ensure_indexes(Cache.open(db), min_rows=10**9)  # the id index every ingest leaves behind
     assert "id" in {ix.columns[0] for ix in Cache.open(db).images().list_indices()}
 
-    first, second = Cache.open(db).images(), Cache.open(db).images()  # two writers, same version
-    existing = first.to_arrow()
+    first, second = Cache.open(db).images().to_lance(), Cache.open(db).images().to_lance()  # same version
+    existing = first.to_table()
     new = existing.slice(0, 1).set_column(0, "id", pa.array(["f" * 64], pa.string()))
     new = new.cast(existing.schema)
-    assert insert_new(first, new).num_inserted_rows == 1
-    assert insert_new(second, new).num_inserted_rows == 0  # planned on the version before the first's commit
+    assert insert_new(first, new) == 1
+    assert insert_new(second, new) == 0  # planned on the version before the first's commit
 
     ids = Cache.open(db).read(schema.IMAGES, ["id"]).column("id").to_pylist()
     assert len(ids) == 21 and len(set(ids)) == 21

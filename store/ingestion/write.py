@@ -147,15 +147,20 @@ def _rows_fingerprint(cache: Cache) -> str | None:
     return rows.column(0)[0].as_py() if len(rows) else None
 
 
-def insert_new(images, rows: pa.Table):
-    """Insert the rows whose id the images table (a LanceDB table) lacks; LanceDB's MergeResult.
+def insert_new(images, rows: pa.Table) -> int:
+    """Insert the rows whose id the images table (a Lance dataset) lacks; how many were inserted.
+
+    Through Lance, not LanceDB, whose check of vector columns refuses a null list: a row gets
+    null scores under a head whose columns a rescore has added but not yet registered (or a
+    killed rescore left behind), and those nulls are what `store.gaps` fills.
 
     The merge is not planned on the id index: Lance 13 checks a merge planned on a scalar index
     against the version it read, not against rows another writer committed since, so two ingests
     committing the same new content both inserted it (bench/chaos.py found it; without the index,
     the primary-key check sees the conflict and retries). The price is a scan of the id column
     per commit, and a commit holds up to 1,024 files."""
-    return images.merge_insert("id").use_index(False).when_not_matched_insert_all().execute(rows)
+    result = images.merge_insert("id").use_index(False).when_not_matched_insert_all().execute(rows)
+    return result["num_inserted_rows"]
 
 
 @dataclass
@@ -250,16 +255,22 @@ class Writer(threading.Thread):
         a concurrent rescore or heads rm may add or drop score columns at any moment."""
         for attempt in range(SCHEMA_ATTEMPTS):
             images = self.cache.images()
-            if images.schema.names != self.images_schema.names:
-                self.images_schema = images.schema
+            if images.schema.names != self.images_schema.names or self._unregistered(images.schema):
+                self.images_schema = images.schema  # (a head registered since gets its scorer)
                 self.scorers = scorers_for(self.cache, images.schema, self.scorers)
             rows = images_table(self.images_schema, self.scorers, chunk.rows, chunk.arrays, now)
             try:
-                return retrying(lambda: insert_new(images, rows).num_inserted_rows)
-            except ValueError:  # "field ... not found": the columns changed between the check and the commit
+                return retrying(lambda: insert_new(images.to_lance(), rows))
+            except Exception:  # "field ... not found": the columns changed between the check and the commit
                 if attempt == SCHEMA_ATTEMPTS - 1 or self.cache.images().schema.names == self.images_schema.names:
                     raise
         raise AssertionError("unreachable")
+
+    def _unregistered(self, images_schema: pa.Schema) -> bool:
+        """Whether `images_schema` holds score columns this writer has no head for (a rescore
+        between adding its columns and registering its head, or one killed in between)."""
+        return any(name.endswith("_confidence") and schema.is_score_column(name)
+                   and name[:-len("_confidence")] not in self.scorers for name in images_schema.names)
 
     def commit_records(self, chunk: Chunk, now: datetime) -> None:
         """After the images: new paths of cached content, failures cleared, ``files`` rows, new
