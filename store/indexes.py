@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable
 
 from store import schema
-from store.db import Cache
+from store.db import Cache, retrying
 from store.errors import QueryError
 
 ANN_MIN_ROWS = 100_000  # below this an exact filtered search takes well under 100 ms
@@ -72,10 +72,17 @@ def ensure_indexes(
     """Build what is missing: scalar indexes on the filter columns of `heads` (None: all) and on
     id and aesthetic score; the ANN index on each of `embeddings` once the table has `min_rows`;
     and fold unindexed rows into existing indexes once they are a tenth of the table.
-    Returns the columns whose indexes were built or updated."""
+    Returns the columns whose indexes were built or updated.
+
+    Other processes may build the same indexes meanwhile (every ingest and rescore calls this): a
+    build whose commit loses to another's starts over from what the table then holds."""
     if not cache.has_images():
         return []
-    table = cache.images()
+    return retrying(lambda: _ensure_indexes(cache, heads, embeddings, min_rows))
+
+
+def _ensure_indexes(cache: Cache, heads: Iterable[str] | None, embeddings: Iterable[str], min_rows: int) -> list[str]:
+    table = cache.images()  # the latest version
     registered = {h["name"]: h["prefix"] for h in cache.heads()}
     names = registered if heads is None else [h for h in heads if h in registered]
     wanted = scalar_indexes(None)
@@ -115,11 +122,11 @@ def index(
     """Build the ANN index on each of `embeddings` (whatever the table's size; `replace` retrains an
     existing one) and every missing scalar index. Returns the table's indexes afterwards."""
     cache = Cache.open(db)
-    table = cache.images()
     for embedding in embeddings:
         if embedding not in schema.EMBEDDING_COLUMNS:
             raise QueryError(f"embedding {embedding!r}: use one of {', '.join(schema.EMBEDDING_COLUMNS)}")
-        _ann(table, schema.EMBEDDING_COLUMNS[embedding], replace)
+        column = schema.EMBEDDING_COLUMNS[embedding]
+        retrying(lambda: _ann(cache.images(), column, replace))  # another process may build it meanwhile
     ensure_indexes(cache, embeddings=embeddings, min_rows=0)
     return list_indexes(cache)
 
