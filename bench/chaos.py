@@ -2,7 +2,7 @@
 each followed by a check of the cache's invariants (bench/invariants.py); prints a table of
 trials and violations, then every distinct violation with how often it was seen.
 
-    python bench/chaos.py                  # the full run: >= 100 kills, 20 runs a pair (~1-2 h, 2 busy cores)
+    python bench/chaos.py                  # the full run: >= 100 kills, 20 runs a pair and cache state (~40 min, 2 idle cores)
     python bench/chaos.py --quick          # a few trials of each kind (tests/test_chaos.py runs this)
     python bench/chaos.py --only kill,race --kills 30 --runs 4 --seed 1 --json out.json --keep /tmp/chaos
 
