@@ -56,10 +56,12 @@ def by_hand(cache: Cache, checkpoint) -> dict[str, np.ndarray]:
 
 
 def assert_same_answers(got: dict, want: dict, threshold: float = 0.5):
-    """Same decisions at the threshold and same labels; logits equal to float32 rounding."""
+    """Same decisions at the threshold and same labels; logits equal to float32 rounding (batches of
+    other sizes sum in another order: a logit near 0.1 among logits up to 5 moved by 2.8e-6 once,
+    when the BLAS ran on fewer threads under load)."""
     assert (got["id"] == want["id"]).all()
-    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got["decision"], want["decision"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["decision"], want["decision"], rtol=1e-5, atol=1e-5)
     accepted = got["confidence"] > np.float32(threshold)
     assert (accepted == (torch.tensor(want["decision"]).sigmoid().numpy() > np.float32(threshold))).all()
     assert (got["accept_label"] == np.asarray([LABELS[i] for i in want["logits"][:, :9].argmax(1)])).all()
