@@ -58,7 +58,7 @@ def by_hand(cache: Cache, checkpoint) -> dict[str, np.ndarray]:
 def assert_same_answers(got: dict, want: dict, threshold: float = 0.5):
     """Same decisions at the threshold and same labels; logits equal to float32 rounding (batches of
     other sizes sum in another order: a logit near 0.1 among logits up to 5 moved by 2.8e-6 once,
-    when the BLAS ran on fewer threads under load)."""
+    in a CI run with other tests running beside it)."""
     assert (got["id"] == want["id"]).all()
     np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["decision"], want["decision"], rtol=1e-5, atol=1e-5)
