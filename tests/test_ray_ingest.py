@@ -7,12 +7,9 @@ import hashlib
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,11 +25,11 @@ from store.db import Cache  # noqa: E402
 from store.ingestion import ingest, ingest_all  # noqa: E402
 from store.ingestion.write import EMBEDDING_FIELDS  # noqa: E402
 from store.rescoring import rescore  # noqa: E402
+from tests import crash  # noqa: E402
 from tests.conftest import write_images  # noqa: E402
 from tests.stage2_helpers import head_file  # noqa: E402
 from tests.test_ingest import never_load  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
@@ -144,13 +141,6 @@ ingest_all([imgs], db=db, weights_dir=weights, device="cpu", batch_size=2, commi
 """
 
 
-def _images_rows(db: Path) -> int:
-    try:  # read only: the child may be creating the cache's tables right now
-        return lancedb.connect(db).open_table(schema.IMAGES).count_rows()
-    except Exception:  # not created yet
-        return 0
-
-
 def _session(sid: int) -> list[int]:
     """Processes of session `sid` (Linux /proc; elsewhere none are seen)."""
     found = []
@@ -167,50 +157,20 @@ def _session(sid: int) -> list[int]:
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_sigkill_mid_ray_ingest_then_rerun_leaves_every_image_exactly_once(tmp_path, tiny_weights, ray_local):
     imgs, db = tmp_path / "imgs", tmp_path / "db"
-    originals = write_images(imgs, 24)
-    shutil.copy(originals[3], imgs / "copy-of-3.png")
-    shutil.copy(originals[20], imgs / "copy-of-20.png")
-    (imgs / "broken.png").write_bytes(b"not an image")
-    good = sorted(p for p in imgs.iterdir() if p.name != "broken.png")
-    content = {os.path.abspath(p): sha(p) for p in good}
-
-    log = open(tmp_path / "child.log", "wb")
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(imgs), str(db), str(tiny_weights)],
-                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while _images_rows(db) < 2 and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert child.poll() is None, "the ingest ended before it could be killed:\n" + \
-            (tmp_path / "child.log").read_text()
-        os.killpg(child.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-run
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-        log.close()
+    content = crash.collection(imgs)
+    session = crash.kill_mid_run(tmp_path, CHILD, [str(imgs), str(db), str(tiny_weights)], db, timeout=300, poll=0.05)
     deadline = time.monotonic() + 30
-    while _session(child.pid) and time.monotonic() < deadline:  # Ray's workers follow their raylet
+    while _session(session) and time.monotonic() < deadline:  # Ray's workers follow their raylet
         time.sleep(0.2)
-    assert not _session(child.pid), f"processes of the killed ingest's Ray live on: {_session(child.pid)}"
-    survived = _images_rows(db)
+    assert not _session(session), f"processes of the killed ingest's Ray live on: {_session(session)}"
+    survived = crash.images_rows(db)
     assert 0 < survived < len(set(content.values())), "the kill should land mid-run"
 
     summary = ingest_all([imgs], db=db, weights_dir=tiny_weights, device="cpu", ray="local")
     assert summary.new == len(set(content.values())) - survived  # nothing committed is recomputed
     assert summary.failed == 1
 
-    cache = Cache.open(db)
-    ids = cache.read(schema.IMAGES, ["id", "paths"]).to_pylist()
-    assert len(ids) == len({r["id"] for r in ids}), "duplicate rows"
-    assert {r["id"] for r in ids} == set(content.values())
-    by_id = {r["id"]: sorted(r["paths"]) for r in ids}
-    for path, content_id in content.items():
-        assert path in by_id[content_id]
-    assert sum(len(p) for p in by_id.values()) == len(content)  # every path listed exactly once
-    files = cache.read(schema.FILES, ["path", "id"]).to_pylist()
-    assert sorted(r["path"] for r in files) == sorted(content)
-    assert all(content[r["path"]] == r["id"] for r in files)
+    crash.assert_each_image_once(db, content)
 
     again = ingest_all([imgs], db=db, model=never_load)  # and the local ingest agrees: all done
     assert (again.new, again.unchanged, again.failed) == (0, len(content), 1)
