@@ -109,9 +109,18 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding is single-threaded Pillow work; leave cores to the model
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, a container's cpuset), not
+    the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity call on this platform
+        return os.cpu_count() or 2
+
+
 def default_workers() -> int:
     """One decode worker per spare core, at least one, at most eight."""
-    return max(1, min((os.cpu_count() or 2) - 1, 8))
+    return max(1, min(usable_cores() - 1, 8))
 
 
 def iter_batches(

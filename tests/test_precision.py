@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +152,14 @@ def test_ingest_refuses_a_model_of_another_precision(tiny_weights, make_images, 
     model = load_model(tiny_weights)
     with pytest.raises(InputError, match="precision 'bf16': the model given was loaded for fp32"):
         ingest_all([tmp_path / "imgs"], db=tmp_path / "db", model=model, precision="bf16", workers=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity calls on this platform")
+def test_decode_workers_follow_the_cpu_affinity():
+    """Under taskset or a container's cpuset the machine's core count overstates what this process
+    may use: decode workers are sized by the affinity (one core here: one worker, not cpu_count-1)."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from faramir.decoding import default_workers, usable_cores; print(usable_cores(), default_workers())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["1", "1"]
