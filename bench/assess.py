@@ -36,6 +36,7 @@ import torch  # noqa: E402
 import faramir.experts  # noqa: E402,F401  (imports timm: seconds that are not model loading)
 from bench.images import bench_images  # noqa: E402
 from bench.memory import peak_rss_mb  # noqa: E402
+from faramir.compiled import compile_experts  # noqa: E402
 from faramir.config import N_ACCEPT, N_CLASSES, PRECISIONS  # noqa: E402
 from faramir.decoding import default_workers, read_item  # noqa: E402
 from faramir.devices import Bf16, bf16_support, resolve_device  # noqa: E402
@@ -83,16 +84,13 @@ def decode_seconds(sources: list[Source]) -> float:
     return (time.process_time() - t0) / max(len(sources), 1)
 
 
-def compile_experts(model, batch_size: int) -> tuple[Callable, float]:
-    """(the experts' forward through torch.compile, seconds to compile it on one full batch)."""
+def compiled_forward(model, batch_size: int) -> tuple[Callable, float]:
+    """(the experts' forward as `faramir.compiled` compiles it, the seconds compiling took); the
+    model is left eager, to switch between the two turn by turn."""
     eager = model.experts.forward
-    compiled = torch.compile(eager, dynamic=False, options={"freezing": True})
-    res = (model.info.config.backbone_res, model.info.config.quality_res)
-    model.experts.forward = compiled  # compiled through model.features: the same dtypes and strides
-    t0 = time.perf_counter()
-    model.features(*(torch.zeros(batch_size, 3, r, r, dtype=torch.float16) for r in res))
-    model.experts.forward = eager
-    return compiled, time.perf_counter() - t0
+    seconds = compile_experts(model, batch_size)
+    compiled, model.experts.forward, model.fixed_batch = model.experts.forward, eager, None
+    return compiled, seconds
 
 
 def main() -> None:
@@ -107,7 +105,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also time both precisions through torch.compile (inductor, frozen weights), "
                          "with the compile time; keep --n and --chunk multiples of --batch-size, or "
-                         "a smaller batch compiles again inside the timing")
+                         "the compiled turns pad their smaller batches to it")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args()
 
@@ -126,7 +124,7 @@ def main() -> None:
     if args.compile:
         for precision in PRECISIONS:
             print(f"compiling the {precision} experts...", file=sys.stderr, flush=True)
-            forwards[f"{precision}_compiled"], compile_s[precision] = compile_experts(
+            forwards[f"{precision}_compiled"], compile_s[precision] = compiled_forward(
                 models[precision], args.batch_size)
     paths = bench_images(args.n, cache_dir=args.images, seed=1)
     sources = [Source(str(p), str(p)) for p in paths]
@@ -141,6 +139,7 @@ def main() -> None:
         for variant in variants if turn % 2 == 0 else variants[::-1]:
             model = models[variant.split("_")[0]]
             model.experts.forward = forwards[variant]
+            model.fixed_batch = args.batch_size if variant.endswith("_compiled") else None
             t0 = time.perf_counter()
             out = list(assess(model, chunk, 0.5, args.batch_size, args.workers))
             seconds[variant] += time.perf_counter() - t0

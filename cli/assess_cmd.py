@@ -10,7 +10,7 @@ import typer
 from cli import options
 from cli.common import EXIT_PARTIAL, handle_errors, note, track, warn
 from cli.options import (
-    AssessFormat, BatchSize, Device, FileList, Paths, PrecisionOpt, Precision, Recursive, Threshold, WeightsDir,
+    AssessFormat, BatchSize, Compile, Device, FileList, Paths, PrecisionOpt, Precision, Recursive, Threshold, WeightsDir,
     Workers,
 )
 from cli.output import assessment_header, assessment_line
@@ -27,6 +27,7 @@ def assess(
     device: Device = "auto",
     precision: PrecisionOpt = Precision.fp32,
     weights_dir: WeightsDir = None,
+    compile: Compile = False,
     fmt: Annotated[AssessFormat, typer.Option("--format", help="tsv (upstream's line), jsonl or csv.")] = AssessFormat.tsv,
 ):
     """Assess images with FARAMIR and print one line per image, like upstream's inference.py.
@@ -42,7 +43,7 @@ def assess(
     if not sources:
         warn("no image files found")
         raise typer.Exit(EXIT_PARTIAL)
-    model = options.load_model(weights_dir, device, precision.value)
+    model = options.load_model(weights_dir, device, precision.value, batch_size if compile else None)
 
     if (header := assessment_header(fmt)) is not None:
         print(header)

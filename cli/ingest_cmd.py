@@ -10,7 +10,7 @@ import typer
 from cli import options
 from cli.common import EXIT_PARTIAL, handle_errors, note, progress_bar, warn
 from cli.options import (
-    BatchSize, Db, Device, FileList, ListFormat, ListFormatOpt, Paths, PrecisionOpt, Precision, Recursive,
+    BatchSize, Compile, Db, Device, FileList, ListFormat, ListFormatOpt, Paths, PrecisionOpt, Precision, Recursive,
     WeightsDir, Workers,
 )
 from cli.output import emit
@@ -27,6 +27,7 @@ def ingest(
     device: Device = "auto",
     precision: PrecisionOpt = Precision.fp32,
     weights_dir: WeightsDir = None,
+    compile: Compile = False,
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="Read again files that failed before even if unchanged.")] = False,
     ray: Annotated[Optional[str], typer.Option(
@@ -53,11 +54,11 @@ def ingest(
     def load():  # with --ray only to fingerprint the weights: each Ray model actor loads its own
         if ray is not None:
             return options.load_model(weights_dir, "cpu", "fp32")
-        return options.load_model(weights_dir, device, precision.value)
+        return options.load_model(weights_dir, device, precision.value, batch_size if compile else None)
 
     events = run(paths, db=db, model=load, recursive=recursive, file_list=file_list,
                  batch_size=batch_size, workers=workers, device=device, precision=precision.value,
-                 retry_failed=retry_failed, ray=ray)
+                 compile=compile, retry_failed=retry_failed, ray=ray)
     summary = None
     with contextlib.closing(events), progress_bar() as bar:
         task = None

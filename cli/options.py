@@ -42,6 +42,9 @@ WeightsDir = Annotated[Optional[Path], typer.Option(
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda (or cuda:N) or mps.")]
 PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", help="fp32 (the reference) or bf16 (faster only with AMX or a bf16 GPU; logits ~1e-2 off).")]
+Compile = Annotated[bool, typer.Option(
+    "--compile", help="Compile the experts with torch.compile first (a minute or two, once): faster long "
+                      "runs where it pays, e.g. bf16 on AMX CPUs; needs a C++ compiler on CPUs.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Decode worker processes (default: spare cores).")]
 Recursive = Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")]
@@ -117,9 +120,10 @@ def make_filter(*, head, threshold, accepted, rejected, labels, min_confidence, 
                   min_aesthetic=min_aesthetic, max_aesthetic=max_aesthetic)
 
 
-def load_model(weights_dir: Optional[Path], device: str, precision: str):
-    """Resolve weights (downloading into the default cache if needed) and load the model,
-    saying on stderr what a user should know: a precision that is slow here, generated weights."""
+def load_model(weights_dir: Optional[Path], device: str, precision: str, compile_batch: Optional[int] = None):
+    """Resolve weights (downloading into the default cache if needed) and load the model (compiled
+    for batches of `compile_batch` if given), saying on stderr what a user should know: a
+    precision that is slow here, generated weights, the time compiling takes."""
     from cli.common import download_progress, note, warn, warn_generated
     from faramir.devices import precision_advice, resolve_device
     from faramir.download import resolve_weights_dir
@@ -132,4 +136,9 @@ def load_model(weights_dir: Optional[Path], device: str, precision: str):
         root = resolve_weights_dir(weights_dir, download=True, progress=progress)
     model = load(root, dev, precision)
     warn_generated(model.info)
+    if compile_batch is not None:
+        from faramir.compiled import compile_experts
+
+        note(f"compiling the experts for batches of {compile_batch} (once, a minute or two)...")
+        note(f"compiled in {compile_experts(model, compile_batch):.0f} s")
     return model

@@ -13,7 +13,7 @@ projector) stay float32, like the head. ARNIQA's ResNet is channels_last in both
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import timm
 import torch
@@ -79,6 +79,10 @@ class ExpertOutputs:
     aesthetic_features: torch.Tensor  # (B, 16) aesthetic v2.5 features (head input)
     aesthetic_score: torch.Tensor  # (B,) published aesthetic v2.5 score, about 1-10
     quality_features: torch.Tensor  # (B, 128) ARNIQA features (head input)
+
+    def first(self, n: int) -> ExpertOutputs:
+        """The outputs of the batch's first `n` images."""
+        return ExpertOutputs(**{f.name: getattr(self, f.name)[:n] for f in fields(self)})
 
 
 class Experts(nn.Module):

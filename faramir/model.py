@@ -16,6 +16,8 @@ class FaramirModel(nn.Module):
         self.experts = experts
         self.head = head
         self.info = info  # faramir.weights.WeightsInfo
+        # Set by faramir.compiled.compile_experts: smaller batches are padded to it (one graph).
+        self.fixed_batch: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -38,6 +40,11 @@ class FaramirModel(nn.Module):
         # float16 travels to the device (half the bytes of float32) and is widened there.
         xb = xb.to(dev, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
         xq = xq.to(dev, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
+        n = xb.shape[0]
+        if self.fixed_batch is not None and n < self.fixed_batch:  # the compiled shape: pad, then drop
+            xb, xq = (torch.cat([x, x.new_zeros(self.fixed_batch - n, *x.shape[1:])])
+                      .contiguous(memory_format=torch.channels_last) for x in (xb, xq))
+            return self.experts(xb, xq).first(n)
         return self.experts(xb, xq)
 
     @torch.inference_mode()

@@ -85,9 +85,11 @@ class WeightsInfo:
     head_fingerprint: str  # FARAMIR norm.* + head.*
 
 
-def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32"):
+def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32",
+               compile_batch: int | None = None):
     """A ready `FaramirModel` (eval mode) from a complete weights directory, its experts laid out
-    for `precision` ("fp32", the reference, or "bf16"; see `Experts.prepare`)."""
+    for `precision` ("fp32", the reference, or "bf16"; see `Experts.prepare`), and compiled for
+    batches of `compile_batch` where that is given (`faramir.compiled`)."""
     from faramir.experts import Experts
     from faramir.head import FaramirHead
     from faramir.model import FaramirModel
@@ -130,7 +132,12 @@ def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu
         head_fingerprint=tensor_digest(head_state),
     )
     experts.prepare(precision)  # before moving: a bf16 model crosses to the device at half the size
-    return FaramirModel(experts, head, info).eval().to(device)
+    model = FaramirModel(experts, head, info).eval().to(device)
+    if compile_batch is not None:
+        from faramir.compiled import compile_experts
+
+        compile_experts(model, compile_batch)
+    return model
 
 
 def _experts_fingerprint(trunk: str, arniqa: str, aesthetic: str, faramir_pool: str) -> str:

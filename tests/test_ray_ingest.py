@@ -133,6 +133,22 @@ def test_ray_ingest_gives_the_local_rows_and_reruns_read_only_what_changed(tmp_p
     assert files[os.path.abspath(imgs / "renamed.png")] == row["id"]
 
 
+def test_ray_ingest_compile_gives_the_eager_vectors(tmp_path, tiny_weights, tiny_model, ray_local):
+    """`--compile` with `--ray`: each model actor compiles its own experts (batches padded to the
+    batch size); the rows are the eager local ingest's within float rounding."""
+    write_images(tmp_path / "imgs", 5, seed=11)  # batches of 4 and 1: the second one padded
+    local_db, ray_db = tmp_path / "local.lancedb", f"file://{tmp_path / 'ray.lancedb'}"
+    ingest_all([tmp_path / "imgs"], db=local_db, model=tiny_model, workers=0, batch_size=4)
+    ran = ingest_all([tmp_path / "imgs"], db=ray_db, weights_dir=tiny_weights, device="cpu", batch_size=4,
+                     compile=True, ray="local")
+    assert (ran.new, ran.failed) == (5, 0)
+    ours, reference = images(ray_db), images(local_db)
+    assert ours.column("id").to_pylist() == reference.column("id").to_pylist()
+    for name in EMBEDDING_FIELDS:
+        a, b = (np.stack(t.column(name).to_numpy(zero_copy_only=False)) for t in (reference, ours))
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5, err_msg=name)
+
+
 CHILD = """
 import sys
 from store.ingestion import ingest_all

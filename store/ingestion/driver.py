@@ -60,6 +60,7 @@ def ingest(
     workers: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
+    compile: bool = False,
     retry_failed: bool = False,
     commit_every: int = COMMIT_ROWS,
     commit_seconds: float = COMMIT_SECONDS,
@@ -75,7 +76,8 @@ def ingest(
     `ray` runs the reading and the experts on Ray Data (`store.ingestion.ray_run`): "local" starts
     Ray on this machine, "auto", "ray://HOST:PORT" or "HOST:PORT" joins a cluster. The plan and
     the commits stay here; `model` (on the CPU) only fixes the weights, which each model actor
-    loads from its `weights_dir` onto `device`; `workers` does not apply."""
+    loads from its `weights_dir` onto `device`; `workers` does not apply. `compile` runs the
+    experts through torch.compile for batches of `batch_size` (`faramir.compiled`)."""
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if batch_size < 1 or commit_every < 1:
@@ -93,13 +95,9 @@ def ingest(
     run = writer = None
     compute_s = 0.0
     if plan.to_read:
-        options = {"precision": precision, "commit_every": commit_every, "commit_seconds": commit_seconds}
-        model = _load(model, weights_dir, device if ray is None else "cpu", precision)
-        cache = Cache.open(db if cache is None else cache, create=True)  # only now: the model loaded
-        if ray is None:
-            run = _local_run(cache, plan, known, model, options)
-        else:
-            run = _ray_run(cache, plan, known, model, ray, device, options)
+        options = {"precision": precision, "commit_every": commit_every, "commit_seconds": commit_seconds,
+                   "compile_batch": batch_size if compile else None}
+        cache, run = _start(db, cache, plan, known, (model, weights_dir, device, precision), ray, options)
         writer = run.writer
         compute_started = time.monotonic()
         yield from run.progress(batch_size, workers)
@@ -129,11 +127,25 @@ def _reclaim(cache: Cache, model) -> None:
     prepare(cache, model)
 
 
+def _start(db, cache: Cache | None, plan, known: set[str], load: tuple, ray: str | None, options: dict):
+    """(the cache, made now if new, a run over the plan's files): the model loads first, for this
+    machine and compiled if asked, or on the CPU only to fix the weights where Ray's model actors
+    each load (and compile) their own."""
+    model, weights_dir, device, precision = load
+    model = _load(model, weights_dir, device if ray is None else "cpu", precision,
+                  options["compile_batch"] if ray is None else None)
+    cache = Cache.open(db if cache is None else cache, create=True)  # only now: the model loaded
+    if ray is None:
+        return cache, _local_run(cache, plan, known, model, options)
+    return cache, _ray_run(cache, plan, known, model, ray, device, options)
+
+
 def _local_run(cache: Cache, plan, known: set[str], model, options: dict):
-    """A run on this machine: decode workers, the model here, a writer thread."""
+    """A run on this machine: decode workers, the model here (compiled already), a writer thread."""
     from store.ingestion.run import Run
     from store.ingestion.write import Writer, prepare
 
+    options = {name: value for name, value in options.items() if name != "compile_batch"}
     return Run(model, plan, known, Writer(cache, *prepare(cache, model)), **options)
 
 
@@ -205,18 +217,23 @@ def _unless_contested(housekeeping, otherwise):
         return otherwise
 
 
-def _load(model, weights_dir, device, precision):
+def _load(model, weights_dir, device, precision, compile_batch: int | None = None):
     if model is None:
         from faramir.devices import resolve_device
         from faramir.download import resolve_weights_dir
         from faramir.weights import load_model
 
-        return load_model(resolve_weights_dir(weights_dir, download=True), resolve_device(device), precision)
+        return load_model(resolve_weights_dir(weights_dir, download=True), resolve_device(device), precision,
+                          compile_batch)
     import torch
 
     model = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
     if model.precision != precision:
         raise InputError(f"precision {precision!r}: the model given was loaded for {model.precision}")
+    if compile_batch is not None and model.fixed_batch != compile_batch:
+        from faramir.compiled import compile_experts
+
+        compile_experts(model, compile_batch)
     return model
 
 

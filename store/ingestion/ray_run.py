@@ -60,10 +60,11 @@ class RayRun(Run):
     results and a last one; `counts` and `failures` as a `Run`'s."""
 
     def __init__(self, address: str, info, plan: Plan, known: set[str], writer: FragmentWriter, *,
-                 device: str, precision: str, commit_every: int, commit_seconds: float):
+                 device: str, compile_batch: int | None = None, precision: str, commit_every: int,
+                 commit_seconds: float):
         super().__init__(None, plan, known, writer, precision=precision, commit_every=commit_every,
                          commit_seconds=commit_seconds)
-        self.address, self.info, self.device = address, info, device
+        self.address, self.info, self.device, self.compile_batch = address, info, device, compile_batch
         self.chunk = FragmentChunk()
         self.waiting: dict[str, list[Item]] = {}  # later copies of content whose first copy is not in yet
 
@@ -124,7 +125,8 @@ class RayRun(Run):
         ds = ds.map_batches(ray_tasks.Experts, batch_size=batch_size, batch_format="pyarrow", compute=compute,
                             num_cpus=ACTOR_CPUS, num_gpus=gpus, fn_constructor_kwargs={
                                 "weights_dir": self.info.weights_dir, "fingerprint": self.info.experts_fingerprint,
-                                "device": actor_device, "precision": self.precision})
+                                "device": actor_device, "precision": self.precision,
+                                "compile_batch": self.compile_batch})
         fragment_rows = min(self.commit_every, FRAGMENT_ROWS if gpus else CPU_FRAGMENT_ROWS)
         ds = ds.map_batches(ray_tasks.write_fragments, batch_size=fragment_rows, batch_format="pyarrow",
                             num_cpus=FRAGMENT_CPUS, fn_kwargs={

@@ -103,7 +103,8 @@ class Claims:
 class Experts:
     """Model actor: loads the weights once, then runs the experts on the decoded files of a batch."""
 
-    def __init__(self, weights_dir: str, fingerprint: str, device: str, precision: str):
+    def __init__(self, weights_dir: str, fingerprint: str, device: str, precision: str,
+                 compile_batch: int | None = None):
         import torch
 
         from faramir.devices import resolve_device
@@ -118,6 +119,10 @@ class Experts:
                 f"{weights_dir} on this Ray node holds other weights than on the driver (experts "
                 f"fingerprint {self.model.info.experts_fingerprint[:12]}, driver {fingerprint[:12]}); "
                 f"give every node the same weights directory")
+        if compile_batch is not None:
+            from faramir.compiled import compile_experts
+
+            compile_experts(self.model, compile_batch)
         self.precision = precision
 
     def __call__(self, batch: pa.Table) -> pa.Table:
