@@ -4,6 +4,7 @@ compile once per run (smaller batches are padded), and say in one line when they
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ from store.ingestion.write import EMBEDDING_FIELDS
 
 runner = CliRunner()
 
+needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                               reason="torch.compile needs a C++ compiler on the CPU (apt-get install g++)")
+
 
 @pytest.fixture
 def folder(tmp_path, make_images):
@@ -37,6 +41,7 @@ def _results(model, root):
     return list(assess(model, sources, 0.5, batch_size=4, workers=0))
 
 
+@needs_cxx
 def test_compiled_experts_give_the_eager_results_and_compile_once(tiny_weights, folder):
     eager = _results(load_model(tiny_weights), folder)
     model = load_model(tiny_weights, compile_batch=4)
@@ -53,6 +58,7 @@ def test_compiled_experts_give_the_eager_results_and_compile_once(tiny_weights, 
         assert b.aesthetic_score == pytest.approx(a.aesthetic_score, abs=1e-5)
 
 
+@needs_cxx
 def test_ingest_compile_from_the_cli_stores_the_eager_vectors(tmp_path, tiny_weights, folder):
     dbs = {mode: tmp_path / f"{mode}.lancedb" for mode in ("eager", "compiled")}
     for mode, db in dbs.items():

@@ -133,6 +133,8 @@ def test_ray_ingest_gives_the_local_rows_and_reruns_read_only_what_changed(tmp_p
     assert files[os.path.abspath(imgs / "renamed.png")] == row["id"]
 
 
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="torch.compile needs a C++ compiler on the CPU (apt-get install g++)")
 def test_ray_ingest_compile_gives_the_eager_vectors(tmp_path, tiny_weights, tiny_model, ray_local):
     """`--compile` with `--ray`: each model actor compiles its own experts (batches padded to the
     batch size); the rows are the eager local ingest's within float rounding."""
