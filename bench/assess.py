@@ -34,13 +34,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import faramir.experts  # noqa: E402,F401  (imports timm: seconds that are not model loading)
+from bench.full_weights import DEFAULT_WEIGHTS, full_weights  # noqa: E402
 from bench.images import bench_images  # noqa: E402
 from bench.memory import peak_rss_mb  # noqa: E402
 from faramir.compiled import compile_experts  # noqa: E402
 from faramir.config import N_ACCEPT, N_CLASSES, PRECISIONS  # noqa: E402
 from faramir.decoding import default_workers, read_item  # noqa: E402
 from faramir.devices import Bf16, bf16_support, resolve_device  # noqa: E402
-from faramir.fake_weights import generate  # noqa: E402
 from faramir.pipeline import Assessment, assess  # noqa: E402
 from faramir.sources import Source  # noqa: E402
 from faramir.weights import SIGLIP_FILE, load_model, trunk_fingerprint  # noqa: E402
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=4, help="images per turn of each variant (default 4)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: spare cores)")
-    ap.add_argument("--weights", type=Path, default=Path.home() / ".cache/faramir/bench-weights-full")
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     ap.add_argument("--images", type=Path, default=None, help="bench/images.py cache (default: its own)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true",
@@ -111,9 +111,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     kind, capability = bf16_support(device)
-    if not (args.weights / "faramir-v1.pth").is_file():
-        print(f"generating full-size weights in {args.weights} (1.7 GB)...", file=sys.stderr)
-        generate(args.weights, "full", seed=0, text=False)
+    full_weights(args.weights)
     trunk_fingerprint(args.weights / SIGLIP_FILE)  # hashed once here, so neither load pays for it
     models, load_s, forwards, compile_s = {}, {}, {}, {}
     for precision in PRECISIONS:

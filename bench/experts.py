@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.full_weights import DEFAULT_WEIGHTS, full_weights  # noqa: E402
 from faramir.config import PRECISIONS  # noqa: E402
 from faramir.devices import bf16_support, resolve_device  # noqa: E402
-from faramir.fake_weights import generate  # noqa: E402
 from faramir.weights import load_model  # noqa: E402
 
 
@@ -89,15 +89,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--parts", action="store_true", help="time trunk, pools and ARNIQA apart (first batch size)")
     ap.add_argument("--profile", action="store_true", help="top operators of one bf16 forward (first batch size)")
-    ap.add_argument("--weights", type=Path, default=Path.home() / ".cache/faramir/bench-weights-full")
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     ap.add_argument("--json", action="store_true", help="one JSON object per line instead of the table")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
     kind, capability = bf16_support(device)
-    if not (args.weights / "faramir-v1.pth").is_file():
-        print(f"generating full-size weights in {args.weights} (1.7 GB)...", file=sys.stderr)
-        generate(args.weights, "full", seed=0, text=False)
+    full_weights(args.weights)
     if not args.json:
         print(f"bf16 on {device}: {kind.value} ({capability}); torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads")

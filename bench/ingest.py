@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 from store.allocator import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
-DEFAULT_WEIGHTS = Path.home() / ".cache/faramir/bench-weights-full"  # shared with bench/assess.py
 
+from bench.full_weights import DEFAULT_WEIGHTS, full_weights  # noqa: E402
 from bench.memory import children_peak_rss_mb, peak_rss_mb  # noqa: E402
 
 
@@ -179,12 +179,7 @@ def speed(args) -> None:
 
     from bench.images import bench_images
 
-    weights = Path(args.weights)
-    if not (weights / "faramir-v1.pth").is_file():
-        from faramir.fake_weights import generate
-
-        print(f"generating full-size fake weights in {weights} (1.7 GB)...", file=sys.stderr)
-        generate(weights, "full", 0, text=False)
+    weights = full_weights(args.weights)
     n_fp32 = args.n if args.n is not None else args.n_fp32
     n_bf16 = args.n if args.n is not None else args.n_bf16
     n_base = args.n if args.n is not None else args.n_baseline
