@@ -40,7 +40,7 @@ TABLE_KEYS = {  # every table but images, with its primary key
     schema.LABELS: "id",
 }
 HEAD_COLUMNS = [f.name for f in schema.HEADS_SCHEMA if f.name != "checkpoint"]
-ALLOW_LISTS = 16  # filters whose allow-lists a Cache keeps (about 100 KB each at a million rows)
+ALLOW_LISTS = 16  # filters whose allow-lists a Cache keeps (up to 8 MB each at a million rows)
 
 
 def default_db() -> str:
@@ -107,7 +107,7 @@ class Cache:
         self.warnings: list[str] = []  # e.g. a table opened at an older version (store.recovery)
         self._conn = None
         self._datasets: dict[str, object] = {}  # table name → Lance dataset (see `dataset`)
-        self._allow_lists: dict[tuple, bytes] = {}  # (table, version, filter) → row addresses (see `allow_list`)
+        self._allow_lists: dict[tuple, object] = {}  # (table, version, filter) → row addresses (see `allow_list`)
         self._head_records: dict = {}  # "version" and head name → its rows (see `head`)
         self._counts: dict[tuple, int] = {}  # (table, version, filter) → rows (see `count_where`)
 
@@ -273,22 +273,21 @@ class Cache:
         self._datasets[name] = ds
         return ds
 
-    def allow_list(self, ds, where: str) -> bytes:
-        """The addresses of the rows of `ds` (one version of a table, from `dataset`) passing the
-        SQL filter `where`, serialised for Lance's `row_addr_allowlist`; the last `ALLOW_LISTS`
-        are kept.
+    def allow_list(self, ds, where: str):
+        """The rows of `ds` (one version of a table, from `dataset`) passing the SQL filter `where`,
+        a `store.allow_lists.AllowList` (sorted row addresses, and Lance's `row_addr_allowlist`
+        form); the last `ALLOW_LISTS` are kept.
 
         A filtered vector search given these skips the filter: LanceDB's prefilter rebuilds the
         same set from the scalar index on every query, about 12-14 ms at a million rows. Row
         addresses hold for one table version only (a compaction moves rows), so a new version
         builds a new list."""
-        from lance.dataset import serialize_row_addrs
+        from store.allow_lists import AllowList
 
         key = (ds.uri, ds.version, where)
         found = self._allow_lists.get(key)
         if found is None:
-            addresses = ds.to_table(columns=[], filter=where, with_row_address=True).column("_rowaddr")
-            found = serialize_row_addrs(addresses.to_numpy().tolist())
+            found = AllowList.of(ds, where)
             kept = list(self._allow_lists.items())[1 - ALLOW_LISTS:]  # the newest; one step, for threads
             self._allow_lists = {**dict(kept), key: found}
         return found

@@ -99,9 +99,11 @@ def similar(
     embedding, among the rows passing the filter (a `Filter`, or its fields as keyword
     arguments), nearest first. REF: see `reference_vector`, or a vector.
 
-    One Lance query: the filter is a prefilter of the vector search, so the k results all pass
-    it; the rows passing it are found once per table version and filter and kept in the Cache
-    (`Cache.allow_list`), so a long-lived process pays only the search. With an ANN index the search is approximate (`nprobes`, `refine_factor` tune it); rows
+    The k results all pass the filter: the rows passing it are found once per table version and
+    filter and kept in the Cache (`Cache.allow_list`), so a long-lived process pays only the
+    search. With an ANN index the search is approximate (`nprobes`, `refine_factor` tune it) and
+    runs unfiltered, its candidates tested against the kept rows, with the answers of Lance's
+    prefilter (`store.postfilter`; the prefilter itself where that cannot be sure of them). Rows
     added since the index was built are searched exactly and merged in; `exact` bypasses the
     index. Columns: distance (1 - cosine similarity), then as `store.top`."""
     from store.indexes import NPROBES, REFINE_FACTOR
@@ -123,12 +125,27 @@ def similar(
         else:
             nearest["nprobes"] = nprobes or NPROBES
             nearest["refine_factor"] = refine_factor or REFINE_FACTOR
-        allow = cache.allow_list(ds, f.where(prefix))
-        rows = ds.scanner(nearest=nearest, prefilter=True, row_addr_allowlist=allow,
-                          columns=[*read_columns(prefix), column, "_distance"]).to_table()
-        distance = cosine_distances(vector, rows.column(column))
+        rows, distance = _nearest_rows(ds, nearest, cache.allow_list(ds, f.where(prefix)), read_columns(prefix))
         order = np.argsort(distance, kind="stable")  # the engine's order, exact ties aside
-        rows = rows.drop_columns([column, "_distance"]).append_column("distance", pa.array(distance))
+        rows = rows.append_column("distance", pa.array(distance))
         return results(rows.take(pa.array(order, pa.int64())), prefix, f.threshold, first=["distance"])
 
     return on_head(cache, f.head, run)
+
+
+def _nearest_rows(ds, nearest: dict, allow, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+    """(`columns` of the k nearest rows passing `allow`, their exact cosine distances), unordered:
+    through `store.postfilter` where it can answer, else Lance's prefilter with the same `nearest`."""
+    from store import postfilter
+
+    column, vector, k = nearest["column"], nearest["q"], nearest["k"]
+    found = None if nearest.get("use_index") is False else postfilter.candidates(
+        ds, column, vector, k, nearest["nprobes"], nearest["refine_factor"], allow)
+    if found is None:
+        rows = ds.scanner(nearest=nearest, prefilter=True, row_addr_allowlist=allow.serialized,
+                          columns=[*columns, column], disable_scoring_autoprojection=True).to_table()
+        return rows.drop_columns([column]), cosine_distances(vector, rows.column(column))
+    ids, vectors = found  # the k nearest by exact distance; their other columns read for them alone
+    distance = cosine_distances(vector, vectors)
+    best = np.argsort(distance, kind="stable")[:k]
+    return ds._take_rows(ids[best].tolist(), columns=columns), distance[best]  # in order (pylance 13)

@@ -21,7 +21,7 @@ from store.errors import CacheError, ExportError, QueryError
 from store.exporter import export
 from store.filters import Filter
 from store.indexes import ensure_indexes, index, list_indexes
-from store.neighbours import similar
+from store.neighbours import cosine_distances, similar
 from store.query import count, stats, top
 from tests.synthetic import row_id
 from tests.stage2_helpers import ACCEPT, REJECT, boundary_confidences, errors, hand_cache, tiny_cache
@@ -445,3 +445,47 @@ def test_nan_is_never_accepted_in_any_query(with_nan):
     assert {r["threshold"]: r["accepted"] for r in s.sweep}[0.05] == 4
     near = similar(ids[0], cache, k=10, accepted=True, exact=True)
     assert set(near.column("id").to_pylist()) == accepted
+
+
+def test_the_post_filter_answers_as_the_prefilter_or_leaves_it_the_query(tmp_path, monkeypatch):
+    """`store.postfilter`: an unfiltered search tested against the kept rows gives the
+    prefilter's rows wherever it answers (rows nearest by the estimate, re-ranked, unindexed rows
+    merged), and leaves the query to the prefilter where the fetch cut may hide passing rows, where
+    few rows pass, and where there is no index."""
+    from store import postfilter
+    from store.indexes import NPROBES, REFINE_FACTOR
+
+    cache = tiny_cache(tmp_path / "db", n=3000)
+    prefix = cache.head("faramir-v1")["prefix"]
+    columns = ["id", "faramir_embedding"]
+
+    def answered(ref, **f):
+        ds, where = cache.dataset(), Filter.of(**f).where(prefix)
+        vector = vector_of(cache, ref).astype(np.float32)
+        found = postfilter.candidates(ds, "faramir_embedding", vector, 10, NPROBES, REFINE_FACTOR,
+                                      cache.allow_list(ds, where))
+        if found is None:
+            return None
+        nearest = {"column": "faramir_embedding", "q": vector, "k": 10, "metric": "cosine", "nprobes": NPROBES,
+                   "refine_factor": REFINE_FACTOR}
+        want = ds.to_table(nearest=nearest, filter=where, prefilter=True, columns=["id"]).column("id").to_pylist()
+        ids, vectors = found
+        assert len(ids) == len(vectors) <= 10 * REFINE_FACTOR + 10
+        best = np.argsort(cosine_distances(vector, vectors), kind="stable")[:10]
+        got = ds._take_rows(ids[best].tolist(), columns=columns)
+        assert sorted(got.column("id").to_pylist()) == sorted(want), (ref, f)
+        assert got.column("faramir_embedding").equals(vectors.take(pa.array(best)))  # ids and vectors agree
+        return found
+
+    refs = [row_id(0, i) for i in (3, 42, 777, 2500)]
+    assert all(answered(ref, accepted=True) is None for ref in refs)  # no index yet
+    index(cache)
+    assert all(answered(ref, accepted=True) is not None for ref in refs)
+    assert all(answered(ref) is not None for ref in refs)  # no filter: every row passes
+    assert answered(refs[0], labels=["text"]) is None  # few rows pass: the prefilter's query
+    table = cache.images()
+    clones = table.search().where(f"id IN ({', '.join(repr(r) for r in refs)})").to_arrow()
+    table.add(clones.set_column(0, "id", pa.array([c * 64 for c in "abcd"])))  # unindexed rows, merged
+    assert all(answered(ref, accepted=True) is not None for ref in refs)
+    monkeypatch.setattr(postfilter, "OVERFETCH", 1)  # fetch only k·R: not all of them pass
+    assert all(answered(ref, accepted=True) is None for ref in refs)
