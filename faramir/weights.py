@@ -85,11 +85,9 @@ class WeightsInfo:
     head_fingerprint: str  # FARAMIR norm.* + head.*
 
 
-def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32",
-               compile_batch: int | None = None):
+def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32"):
     """A ready `FaramirModel` (eval mode) from a complete weights directory, its experts laid out
-    for `precision` ("fp32", the reference, or "bf16"; see `Experts.prepare`), and compiled for
-    batches of `compile_batch` where that is given (`faramir.compiled`)."""
+    for `precision` ("fp32", the reference, or "bf16"; see `Experts.prepare`)."""
     from faramir.experts import Experts
     from faramir.head import FaramirHead
     from faramir.model import FaramirModel
@@ -132,12 +130,7 @@ def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu
         head_fingerprint=tensor_digest(head_state),
     )
     experts.prepare(precision)  # before moving: a bf16 model crosses to the device at half the size
-    model = FaramirModel(experts, head, info).eval().to(device)
-    if compile_batch is not None:
-        from faramir.compiled import compile_experts
-
-        compile_experts(model, compile_batch)
-    return model
+    return FaramirModel(experts, head, info).eval().to(device)
 
 
 def _experts_fingerprint(trunk: str, arniqa: str, aesthetic: str, faramir_pool: str) -> str:

@@ -15,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.app import app
+from faramir.compiled import compile_experts
 from faramir.pipeline import Assessment, assess
 from faramir.sources import Source
 from faramir.weights import load_model
@@ -44,7 +45,8 @@ def _results(model, root):
 @needs_cxx
 def test_compiled_experts_give_the_eager_results_and_compile_once(tiny_weights, folder):
     eager = _results(load_model(tiny_weights), folder)
-    model = load_model(tiny_weights, compile_batch=4)
+    model = load_model(tiny_weights)
+    compile_experts(model, 4)
     assert model.fixed_batch == 4
     with torch._dynamo.config.patch(error_on_recompile=True):  # a batch of 3 must not compile again
         compiled = _results(model, folder)

@@ -95,9 +95,9 @@ def ingest(
     run = writer = None
     compute_s = 0.0
     if plan.to_read:
-        options = {"precision": precision, "commit_every": commit_every, "commit_seconds": commit_seconds,
-                   "compile_batch": batch_size if compile else None}
-        cache, run = _start(db, cache, plan, known, (model, weights_dir, device, precision), ray, options)
+        options = {"precision": precision, "commit_every": commit_every, "commit_seconds": commit_seconds}
+        cache, run = _start(db, cache, plan, known, (model, weights_dir, device, precision),
+                            batch_size if compile else None, ray, options)
         writer = run.writer
         compute_started = time.monotonic()
         yield from run.progress(batch_size, workers)
@@ -127,17 +127,18 @@ def _reclaim(cache: Cache, model) -> None:
     prepare(cache, model)
 
 
-def _start(db, cache: Cache | None, plan, known: set[str], load: tuple, ray: str | None, options: dict):
+def _start(db, cache: Cache | None, plan, known: set[str], load: tuple, compile_batch: int | None,
+           ray: str | None, options: dict):
     """(the cache, made now if new, a run over the plan's files): the model loads first, for this
     machine and compiled if asked, or on the CPU only to fix the weights where Ray's model actors
     each load (and compile) their own."""
     model, weights_dir, device, precision = load
-    model = _load(model, weights_dir, device if ray is None else "cpu", precision,
-                  options["compile_batch"] if ray is None else None)
+    here = ray is None
+    model = _load(model, weights_dir, device if here else "cpu", precision, compile_batch if here else None)
     cache = Cache.open(db if cache is None else cache, create=True)  # only now: the model loaded
-    if ray is None:
+    if here:
         return cache, _local_run(cache, plan, known, model, options)
-    return cache, _ray_run(cache, plan, known, model, ray, device, options)
+    return cache, _ray_run(cache, plan, known, model, ray, device, compile_batch, options)
 
 
 def _local_run(cache: Cache, plan, known: set[str], model, options: dict):
@@ -145,11 +146,11 @@ def _local_run(cache: Cache, plan, known: set[str], model, options: dict):
     from store.ingestion.run import Run
     from store.ingestion.write import Writer, prepare
 
-    options = {name: value for name, value in options.items() if name != "compile_batch"}
     return Run(model, plan, known, Writer(cache, *prepare(cache, model)), **options)
 
 
-def _ray_run(cache: Cache, plan, known: set[str], model, address: str, device: str, options: dict):
+def _ray_run(cache: Cache, plan, known: set[str], model, address: str, device: str, compile_batch: int | None,
+             options: dict):
     """A run on Ray. The driver's model (on the CPU) only fixes the weights and registers the
     released head in a new cache; it is dropped here, and each model actor loads its own."""
     from store.ingestion.fragments import FragmentWriter
@@ -157,7 +158,8 @@ def _ray_run(cache: Cache, plan, known: set[str], model, address: str, device: s
     from store.ingestion.write import prepare
 
     writer = FragmentWriter(cache, *prepare(cache, model))
-    return RayRun(address, model.info, plan, known, writer, device=device, **options)
+    return RayRun(address, model.info, plan, known, writer, device=device, compile_batch=compile_batch,
+                  **options)
 
 
 def _summary(db: str, plan, run, writer, elapsed_s: float, compute_s: float, compacted: list[str],
@@ -223,11 +225,11 @@ def _load(model, weights_dir, device, precision, compile_batch: int | None = Non
         from faramir.download import resolve_weights_dir
         from faramir.weights import load_model
 
-        return load_model(resolve_weights_dir(weights_dir, download=True), resolve_device(device), precision,
-                          compile_batch)
-    import torch
+        model = load_model(resolve_weights_dir(weights_dir, download=True), resolve_device(device), precision)
+    else:
+        import torch
 
-    model = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
+        model = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
     if model.precision != precision:
         raise InputError(f"precision {precision!r}: the model given was loaded for {model.precision}")
     if compile_batch is not None and model.fixed_batch != compile_batch:
