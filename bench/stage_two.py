@@ -219,13 +219,11 @@ def compact(db: Path) -> None:
     Fragments matter to the queries: a take of 40 rows from 20 fragments costs 4.2 ms, from one
     1.7 ms, and a vector search's refine is such a take."""
     from store.db import Cache
-    from store.ingestion.driver import COMPACT_AT, KEEP_VERSIONS
+    from store.ingestion.driver import compact_if_due
 
     cache = Cache.open(db, warn_generated=False)
     for name in cache.table_names():
-        table = cache.table(name)
-        if table.stats()["fragment_stats"]["num_small_fragments"] >= COMPACT_AT:
-            table.optimize(cleanup_older_than=KEEP_VERSIONS)
+        compact_if_due(cache.table(name))
 
 
 def finetuned(cache) -> dict:

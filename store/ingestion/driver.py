@@ -199,13 +199,18 @@ def _housekeeping(cache: Cache | None, touched: set[str]) -> tuple[list[str], li
         return [], []
     from store.indexes import ensure_indexes
 
-    compacted = []
-    for name in sorted(touched):
-        table = cache.table(name)
-        if table.stats()["fragment_stats"]["num_small_fragments"] >= COMPACT_AT:
-            if _unless_contested(lambda: table.optimize(cleanup_older_than=KEEP_VERSIONS) or True, False):
-                compacted.append(name)
+    compacted = [name for name in sorted(touched)
+                 if _unless_contested(lambda: compact_if_due(cache.table(name)), False)]
     return compacted, _unless_contested(lambda: ensure_indexes(cache), [])
+
+
+def compact_if_due(table) -> bool:
+    """Compact a LanceDB table once it holds `COMPACT_AT` small fragments (versions younger than
+    `KEEP_VERSIONS` kept); whether it did."""
+    if table.stats()["fragment_stats"]["num_small_fragments"] < COMPACT_AT:
+        return False
+    table.optimize(cleanup_older_than=KEEP_VERSIONS)
+    return True
 
 
 def _unless_contested(housekeeping, otherwise):
