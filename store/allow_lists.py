@@ -9,8 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 
+_OFFSET_BITS = 32  # a Lance row address: fragment id << 32 | row offset in the fragment
+_OFFSET_MASK = np.uint64((1 << _OFFSET_BITS) - 1)
+
+
 class AllowList:
-    """Sorted row addresses passing a filter, their Lance serialisation, and the table's row count."""
+    """Sorted row addresses passing a filter, their Lance serialisation, and the table's row count;
+    membership is a bitmap per fragment (a byte per row up to the last passing one: 1 MB at a
+    million rows), so testing 2,000 candidates takes microseconds."""
 
     def __init__(self, addresses: np.ndarray, total_rows: int):
         from lance.dataset import serialize_row_addrs
@@ -18,6 +24,14 @@ class AllowList:
         self.addresses = np.sort(np.asarray(addresses, np.uint64))
         self.total_rows = total_rows
         self.serialized: bytes = serialize_row_addrs(self.addresses.tolist())
+        fragments = self.addresses >> np.uint64(_OFFSET_BITS)
+        offsets = (self.addresses & _OFFSET_MASK).astype(np.int64)
+        self._fragments, first = np.unique(fragments, return_index=True)  # sorted fragment ids
+        last = np.append(first[1:], len(offsets)) - 1
+        sizes = offsets[last] + 1 if len(offsets) else np.zeros(0, np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(sizes)])  # fragment i's bits: starts[i]..starts[i+1]
+        self._bits = np.zeros(int(self._starts[-1]), bool)
+        self._bits[np.repeat(self._starts[:-1], np.diff(np.append(first, len(offsets)))) + offsets] = True
 
     @classmethod
     def of(cls, ds, where: str) -> AllowList:
@@ -33,7 +47,10 @@ class AllowList:
     def contains(self, addresses: np.ndarray) -> np.ndarray:
         """A boolean mask: which of `addresses` pass."""
         addresses = np.asarray(addresses, np.uint64)
-        if not len(self.addresses):
+        if not len(self._fragments):
             return np.zeros(len(addresses), bool)
-        at = np.minimum(np.searchsorted(self.addresses, addresses), len(self.addresses) - 1)
-        return self.addresses[at] == addresses
+        fragments = addresses >> np.uint64(_OFFSET_BITS)
+        at = np.minimum(np.searchsorted(self._fragments, fragments), len(self._fragments) - 1)
+        offsets = (addresses & _OFFSET_MASK).astype(np.int64)
+        inside = (self._fragments[at] == fragments) & (offsets < self._starts[at + 1] - self._starts[at])
+        return inside & self._bits[np.where(inside, self._starts[at] + offsets, 0)]
