@@ -24,12 +24,13 @@ from store.errors import QueryError
 ANN_MIN_ROWS = 100_000  # below this an exact filtered search takes well under 100 ms
 REINDEX_FRACTION = 0.1  # fold unindexed rows into the ANN index past this share of the table
 ROWS_PER_PARTITION = 4096  # IVF partition size (sqrt(N) would give 1000 tiny partitions at 1M)
-NPROBES = 64  # IVF partitions searched per query (of ~244 at 1M rows): recall@10 0.985 on
-# bench/stage_two.py's clustered rows; 24 gave 0.83, 48 0.953. Latency barely grows with it (the
-# prefilter and query planning dominate), and 4x finer partitions needed far more probes.
+NPROBES = 60  # IVF partitions searched per query (of ~244 at 1M rows). On bench/stage_two.py's
+# clustered rows at 1M (re-rank 5 × k, 300 queries interleaved): 56 probes recall@10 0.965, 60 0.970,
+# 64 0.976, each probe adding about 0.2 ms to a 15-17 ms query (the IVF_RQ scan is most of it);
+# 48 gave 0.95, 24 0.83. 4x finer partitions needed far more probes for less recall.
 REFINE_FACTOR = 5  # candidates re-ranked with the full vectors: 5 × k. At 1M rows recall is bound by the
 # probes, not the re-rank (0.973 with 5 or 10; reading 50 vectors instead of 100 saves 2-3 ms);
-# at 100K, where 64 probes cover every partition, 5 gives 0.981 against 10's 0.991.
+# at 100K, where the probes cover every partition (24), 5 gives 0.981 against 10's 0.991.
 
 
 def ann_config(num_rows: int):
