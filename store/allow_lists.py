@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 _OFFSET_BITS = 32  # a Lance row address: fragment id << 32 | row offset in the fragment
 _OFFSET_MASK = np.uint64((1 << _OFFSET_BITS) - 1)
 
@@ -26,12 +25,11 @@ class AllowList:
         self.serialized: bytes = serialize_row_addrs(self.addresses.tolist())
         fragments = self.addresses >> np.uint64(_OFFSET_BITS)
         offsets = (self.addresses & _OFFSET_MASK).astype(np.int64)
-        self._fragments, first = np.unique(fragments, return_index=True)  # sorted fragment ids
-        last = np.append(first[1:], len(offsets)) - 1
-        sizes = offsets[last] + 1 if len(offsets) else np.zeros(0, np.int64)
-        self._starts = np.concatenate([[0], np.cumsum(sizes)])  # fragment i's bits: starts[i]..starts[i+1]
+        self._fragments, first, counts = np.unique(fragments, return_index=True, return_counts=True)
+        sizes = offsets[first + counts - 1] + 1  # a fragment's bits run to its last passing row
+        self._starts = np.concatenate([[0], np.cumsum(sizes)])  # fragment i's: starts[i]..starts[i+1]
         self._bits = np.zeros(int(self._starts[-1]), bool)
-        self._bits[np.repeat(self._starts[:-1], np.diff(np.append(first, len(offsets)))) + offsets] = True
+        self._bits[np.repeat(self._starts[:-1], counts) + offsets] = True
 
     @classmethod
     def of(cls, ds, where: str) -> AllowList:
