@@ -15,16 +15,17 @@ _OFFSET_MASK = np.uint64((1 << _OFFSET_BITS) - 1)
 
 
 class AllowList:
-    """Sorted row addresses passing a filter, their Lance serialisation, and the table's row count;
-    membership is a bitmap per fragment (a byte per row up to the last passing one: 1 MB at a
-    million rows), so testing 2,000 candidates takes microseconds."""
+    """The row addresses passing a filter, as a bitmap per fragment (a byte per row up to the last
+    passing one: 1 MB at a million rows), so testing 2,000 candidates takes microseconds; the
+    sorted addresses and their Lance serialisation are derived from it when asked for."""
 
     def __init__(self, addresses: np.ndarray, total_rows: int):
-        self.addresses = np.sort(np.asarray(addresses, np.uint64))
+        addresses = np.sort(np.asarray(addresses, np.uint64))
         self.total_rows = total_rows
-        fragments = self.addresses >> np.uint64(_OFFSET_BITS)
-        offsets = (self.addresses & _OFFSET_MASK).astype(np.int64)
-        self._fragments, first, counts = np.unique(fragments, return_index=True, return_counts=True)
+        self.passing = len(addresses)
+        offsets = (addresses & _OFFSET_MASK).astype(np.int64)
+        self._fragments, first, counts = np.unique(addresses >> np.uint64(_OFFSET_BITS), return_index=True,
+                                                   return_counts=True)
         sizes = offsets[first + counts - 1] + 1  # a fragment's bits run to its last passing row
         self._starts = np.concatenate([[0], np.cumsum(sizes)])  # fragment i's: starts[i]..starts[i+1]
         self._bits = np.zeros(int(self._starts[-1]), bool)
@@ -35,6 +36,15 @@ class AllowList:
         """The rows of `ds` (one version of a table) passing the SQL filter `where`."""
         found = ds.to_table(columns=[], filter=where, with_row_address=True).column("_rowaddr")
         return cls(found.to_numpy(), ds.count_rows())
+
+    @property
+    def addresses(self) -> np.ndarray:
+        """The passing rows' addresses, sorted (uint64)."""
+        return np.concatenate([
+            (np.uint64(fragment) << np.uint64(_OFFSET_BITS))
+            + np.flatnonzero(self._bits[start:end]).astype(np.uint64)
+            for fragment, start, end in zip(self._fragments, self._starts[:-1], self._starts[1:])
+        ] or [np.zeros(0, np.uint64)])
 
     @functools.cached_property
     def serialized(self) -> bytes:
@@ -47,7 +57,7 @@ class AllowList:
     @property
     def share(self) -> float:
         """The fraction of the table's rows that pass."""
-        return len(self.addresses) / self.total_rows if self.total_rows else 0.0
+        return self.passing / self.total_rows if self.total_rows else 0.0
 
     def contains(self, addresses: np.ndarray) -> np.ndarray:
         """A boolean mask: which of `addresses` pass."""

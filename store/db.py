@@ -40,7 +40,7 @@ TABLE_KEYS = {  # every table but images, with its primary key
     schema.LABELS: "id",
 }
 HEAD_COLUMNS = [f.name for f in schema.HEADS_SCHEMA if f.name != "checkpoint"]
-ALLOW_LISTS = 16  # filters whose allow-lists a Cache keeps (up to 8 MB each at a million rows)
+ALLOW_LISTS = 16  # filters whose allow-lists a Cache keeps (up to 1 MB each at a million rows)
 
 
 def default_db() -> str:
@@ -275,7 +275,7 @@ class Cache:
 
     def allow_list(self, ds, where: str):
         """The rows of `ds` (one version of a table, from `dataset`) passing the SQL filter `where`,
-        a `store.allow_lists.AllowList` (sorted row addresses, and Lance's `row_addr_allowlist`
+        a `store.allow_lists.AllowList` (a bitmap of row addresses, and Lance's `row_addr_allowlist`
         form); the last `ALLOW_LISTS` are kept.
 
         A filtered vector search given these skips the filter: LanceDB's prefilter rebuilds the
