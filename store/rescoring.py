@@ -11,9 +11,11 @@ A head's scores are six columns of the ``images`` table under a column prefix (s
    only new fragments are scored.
    A head whose frozen part (everything a finetune leaves alone: norms, linear_1, activation_1,
    linear_2) equals a registered head's computes the same v and f for every row, so the UDF
-   reads that head's v and f columns (32 floats a row) instead of the embeddings (1,296), runs
-   only the decision layers, and passes v, f and the labels (functions of v) on. That is how a
-   finetuned head is scored.
+   reads that head's v and f columns (32 floats a row) instead of the embeddings (1,296) and
+   runs only the decision layers. Its labels, v and f, which are that head's (the labels are
+   functions of v), are not written again: the fragment's new fields for them are mapped onto
+   that head's data (`store.column_aliases`). That is how a finetuned head is scored: 8 bytes a
+   row written.
 2. It points the ``heads`` row of that name at the new prefix: that one-row commit is the moment
    the new scores replace the old for every reader, who resolves name → prefix through ``heads``
    (and retries once if the columns it resolved were dropped under it).
@@ -41,11 +43,12 @@ import pyarrow as pa
 from faramir.checkpoints import frozen_fingerprint, head_to_bytes, load_head_checkpoint
 from store import schema
 from store.db import Cache
+from store.column_aliases import alias_files, keep_fields, leaf_ids, locate
 from store.errors import HeadError, PoolMismatch
 from store.gaps import fill_gaps
 from store.heads import HeadInfo, describe, drop_prefix
 from store.schema import HEAD_INPUTS
-from store.scoring import SHARED, HeadScorer, decision_scores, head_inputs
+from store.scoring import SCORES, SHARED, HeadScorer, decision_scores, head_inputs
 
 COMMIT_ATTEMPTS = 5  # tries of the rescore commit while an ingest keeps committing
 RESCORE_THREADS = 2  # fragments scored at once (reading one overlaps the arithmetic on another)
@@ -130,17 +133,43 @@ def _sharing_head(cache: Cache, frozen: str, columns: Iterable[str]) -> dict | N
     return None
 
 
+def _shared_columns_at(dataset, sharing: dict, todo: list) -> dict | None:
+    """{fragment key: where head `sharing`'s SHARED columns are stored in that fragment} for the
+    fragments in `todo`, or None where any of them cannot be aliased (`store.column_aliases`; only
+    a table in Lance's legacy file format, which faramir never writes): then the new head is
+    scored from the embeddings."""
+    ids = leaf_ids(dataset.lance_schema, [f"{sharing['prefix']}_{name}" for name in SHARED])
+    if ids is None:
+        return None
+    found = {key: locate(fragment.metadata, ids) for key, fragment in todo}
+    return None if any(stored is None for stored in found.values()) else found
+
+
+def _new_files(written, merged_schema, prefix: str, shared: list | None) -> list:
+    """The data file entries a fragment gains: the file merge_columns `written`, or, scored from
+    a sharing head whose columns are at `shared`, that file for the decision and confidence only
+    and aliases onto the sharing head's data for the rest (the file's null columns stay unread)."""
+    if shared is None:
+        return [written]
+    ids = leaf_ids(merged_schema, [f"{prefix}_{name}" for name in SCORES])
+    assert ids is not None, "score columns of the sharing head's types are never nested"
+    return [keep_fields(written, ids[:2]), *alias_files(ids[2:], shared)]
+
+
 class _ScoreUDF:
     """The batch UDF of a rescore: the head's six score columns, from the three head inputs or,
-    once `reads` names a head sharing its frozen part, from that head's v, f and labels by the
-    decision layers alone (a row that head has no scores for, which its own rescore is still
-    filling in, sets `unscored` and stops the merge).
+    once `reads` names a head sharing its frozen part, from that head's v and f by the decision
+    layers alone (a row that head has no scores for, which its own rescore is still filling in,
+    sets `unscored` and stops the merge). Sharing, the other four columns are written as nulls:
+    the fragment's new fields are then mapped onto that head's data (`_new_files`).
 
     Fragments are scored on several threads; each thread has its own HeadScorer (and so its own
     input buffer). `progress(done, total)` is called under a lock after every batch."""
 
     def __init__(self, prefix: str, model, cfg, batch_size: int, progress: Callable[[int, int], None] | None):
         self.schema = pa.schema(schema.score_fields(prefix))
+        assert self.schema.names == [f"{prefix}_{name}" for name in SCORES], "SCORES follows score_fields"
+        self.types = dict(zip(SCORES, self.schema.types))
         self.model, self.cfg, self.batch_size, self.progress = model, cfg, batch_size, progress
         self.local = threading.local()
         self.lock = threading.Lock()
@@ -149,12 +178,12 @@ class _ScoreUDF:
         self.unscored = False
 
     def reads(self, sharing: dict | None) -> tuple[list[str], int]:
-        """Score from the columns of head `sharing` (None: the embeddings); returns the columns
-        and the batch size to read."""
+        """Score from the v and f of head `sharing` (None: from the embeddings); returns the
+        columns and the batch size to read."""
         self.sharing = sharing
         if sharing is None:
             return HEAD_INPUTS, self.batch_size
-        return [f"{sharing['prefix']}_{name}" for name in SHARED], DECISION_BATCH
+        return [f"{sharing['prefix']}_logits", f"{sharing['prefix']}_free"], DECISION_BATCH
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         if self.sharing is None:
@@ -163,16 +192,17 @@ class _ScoreUDF:
                 scorer = self.local.scorer = HeadScorer(self.model, self.batch_size)
             arrays = scorer.score_arrays(*head_inputs(batch, self.cfg))
         else:
-            shared = dict(zip(SHARED, batch.columns))
-            if any(column.null_count for column in shared.values()):
+            logits, free = batch.columns
+            if logits.null_count or free.null_count:
                 self.unscored = True
                 raise HeadError(f"head {self.sharing['name']!r} has rows without scores")
-            arrays = decision_scores(self.model, shared)
+            arrays = decision_scores(self.model, logits, free)
+            arrays.update({name: pa.nulls(batch.num_rows, self.types[name]) for name in SHARED})
         with self.lock:
             self.done += batch.num_rows
             if self.progress is not None:
                 self.progress(min(self.done, self.total), self.total)
-        return pa.RecordBatch.from_arrays(list(arrays.values()), schema=self.schema)
+        return pa.RecordBatch.from_arrays([arrays[name] for name in SCORES], schema=self.schema)
 
 
 class _PrefixTaken(Exception):
@@ -221,7 +251,7 @@ def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
 
     score = _ScoreUDF(prefix, model, cfg, batch_size, progress)
     udf = lance.udf.BatchUDF(score, score.schema)
-    scored: dict[tuple, tuple] = {}  # (fragment id, its data files) → (new data file, head read or None)
+    scored: dict[tuple, tuple] = {}  # (fragment id, its data files) → (new data file entries, head read or None)
     base_schema = merged_schema = None
     for _ in range(COMMIT_ATTEMPTS):
         dataset = cache.images().to_lance()  # the latest version
@@ -234,9 +264,11 @@ def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
         score.total = sum(m.num_rows for m in fragments)
         if not fragments:
             return _columns_alone(cache, dataset, prefix, score.schema), None
-        columns, rows = score.reads(_sharing_head(cache, frozen, dataset.schema.names) if frozen else None)
         keys = [(meta.id, tuple(f.path for f in meta.files)) for meta in fragments]
         todo = [(key, fragment) for key, fragment in zip(keys, dataset.get_fragments()) if key not in scored]
+        sharing = _sharing_head(cache, frozen, dataset.schema.names) if frozen else None
+        shared_at = _shared_columns_at(dataset, sharing, todo) if sharing else None
+        columns, rows = score.reads(sharing if shared_at is not None else None)
         # Fragments in parallel: Lance reads one (without the GIL) while the head scores another,
         # so reading the embeddings and the arithmetic overlap instead of adding up.
         try:
@@ -244,13 +276,14 @@ def _add_score_columns(cache: Cache, prefix: str, model, cfg, batch_size: int,
                 merges = pool.map(lambda f: f.merge_columns(udf, columns=columns, batch_size=rows),
                                   [fragment for _, fragment in todo])
                 for (key, _), (new_meta, merged_schema) in zip(todo, merges):
-                    scored[key] = (new_meta.files[-1], score.sharing and score.sharing["name"])
+                    files = _new_files(new_meta.files[-1], merged_schema, prefix, score.sharing and shared_at[key])
+                    scored[key] = (files, score.sharing and score.sharing["name"])
         except Exception:
             if not score.unscored:
                 raise
             score.unscored, frozen = False, None  # the rest from the embeddings
             continue
-        merged = [dataclasses.replace(meta, files=[*meta.files, scored[key][0]])
+        merged = [dataclasses.replace(meta, files=[*meta.files, *scored[key][0]])
                   for key, meta in zip(keys, fragments)]
         try:
             lance.LanceDataset.commit(dataset, LanceOperation.Merge(merged, merged_schema),

@@ -40,7 +40,9 @@ One LanceDB database (a local folder or an object-store URI) holds these tables:
     source string (file it came from), created_at timestamp,
     checkpoint binary (safetensors bytes of norm.* + head.*, so ingest can score new rows),
     frozen_fingerprint string (norm.* + head.* outside the layers a finetune trains: heads that
-    share it share v and f, so rescoring one needs only the other's P_logits and P_free)
+    share it share v and f, so rescoring one needs only the other's P_logits and P_free, and its
+    P_accept_label, P_reject_label, P_logits and P_free read the other's data: see
+    `store.column_aliases`)
 
 ``labels``: curator labels for finetuning and evaluation.
     id string not null (primary key), label string, source string, imported_at timestamp

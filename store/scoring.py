@@ -67,17 +67,17 @@ def decision_arrays(d: torch.Tensor) -> dict[str, pa.Array]:
             "confidence": pa.array(d.sigmoid().numpy(), pa.float32())}  # torch's sigmoid, as assess uses
 
 
-SHARED = ("accept_label", "reject_label", "logits", "free")  # what heads with one frozen part share
+SCORES = ("decision", "confidence", "accept_label", "reject_label", "logits", "free")  # as schema.score_fields
+SHARED = SCORES[2:]  # what heads with one frozen part share
 
 
 @torch.inference_mode()
-def decision_scores(head: FaramirHead, shared: dict[str, pa.Array]) -> dict[str, pa.Array]:
-    """The score columns of `head` from another head's `SHARED` columns (unprefixed names), for
-    heads whose frozen parts are equal, so that their v and f, and the labels (functions of v),
-    are too: only the decision layers run, and the rest is passed on as it is."""
-    d = head.forward_decision(_tensor(vectors(shared["logits"], N_CLASSES)),
-                              _tensor(vectors(shared["free"], head.cfg.n_free)))
-    return {**decision_arrays(d), **{name: shared[name] for name in SHARED}}
+def decision_scores(head: FaramirHead, logits: pa.Array, free: pa.Array) -> dict[str, pa.Array]:
+    """The decision and confidence columns of `head` from another head's logits and free columns,
+    for heads whose frozen parts are equal, so that their v and f, and the labels (functions of v),
+    are too: only the decision layers run."""
+    return decision_arrays(head.forward_decision(_tensor(vectors(logits, N_CLASSES)),
+                                                 _tensor(vectors(free, head.cfg.n_free))))
 
 
 class HeadScorer:

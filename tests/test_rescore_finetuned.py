@@ -5,6 +5,7 @@ schema version 2 keep working."""
 from __future__ import annotations
 
 import shutil
+from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -17,11 +18,13 @@ from faramir.weights import FARAMIR_FILE
 from store import schema
 from store.browse import detail
 from store.db import Cache
+from store.errors import CacheError
+from store.heads import remove_head
 from store.ingestion import ingest_all
 from store.labels import import_labels
 from store.query import top
 from store.rescoring import rescore
-from store.scoring import head_outputs, vectors
+from store.scoring import SCORES, SHARED, head_outputs, vectors
 from store.tuning import finetune
 from tests.conftest import write_images
 from tests.stage2_helpers import head_file, tiny_cache
@@ -131,9 +134,9 @@ def test_finetune_with_a_name_scores_from_the_base(tuned, tiny_weights, tmp_path
 # -- which path runs ---------------------------------------------------------------------------------
 
 
-def decision_only_variant(cache: Cache, path, seed: int):
-    """The cache's faramir-v1 checkpoint with new values in the decision layers only."""
-    state = head_state_from_bytes(cache.head_checkpoint("faramir-v1"))
+def decision_only_variant(cache: Cache, path, seed: int, base: str = "faramir-v1"):
+    """The checkpoint of the cache's head `base` with new values in the decision layers only."""
+    state = head_state_from_bytes(cache.head_checkpoint(base))
     g = torch.Generator().manual_seed(seed)
     state = {k: (torch.randn(v.shape, generator=g) if k.startswith(TRAINED_PREFIXES) else v)
              for k, v in state.items()}
@@ -175,6 +178,53 @@ def test_rows_the_shared_head_has_not_scored_send_the_rescore_to_the_embeddings(
     record = rescore(variant, "variant", db=cache)
     assert record.scored_from is None and record.rows == 607
     assert_same_answers(columns_of(cache, "variant"), by_hand(cache, variant))
+
+
+# -- the shared columns: the base's data, not copies ---------------------------------------------
+
+
+def stored_at(cache: Cache, name: str) -> list[dict[str, tuple[str, int]]]:
+    """Per fragment, where head `name`'s score columns are stored: {column: (data file, index)}."""
+    ds = cache.images().to_lance()
+    prefix = cache.head(name)["prefix"]
+    ids = {ds.lance_schema.field(f"{prefix}_{column}").id(): column for column in SCORES}
+    return [{ids[f]: (data.path, c) for data in fragment.metadata.files
+             for f, c in zip(data.fields, data.column_indices) if f in ids}
+            for fragment in ds.get_fragments()]
+
+
+def assert_equal_columns(got: dict, want: dict):
+    for key, values in want.items():
+        assert np.array_equal(got[key], values), key
+
+
+@pytest.mark.filterwarnings("ignore:optimize.cleanup_older_than=0.")
+def test_a_finetuned_heads_shared_columns_are_its_bases_data_and_outlive_the_base(cache, tmp_path):
+    a = head_file(tmp_path / "a.pth", seed=5)
+    rescore(a, "a", db=cache)
+    b = decision_only_variant(cache, tmp_path / "b.pth", seed=3, base="a")
+    assert rescore(b, "b", db=cache).scored_from == "a"
+    fragments = list(zip(stored_at(cache, "a"), stored_at(cache, "b")))
+    assert len(fragments) == 2
+    for of_a, of_b in fragments:
+        assert all(of_b[column] == of_a[column] for column in SHARED)  # the same column of the same file
+        own = {of_b["decision"][0], of_b["confidence"][0]}
+        assert len(own) == 1 and not own & {path for path, _ in of_a.values()}  # a file of its own
+    want = columns_of(cache, "b")
+    assert_same_answers(want, by_hand(cache, b))
+    assert not np.array_equal(want["decision"], columns_of(cache, "a")["decision"])
+
+    remove_head("a", db=cache)  # drops a's columns; the data of b's stays where it is
+    with pytest.raises(CacheError, match="no head named 'a'"):
+        cache.head("a")
+    cache.images().to_lance().cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+    assert_equal_columns(columns_of(Cache.open(cache.uri), "b"), want)
+
+    cache.images().optimize(cleanup_older_than=timedelta(0))  # compaction writes b's columns out
+    assert len(stored_at(cache, "b")) == 1 and len({path for path, _ in stored_at(cache, "b")[0].values()}) == 1
+    assert_equal_columns(columns_of(Cache.open(cache.uri), "b"), want)
+    rows = top(cache.uri, head="b", threshold=0.5, limit=None).to_pylist()
+    assert len(rows) == 600 and {r["label"] for r in rows} <= set(LABELS)
 
 
 # -- caches made before schema version 2 ----------------------------------------------------------
