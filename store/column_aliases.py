@@ -10,7 +10,12 @@ are written this way (`store.rescoring`): at a million rows that is 130 MB not w
 
 Lance treats such a column as any other: dropping the columns it aliases keeps the file while
 the alias refers to it (cleanup keeps every file a fragment lists), and compaction, which reads
-every column of the rows it rewrites, writes the aliased values out as plain columns.
+every column of the rows it rewrites, writes the aliased values out as plain columns. An update
+of some columns in place (a merge_insert of a few columns, as ingest does to add a path) marks
+those fields unused in their entry and writes them anew elsewhere; an alias is an entry of its
+own, so it keeps reading the values it was made for. That is what it should read here: a head's
+scores never change in place (a rescore writes new columns; a gap is filled only in a row that
+had no scores, and a fragment with such rows is never aliased).
 """
 
 from __future__ import annotations
