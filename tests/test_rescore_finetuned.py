@@ -91,7 +91,7 @@ def tuned(tmp_path_factory, tiny_weights):
     return db, out
 
 
-def test_a_finetuned_head_scored_from_its_bases_v_and_f_equals_the_embeddings_path(tuned, tiny_weights):
+def test_a_finetuned_head_scored_from_its_bases_v_and_f_equals_the_embeddings_path(tuned, tiny_weights, tmp_path):
     db, out = tuned
     cache = Cache.open(db)
     base, tuned_state = load_pth(tiny_weights / FARAMIR_FILE), load_pth(out)
@@ -118,6 +118,16 @@ def test_a_finetuned_head_scored_from_its_bases_v_and_f_equals_the_embeddings_pa
         full_rows = top(cache, head="tuned-full", threshold=threshold, limit=None).to_pylist()
         assert [(r["id"], r["accepted"], r["label"]) for r in fast_rows] == \
                [(r["id"], r["accepted"], r["label"]) for r in full_rows]
+
+    # A copy of a cached image adds a path to its row, which Lance writes in place (a new file for
+    # the paths column of that fragment): the new head's columns mapped onto the base's keep theirs.
+    first = cache.read(schema.IMAGES, ["paths"]).column("paths")[0][0].as_py()
+    copy = tmp_path / "copy.png"
+    shutil.copyfile(first, copy)
+    ingest_all([copy], db=db, weights_dir=tiny_weights, device="cpu", workers=0)
+    assert str(copy) in sum(Cache.open(db).read(schema.IMAGES, ["paths"]).column("paths").to_pylist(), [])
+    for name, columns in (("tuned", got), ("faramir-v1", base_cols)):
+        assert_equal_columns(columns_of(Cache.open(db), name), columns)
 
 
 def test_finetune_with_a_name_scores_from_the_base(tuned, tiny_weights, tmp_path):
