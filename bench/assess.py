@@ -16,7 +16,10 @@ the seconds each took to compile: what a compiled mode would save per image agai
 once.
 
 The first line says how the device computes bf16 (the AMX/AVX512-BF16 flags of a CPU, or CUDA's
-own answer); bf16 is faster than fp32 only where it is "fast" (see faramir/devices.py).
+own answer); bf16 is faster than fp32 only where it is "fast" (see faramir/devices.py). The second
+puts the figures against what the machine allows (bench/ceiling.py): the experts' FLOPs per image
+over the machine's matmul rate in each precision, a floor no code reaches, and how many physical
+cores the CPUs used are; "x floor" is each variant's seconds per image over its precision's floor.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import faramir.experts  # noqa: E402,F401  (imports timm: seconds that are not model loading)
+from bench.ceiling import ceiling  # noqa: E402
 from bench.full_weights import DEFAULT_WEIGHTS, full_weights  # noqa: E402
 from bench.images import bench_images  # noqa: E402
 from bench.memory import peak_rss_mb  # noqa: E402
@@ -128,6 +132,7 @@ def main() -> None:
     sources = [Source(str(p), str(p)) for p in paths]
     decode_s = decode_seconds(sources[: min(len(sources), 16)])
 
+    machine = ceiling(device, args.batch_size)
     variants = list(forwards)  # fp32, bf16[, fp32_compiled, bf16_compiled]
     results: dict[str, list[Assessment]] = {v: [] for v in variants}
     seconds = dict.fromkeys(variants, 0.0)
@@ -165,6 +170,7 @@ def main() -> None:
         **{f"{p}_load_s": load_s[p] for p in PRECISIONS},
         **{f"{p}_compile_s": compile_s[p] for p in compile_s},
         "peak_rss_gb": peak_rss_mb() / 1024,
+        **machine,
         **agreement(results["fp32"], results["bf16"]),
     }
     if args.json:
@@ -173,11 +179,16 @@ def main() -> None:
     r = report
     print(f"bf16 on {r['device']}: {r['bf16_support']} ({r['bf16_capability']}); torch {r['torch']}, "
           f"{r['torch_threads']} threads, {r['decode_workers']} decode workers, batch {r['batch_size']}")
-    print(f"{'variant':<15}{'images':>8}{'s/image':>10}{'images/s':>10}{'load s':>8}{'compile s':>11}")
+    print(f"ceiling: the experts do {r['model_gflop_per_image']:.0f} GFLOP per image; matmul at the trunk's "
+          f"shape {r['fp32_matmul_tflops']:.2f} TFLOP/s fp32, {r['bf16_matmul_tflops']:.2f} bf16, so no code "
+          f"beats {r['fp32_floor_s_per_image']:.2f} / {r['bf16_floor_s_per_image']:.2f} s/image; "
+          f"{r['cpus']} CPUs on {r['physical_cores'] or '?'} physical cores")
+    print(f"{'variant':<15}{'images':>8}{'s/image':>10}{'images/s':>10}{'x floor':>9}{'load s':>8}{'compile s':>11}")
     for v in variants:
         p, spi = v.split("_")[0], r[f"{v}_s_per_image"]
         compiled = f"{compile_s[p]:>11.1f}" if v.endswith("_compiled") else f"{'':>11}"
-        print(f"{v:<15}{done:>8}{spi:>10.2f}{1 / spi if spi else 0:>10.3f}{r[f'{p}_load_s']:>8.1f}{compiled}")
+        print(f"{v:<15}{done:>8}{spi:>10.2f}{1 / spi if spi else 0:>10.3f}"
+              f"{spi / r[f'{p}_floor_s_per_image']:>9.2f}{r[f'{p}_load_s']:>8.1f}{compiled}")
     print(f"decoding alone: {r['decode_s_per_image']:.3f} CPU s/image; "
           f"peak RSS {r['peak_rss_gb']:.2f} GB (both models)")
     print(f"bf16 vs fp32 on {done} images: same decision {r['same_decision_fraction']:.1%}, "
