@@ -42,13 +42,13 @@ import pyarrow as pa
 
 from faramir.checkpoints import frozen_fingerprint, head_to_bytes, load_head_checkpoint
 from store import schema
-from store.db import Cache
 from store.column_aliases import alias_files, keep_fields, leaf_ids, locate
+from store.db import Cache
 from store.errors import HeadError, PoolMismatch
 from store.gaps import fill_gaps
 from store.heads import HeadInfo, describe, drop_prefix
-from store.schema import HEAD_INPUTS
-from store.scoring import SCORES, SHARED, HeadScorer, decision_scores, head_inputs
+from store.schema import HEAD_INPUTS, SCORES
+from store.scoring import SHARED, HeadScorer, decision_scores, head_inputs
 
 COMMIT_ATTEMPTS = 5  # tries of the rescore commit while an ingest keeps committing
 RESCORE_THREADS = 2  # fragments scored at once (reading one overlaps the arithmetic on another)
@@ -168,8 +168,6 @@ class _ScoreUDF:
 
     def __init__(self, prefix: str, model, cfg, batch_size: int, progress: Callable[[int, int], None] | None):
         self.schema = pa.schema(schema.score_fields(prefix))
-        assert self.schema.names == [f"{prefix}_{name}" for name in SCORES], "SCORES follows score_fields"
-        self.types = dict(zip(SCORES, self.schema.types))
         self.model, self.cfg, self.batch_size, self.progress = model, cfg, batch_size, progress
         self.local = threading.local()
         self.lock = threading.Lock()
@@ -197,7 +195,7 @@ class _ScoreUDF:
                 self.unscored = True
                 raise HeadError(f"head {self.sharing['name']!r} has rows without scores")
             arrays = decision_scores(self.model, logits, free)
-            arrays.update({name: pa.nulls(batch.num_rows, self.types[name]) for name in SHARED})
+            arrays.update({name: pa.nulls(batch.num_rows, schema.SCORE_TYPES[name]) for name in SHARED})
         with self.lock:
             self.done += batch.num_rows
             if self.progress is not None:

@@ -137,18 +137,22 @@ def images_schema(cfg: FaramirConfig, head_prefixes: list[str] = ()) -> pa.Schem
     return pa.schema(fields)
 
 
+SCORE_TYPES = {  # a head's score columns, in order: P_decision, P_confidence, ...
+    "decision": pa.float32(),
+    "confidence": pa.float32(),
+    "accept_label": pa.string(),
+    "reject_label": pa.string(),
+    "logits": _vec(N_CLASSES),
+    "free": _vec(N_FREE),
+}
+SCORES = tuple(SCORE_TYPES)
+
+
 def score_fields(prefix: str) -> list[pa.Field]:
-    return [
-        pa.field(f"{prefix}_decision", pa.float32()),
-        pa.field(f"{prefix}_confidence", pa.float32()),
-        pa.field(f"{prefix}_accept_label", pa.string()),
-        pa.field(f"{prefix}_reject_label", pa.string()),
-        pa.field(f"{prefix}_logits", _vec(N_CLASSES)),
-        pa.field(f"{prefix}_free", _vec(N_FREE)),
-    ]
+    return [pa.field(f"{prefix}_{name}", type_) for name, type_ in SCORE_TYPES.items()]
 
 
-_SCORE_SUFFIXES = tuple(f.name for f in score_fields(""))  # "_decision", "_confidence", ...
+_SCORE_SUFFIXES = tuple(f"_{name}" for name in SCORES)
 
 
 def is_score_column(name: str) -> bool:

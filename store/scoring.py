@@ -17,6 +17,7 @@ import torch
 
 from faramir.config import LABELS, N_CLASSES
 from faramir.head import FaramirHead, side_labels
+from store.schema import SCORES
 
 _LABEL_ARRAY = pa.array(LABELS, pa.string())
 
@@ -67,8 +68,7 @@ def decision_arrays(d: torch.Tensor) -> dict[str, pa.Array]:
             "confidence": pa.array(d.sigmoid().numpy(), pa.float32())}  # torch's sigmoid, as assess uses
 
 
-SCORES = ("decision", "confidence", "accept_label", "reject_label", "logits", "free")  # as schema.score_fields
-SHARED = SCORES[2:]  # what heads with one frozen part share
+SHARED = SCORES[2:]  # what heads with one frozen part share: the labels (functions of v), v and f
 
 
 @torch.inference_mode()

@@ -24,7 +24,8 @@ from store.ingestion import ingest_all
 from store.labels import import_labels
 from store.query import top
 from store.rescoring import rescore
-from store.scoring import SCORES, SHARED, head_outputs, vectors
+from store.schema import SCORES
+from store.scoring import SHARED, head_outputs, vectors
 from store.tuning import finetune
 from tests.conftest import write_images
 from tests.stage2_helpers import head_file, tiny_cache
