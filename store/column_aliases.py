@@ -57,23 +57,25 @@ def leaf_ids(lance_schema, names: list[str]) -> list[int] | None:
 def alias_files(new_ids: list[int], stored: list[Stored]) -> list:
     """Data file entries mapping field `new_ids[i]` onto the column `stored[i]` (one entry per
     file named)."""
-    from lance.fragment import DataFile
-
     by_file: dict[str, tuple[object, list[int], list[int]]] = {}
     for field, where in zip(new_ids, stored):
         _, fields, columns = by_file.setdefault(where.file.path, (where.file, [], []))
         fields.append(field)
         columns.append(where.column)
-    return [DataFile(f.path, fields, columns, f.file_major_version, f.file_minor_version,
-                     f.file_size_bytes, f.base_id)
-            for f, fields, columns in by_file.values()]
+    return [_entry(f, fields, columns) for f, fields, columns in by_file.values()]
 
 
 def keep_fields(data_file, field_ids: list[int]):
     """`data_file` (a DataFile entry) mapping only `field_ids`: its other columns stay in the
     file, unread."""
+    keep = set(field_ids)
+    pairs = [(f, c) for f, c in zip(data_file.fields, data_file.column_indices) if f in keep]
+    return _entry(data_file, [f for f, _ in pairs], [c for _, c in pairs])
+
+
+def _entry(like, fields: list[int], columns: list[int]):
+    """A data file entry for the file of entry `like`, mapping `fields` to its `columns`."""
     from lance.fragment import DataFile
 
-    pairs = [(f, c) for f, c in zip(data_file.fields, data_file.column_indices) if f in set(field_ids)]
-    return DataFile(data_file.path, [f for f, _ in pairs], [c for _, c in pairs], data_file.file_major_version,
-                    data_file.file_minor_version, data_file.file_size_bytes, data_file.base_id)
+    return DataFile(like.path, fields, columns, like.file_major_version, like.file_minor_version,
+                    like.file_size_bytes, like.base_id)
