@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.allocator import keep_freed_memory  # noqa: E402
+from faramir.cli.allocator import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as the faramir command does
 
@@ -56,18 +56,23 @@ import torch  # noqa: E402, F401
 import faramir.checkpoints  # noqa: E402, F401
 import faramir.fake_weights  # noqa: E402, F401
 import faramir.finetune  # noqa: E402, F401
+import faramir.store.exports  # noqa: E402, F401
+import faramir.store.heads.evaluate
+import faramir.store.heads.finetune  # noqa: E402, F401
+import faramir.store.heads.registry  # noqa: E402, F401
+import faramir.store.heads.rescore  # noqa: E402, F401
+import faramir.store.ingestion.failures  # noqa: E402, F401
+import faramir.store.ingestion.run  # noqa: E402, F401
+import faramir.store.labels.files
+import faramir.store.labels.table  # noqa: E402, F401
+import faramir.store.queries.counting
+import faramir.store.queries.ranking  # noqa: E402, F401
+import faramir.store.vectors.indexes  # noqa: E402, F401
+import faramir.store.vectors.nearest  # noqa: E402, F401
 import faramir.weights  # noqa: E402, F401
-import store.exporter  # noqa: E402, F401
-import store.heads  # noqa: E402, F401
-import store.indexes  # noqa: E402, F401
-import store.ingestion.failures  # noqa: E402, F401
-import store.ingestion.run  # noqa: E402, F401
-import store.labels  # noqa: E402, F401
-import store.neighbours  # noqa: E402, F401
-import store.query  # noqa: E402, F401
-import store.rescoring  # noqa: E402, F401
-import store.tuning  # noqa: E402, F401
-from bench import chaos_commands as cmds, chaos_faults as faults, forked, invariants  # noqa: E402
+from bench import chaos_commands as cmds  # noqa: E402
+from bench import chaos_faults as faults
+from bench import forked, invariants
 
 TIMEOUT_S = 300.0  # any one command, check or reader; past it the child is killed ("timeout")
 KILL_COMMANDS = ("ingest (new cache)", "ingest", "rescore", "finetune", "labels import", "index")

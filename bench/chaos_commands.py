@@ -44,7 +44,7 @@ def build_fixture(root: str, n_base: int, n_more: int) -> dict:
     new and two copies of known content), two head files, two label files (the first half of the
     base images; the middle half, half of them relabelled), and the prepared cache: the base
     folder ingested, head 'extra' scored, the first labels imported."""
-    import store
+    import faramir.store as store
     from faramir.fake_weights import generate
     from tests.conftest import write_images
 
@@ -95,7 +95,7 @@ def folders(fx: dict, new_cache: bool) -> list[str]:
 
 def run_command(fx: dict, command: str, db: str, new_cache: bool, out: str) -> dict:
     """One writing command against `db`, as the CLI runs it (`out`: finetune's checkpoint)."""
-    import store
+    import faramir.store as store
 
     if command == "ingest":
         s = store.ingest_all(folders(fx, new_cache), db=db, weights_dir=fx["weights"], device="cpu",
@@ -173,9 +173,9 @@ def reader_loop(db: str, stop: str, new_cache: bool, pause_s: float = 0.02) -> d
     refusals (no cache or no images yet, on a new cache), errors (anything else), duplicate ids
     in a ranking, and rows seen without a registered head's scores (a gap visible to a reader,
     however briefly)."""
-    import store
+    import faramir.store as store
     from faramir.errors import FaramirError
-    from store.errors import NoCache
+    from faramir.store.errors import NoCache
 
     seen = {"queries": 0, "refused": 0, "errors": [], "duplicates": [], "gaps": []}
     queries = [_top, _count_and_stats, _heads_and_gaps, _failures_and_labels, _similar]
@@ -209,8 +209,8 @@ def _count_and_stats(store, db, seen) -> None:
 
 
 def _heads_and_gaps(store, db, seen) -> None:
-    from store import schema
-    from store.db import Cache
+    from faramir.store import schema
+    from faramir.store.cache import Cache
 
     cache = Cache.open(db)
     heads = cache.heads()

@@ -33,7 +33,7 @@ def _ingest(weights: str, collection: str, db: str, as_others: bool) -> dict:
     """`ingest -r` of one folder; with `as_others`, without root's power to read any file."""
     if as_others and not drop_file_override():
         raise RuntimeError("could not drop CAP_DAC_OVERRIDE: the mode-000 file would be readable")
-    import store
+    import faramir.store as store
 
     s = store.ingest_all([collection], db=db, weights_dir=weights, device="cpu", workers=1, batch_size=4,
                          recursive=True)
@@ -76,9 +76,9 @@ def _verdicts(db: str, good: dict, paths: dict, bad: dict) -> dict:
 
     from typer.testing import CliRunner
 
-    import store
-    from cli.app import app
-    from store.db import Cache
+    import faramir.store as store
+    from faramir.cli.app import app
+    from faramir.store.cache import Cache
 
     cache = Cache.open(db)
     ids = cache.ids()
@@ -170,8 +170,8 @@ def _open_after_truncation(db: str, table: str) -> dict:
     """`faramir stats` on the cache (the first command after the power cut), then the table."""
     from typer.testing import CliRunner
 
-    from cli.app import app
-    from store.db import Cache
+    from faramir.cli.app import app
+    from faramir.store.cache import Cache
 
     result = CliRunner().invoke(app, ["stats", "--db", db])
     ds = Cache.open(db).dataset(table)
@@ -179,7 +179,7 @@ def _open_after_truncation(db: str, table: str) -> dict:
 
 
 def truncated_manifest(h, table: str) -> dict:
-    from store.recovery import latest_manifest
+    from faramir.store.recovery import latest_manifest
 
     folder, db = h.fresh(f"manifest {table}", new_cache=False)
     before = h.run(_table_state, db, table, name="manifest-before")

@@ -11,7 +11,7 @@ exact cosine with the original, drawn uniformly from
 - [threshold, 0.999] for two thirds of them (pairs that must be found), and
 - [threshold − 0.05, threshold − 0.002] for the rest (near misses that must not be paired).
 
-Copies keep the original's scores. `store.duplicates` then runs in a fresh process,
+Copies keep the original's scores. `faramir.store.near_duplicates` then runs in a fresh process,
 reporting wall seconds, CPU seconds and the process's peak RSS, and the result is checked:
 
 - recall: planted pairs at or above the threshold that share a group;
@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.allocator import keep_freed_memory  # noqa: E402
+from faramir.cli.allocator import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
 
@@ -73,7 +73,7 @@ def build(n: int, db: Path, threshold: float) -> float | None:
     import pyarrow as pa
 
     from faramir.config import FULL
-    from store.db import Cache
+    from faramir.store.cache import Cache
     from tests.synthetic import write_cache
 
     marker = db / "bench.json"
@@ -116,7 +116,7 @@ def build(n: int, db: Path, threshold: float) -> float | None:
 
 
 def measure(db: str, threshold: float) -> dict:
-    from store.near_duplicates import duplicates
+    from faramir.store.near_duplicates.groups import duplicates
 
     wall0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -132,7 +132,7 @@ def measure(db: str, threshold: float) -> dict:
 
 def check(db: Path, result: dict, threshold: float) -> dict:
     """Recall of planted pairs, precision of the groups (recomputed here), near misses grouped."""
-    from store.db import Cache
+    from faramir.store.cache import Cache
 
     pairs = json.loads((db.parent / f"{db.name}-pairs.json").read_text())
     group = {m["id"]: m["group"] for m in result["members"]}

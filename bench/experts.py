@@ -70,7 +70,8 @@ def parts(model, batch: int, reps: int, device: torch.device) -> dict:
 
 
 def profile(model, batch: int) -> str:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     xb, xq = inputs(model, batch)
     model.score(model.features(xb, xq))

@@ -1,4 +1,4 @@
-"""Stage one throughput and memory: `store.ingest` against an upstream-style loop.
+"""Stage one throughput and memory: `faramir.store.ingest` against an upstream-style loop.
 
 Speed (default): full-size weights (generated when absent) over real artwork images
 (`bench/images.py`). Each mode runs in its own process, so peak RSS is per mode:
@@ -35,13 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.allocator import keep_freed_memory  # noqa: E402
+from faramir.cli.allocator import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
 
 from bench.full_weights import DEFAULT_WEIGHTS, full_weights  # noqa: E402
 from bench.memory import children_peak_rss_mb, peak_rss_mb  # noqa: E402
-
 
 # -- children: one measurement each, printed as one JSON line ---------------------------------
 
@@ -82,7 +81,7 @@ def _child(job: dict) -> dict:
         seconds = time.perf_counter() - start
         out.update(workers=0, done=done)
     else:
-        from store.ingestion import ingest_all
+        from faramir.store.ingestion import ingest_all
 
         summary = ingest_all(paths, db=job["db"], model=model, precision=job["precision"],
                              workers=job["workers"], batch_size=job["batch_size"])
@@ -139,7 +138,7 @@ def _deviation(db32: Path, db16: Path) -> dict[str, float]:
     """max |bf16 - fp32| over the images both caches hold: decision logit, confidence, class logits."""
     import numpy as np
 
-    from store.db import Cache
+    from faramir.store.cache import Cache
 
     def load(db):
         cache = Cache.open(db)

@@ -98,9 +98,9 @@ def check_heads(tables: dict, expect: dict) -> list[str]:
     import numpy as np
 
     from faramir.checkpoints import head_from_bytes
-    from faramir.config import FaramirConfig, N_CLASSES
-    from store import schema
-    from store.scoring import HeadScorer, head_inputs, vectors
+    from faramir.config import N_CLASSES, FaramirConfig
+    from faramir.store import schema
+    from faramir.store.heads.scoring import HeadScorer, head_inputs, vectors
 
     heads, images, meta = tables.get("heads"), tables.get("images"), tables.get("meta")
     if heads is None:
@@ -157,7 +157,7 @@ def check_labels(tables: dict, expect: dict) -> list[str]:
 
 def check_through_faramir(db: str, expect: dict) -> list[str]:
     """The cache opens and answers through faramir's own read path; expected indexes serve searches."""
-    import store
+    import faramir.store as store
 
     out = []
     try:
@@ -182,7 +182,7 @@ def check_through_faramir(db: str, expect: dict) -> list[str]:
 
 
 def _list_indexes(db: str) -> list[dict]:
-    from store.indexes import list_indexes
+    from faramir.store.vectors.indexes import list_indexes
 
     return list_indexes(db)
 

@@ -38,12 +38,12 @@ from bench.ingest import _small_images  # noqa: E402
 
 
 def _child(job: dict) -> dict:
-    from store.ingestion import ingest_all
+    from faramir.store.ingestion import ingest_all
 
     started = time.monotonic()
     ray_start = 0.0
     if job["ray"]:
-        from store.ingestion.ray_cluster import connect
+        from faramir.store.ingestion.ray_cluster import connect
 
         connect(job["ray"])  # what the ingest would do first; timed apart, then used by it
         ray_start = time.monotonic() - started

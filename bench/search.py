@@ -13,9 +13,9 @@ once, then for each of `--queries` sentences:
 
 - encode: the text tower on one sentence (tokenise + 27 blocks + projection), `TextEncoder.encode`;
 - query: `store.similar(vector, embedding="siglip", k=10, accepted=True)`, the vector query
-  `store.search` runs, at several refine factors, with recall@10 against the exact filtered
+  `faramir.store.vectors` runs, at several refine factors, with recall@10 against the exact filtered
   search on a few of them;
-- search: `store.search` end to end (both of the above, at SEARCH_REFINE_FACTOR).
+- search: `faramir.store.vectors` end to end (both of the above, at SEARCH_REFINE_FACTOR).
 
 Random text weights put the query vectors in arbitrary directions of the SigLIP space, not
 near the clustered synthetic rows; the latency is that of any query, the recall a pessimistic one.
@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.allocator import keep_freed_memory  # noqa: E402
+from faramir.cli.allocator import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
 
@@ -56,8 +56,8 @@ SENTENCES = [
 
 def ensure_cache(n: int, root: Path) -> Path:
     from bench.stage_two import build
-    from store.db import Cache
-    from store.indexes import index, list_indexes
+    from faramir.store.cache import Cache
+    from faramir.store.vectors.indexes import index, list_indexes
 
     db, workdir = root / f"cache-{n}", root / f"work-{n}"
     built = build(n, db, workdir)
@@ -83,10 +83,10 @@ def ensure_text_weights(root: Path) -> Path:
 
 
 def measure(db: Path, weights: Path, queries: int, exact_queries: int, refine_factors: list[int]) -> dict:
+    from faramir.store.cache import Cache
+    from faramir.store.vectors.nearest import similar
+    from faramir.store.vectors.text import search
     from faramir.text_weights import load_text_encoder
-    from store.db import Cache
-    from store.neighbours import similar
-    from store.text_search import search
 
     cache = Cache.open(db)
     t0 = time.perf_counter()
@@ -153,7 +153,7 @@ def main() -> None:
             raise SystemExit(f"measuring failed:\n{out.stderr[-3000:]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {json.dumps(results[-1])}", flush=True)
-    from store.text_search import SEARCH_REFINE_FACTOR
+    from faramir.store.vectors.text import SEARCH_REFINE_FACTOR
 
     print("\nMachine:", platform.processor() or platform.machine(), f"{os.cpu_count()} cores,",
           f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -5,7 +5,7 @@
 
 Uses the synthetic cache of bench/stage_two.py (same folder, same seed: one build serves both),
 with its scalar indexes and the ANN index (built here if missing). Each figure is the time of
-the HTTP request through FastAPI's test client into `gallery.app` (routing, validation, the
+the HTTP request through FastAPI's test client into `faramir.gallery.app` (routing, validation, the
 `store` call, JSON), p50 and p95 over `--reps` requests with varying parameters; thumbnails are
 excluded (the synthetic rows have no image files). Targets from issue 10:
 
@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.allocator import keep_freed_memory  # noqa: E402
+from faramir.cli.allocator import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
 
@@ -42,8 +42,8 @@ TARGETS_MS = {"first page": 200, "next page": None, "threshold change": 150, "si
 
 def ensure_cache(n: int, root: Path) -> Path:
     from bench.stage_two import build
-    from store.db import Cache
-    from store.indexes import ensure_indexes, index
+    from faramir.store.cache import Cache
+    from faramir.store.vectors.indexes import ensure_indexes, index
 
     db, workdir = root / f"cache-{n}", root / f"work-{n}"
     t0 = time.perf_counter()
@@ -67,7 +67,7 @@ def timed(fn) -> float:
 def measure(db: Path, reps: int) -> dict[str, list[float]]:
     from fastapi.testclient import TestClient
 
-    from gallery.app import create_app
+    from faramir.gallery.app import create_app
 
     app = create_app(db, work=db.parent / f"{db.name}.gallery-bench")
     client = TestClient(app, base_url="http://127.0.0.1:8765")

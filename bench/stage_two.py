@@ -11,11 +11,11 @@ them (1M rows: 1 fragment, not the writer's 20), then measures each operation in
 process, reporting wall seconds, CPU seconds (user + sys) and the process's peak RSS:
 
 - rescore: every row with a new head (same pool, other weights: a new frozen part), from the
-  embeddings, `store.rescore`;
+  embeddings, `faramir.store.rescore`;
 - rescore finetuned: every row with the cache's head with new decision layers (what a finetune
   changes), scored from the head's cached v and f;
-- count: rows accepted at a new threshold, `store.count` (median over 20 thresholds);
-- top100: the best 100 by confidence under a one-label filter, `store.top` (median over labels);
+- count: rows accepted at a new threshold, `faramir.store.count` (median over 20 thresholds);
+- top100: the best 100 by confidence under a one-label filter, `faramir.store.top` (median over labels);
 - nearest-10 accepted: `store.similar(k=10, accepted=True)` from 100 query rows in one
   warm process (the Cache keeps the filter's allow-list after the first query, whose time is
   reported apart), p50/p95 latency and recall@10 against exact filtered search (brute force in
@@ -53,7 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from store.allocator import keep_freed_memory  # noqa: E402
+from faramir.cli.allocator import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
 
@@ -81,19 +81,24 @@ def _done(start: tuple[float, float], **extra) -> dict:
 
 
 def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
-    from store.db import Cache
+    from faramir.store.cache import Cache
 
     if op == "baseline":  # an open cache (every figure is timed after its imports)
         start = _usage()
-        import store.indexes, store.neighbours, store.query, store.rescoring  # noqa: E401, F401
+        import faramir.store.heads.rescore
+        import faramir.store.queries.counting
+        import faramir.store.queries.ranking
+        import faramir.store.vectors.indexes  # noqa: E401, F401
+        import faramir.store.vectors.nearest
 
         Cache.open(db).images().count_rows()
         return _done(start)
     if op in ("rescore", "rescore-finetuned"):
-        import lance, lancedb  # noqa: E401, F401  (imports are the baseline's, not the operation's)
+        import lance  # noqa: E401, F401  (imports are the baseline's, not the operation's)
+        import lancedb
 
-        import store.scoring  # noqa: F401  (torch)
-        from store import rescore
+        import faramir.store.heads.scoring  # noqa: F401  (torch)
+        from faramir.store import rescore
 
         checkpoint, name = ((workdir / "new-head.pth", "bench-new") if op == "rescore"
                             else (workdir / "finetuned-head.pth", "bench-finetuned"))
@@ -102,7 +107,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
         return _done(start, rows=record.rows, scored_from=record.scored_from)
     cache = Cache.open(db)
     if op == "count":
-        from store import count
+        from faramir.store import count
 
         count(cache, threshold=0.42, accepted=True)  # warm: open the dataset once
         times = []
@@ -113,7 +118,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
         return {"median_s": float(np.median(times)), "max_s": float(np.max(times)),
                 "peak_rss_gb": peak_rss_mb() / 1024}
     if op == "top":
-        from store import top
+        from faramir.store import top
 
         top(cache, labels=["text"], limit=100)
         times = []
@@ -124,7 +129,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
         return {"median_s": float(np.median(times)), "max_s": float(np.max(times)), "rows": len(rows),
                 "peak_rss_gb": peak_rss_mb() / 1024}
     if op in ("nearest", "nearest-exact"):
-        from store import similar
+        from faramir.store import similar
 
         data = np.load(workdir / "queries.npz", allow_pickle=True)
         vectors, truth = data["vectors"], data["truth"]
@@ -143,7 +148,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
                 "recall": float(np.mean(recall)), "queries": n, "first_s": first,
                 "peak_rss_gb": peak_rss_mb() / 1024}
     if op == "nearest-cli":
-        from store import similar
+        from faramir.store import similar
 
         data = np.load(workdir / "queries.npz", allow_pickle=True)
         ids, truth = data["ids"], data["truth"]
@@ -167,7 +172,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
         return {"median_s": float(np.median(walls)), "max_s": float(np.max(walls)), "runs": len(walls),
                 "recall": float(np.mean(recall))}
     if op == "index":
-        from store import index
+        from faramir.store import index
 
         start = _usage()
         index(cache)
@@ -191,7 +196,7 @@ def run_child(op: str, db: Path, workdir: Path, queries: int) -> dict:
 
 def build(n: int, db: Path, workdir: Path) -> float | None:
     from faramir.config import FULL
-    from store.schema import SCHEMA_VERSION
+    from faramir.store.schema import SCHEMA_VERSION
     from tests.synthetic import random_checkpoint, save_checkpoint, write_cache
 
     marker = db / "bench.json"
@@ -218,8 +223,8 @@ def compact(db: Path) -> None:
     table holding `COMPACT_AT` small fragments (here 1M rows → 1 fragment, not the writer's 20).
     Fragments matter to the queries: a take of 40 rows from 20 fragments costs 4.2 ms, from one
     1.7 ms, and a vector search's refine is such a take."""
-    from store.db import Cache
-    from store.ingestion.driver import compact_if_due
+    from faramir.store.cache import Cache
+    from faramir.store.ingestion.driver import compact_if_due
 
     cache = Cache.open(db, warn_generated=False)
     for name in cache.table_names():
@@ -233,7 +238,7 @@ def finetuned(cache) -> dict:
 
     from faramir.checkpoints import head_state_from_bytes
     from faramir.config import TRAINED_PREFIXES
-    from store import schema
+    from faramir.store import schema
 
     state = head_state_from_bytes(cache.head_checkpoint(schema.DEFAULT_HEAD))
     g = torch.Generator().manual_seed(SEED + 7)
@@ -243,7 +248,7 @@ def finetuned(cache) -> dict:
 
 def ground_truth(db: Path, workdir: Path, queries: int) -> None:
     """Query vectors (rows of the cache) and their exact 10 nearest accepted rows, by brute force."""
-    from store.db import Cache
+    from faramir.store.cache import Cache
 
     path = workdir / "queries.npz"
     if path.is_file():
@@ -273,8 +278,8 @@ def ground_truth(db: Path, workdir: Path, queries: int) -> None:
 
 
 def drop_ann(db: Path) -> None:
-    from store.db import Cache
-    from store.indexes import ensure_indexes
+    from faramir.store.cache import Cache
+    from faramir.store.vectors.indexes import ensure_indexes
 
     cache = Cache.open(db)
     table = cache.images()

@@ -1,5 +1,5 @@
-"""`python -m cli`: the `faramir` command."""
+"""`python -m faramir.cli`: the `faramir` command."""
 
-from cli.app import main
+from faramir.cli.app import main
 
 main()

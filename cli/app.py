@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import typer
 
-from cli import assess_cmd, finetune_cmd, heads_cmd, ingest_cmd, query_cmd, search_cmd, serve_cmd, weights_cmd
-from store.allocator import keep_freed_memory
+from faramir.cli import assess_cmd, finetune_cmd, heads_cmd, ingest_cmd, query_cmd, search_cmd, serve_cmd, weights_cmd
+from faramir.cli.allocator import keep_freed_memory
 
 # Before any command starts LanceDB's or torch's threads: Lance's batch reads reuse freed memory
-# instead of page-faulting every batch in anew (store.allocator; a 1M-row rescore 13.7 -> 9-10 s).
+# instead of page-faulting every batch in anew (faramir.cli.allocator; a 1M-row rescore 13.7 -> 9-10 s).
 keep_freed_memory()
 
 
@@ -68,5 +68,5 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":  # python -m cli.app
+if __name__ == "__main__":  # python -m faramir.cli.app
     main()

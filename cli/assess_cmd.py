@@ -7,13 +7,23 @@ from typing import Annotated
 
 import typer
 
-from cli import options
-from cli.common import EXIT_PARTIAL, handle_errors, note, track, warn
-from cli.options import (
-    AssessFormat, BatchSize, Compile, Device, FileList, Paths, PrecisionOpt, Precision, Recursive, Threshold, WeightsDir,
+from faramir.cli import options
+from faramir.cli.common import EXIT_PARTIAL, handle_errors, note, track, warn
+from faramir.cli.options import (
+    AssessFormat,
+    BatchSize,
+    Compile,
+    Device,
+    FileList,
+    Paths,
+    Precision,
+    PrecisionOpt,
+    Recursive,
+    Threshold,
+    WeightsDir,
     Workers,
 )
-from cli.output import assessment_header, assessment_line
+from faramir.cli.output import assessment_header, assessment_line
 
 
 @handle_errors
@@ -36,7 +46,8 @@ def assess(
 
     Unreadable files are reported on stderr and skipped; the exit status is 3 if any were.
     """
-    from faramir.pipeline import Assessment, assess as run
+    from faramir.pipeline import Assessment
+    from faramir.pipeline import assess as run
     from faramir.sources import discover
 
     sources = discover(paths, recursive, file_list)

@@ -1,5 +1,5 @@
 """What every command shares: error handling, stderr notices (the library's warnings among them)
-and progress bars (stderr only, so stdout stays pipeable). Output on stdout is `cli.output`."""
+and progress bars (stderr only, so stdout stays pipeable). Output on stdout is `faramir.cli.output`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,15 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
-from cli.output import printable
+from faramir.cli.output import printable
 from faramir.errors import FaramirError, FaramirWarning
 
 stderr = Console(stderr=True, highlight=False)
@@ -47,7 +52,7 @@ def handle_errors(fn: Callable) -> Callable:
             stderr.print("Interrupted.", markup=False)
             raise typer.Exit(130)
         except Exception as ex:
-            from store.errors import disk_full
+            from faramir.store.errors import disk_full
 
             full = disk_full(ex, kwargs.get("db"))
             if full is None:
@@ -69,11 +74,6 @@ def _show_once(others: Callable) -> Callable:
             warn(str(message))
 
     return show
-
-
-def note(message: str) -> None:
-    """A line for the user on stderr (what was done, where it went)."""
-    stderr.print(printable(message), markup=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:

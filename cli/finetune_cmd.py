@@ -7,10 +7,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from cli.common import handle_errors, note, progress_bar, stderr, warn
-from cli.options import Db, ReportFormat, ReportFormatOpt, RowFormat, RowFormatOpt, Threshold
-from cli.output import emit, emit_json
-
+from faramir.cli.common import handle_errors, note, progress_bar, stderr, warn
+from faramir.cli.options import Db, ReportFormat, ReportFormatOpt, RowFormat, RowFormatOpt, Threshold
+from faramir.cli.output import emit, emit_json
 
 LABEL_COLUMNS = ["id", "label", "accept", "path", "source", "imported_at"]
 
@@ -26,7 +25,7 @@ def labels_import(
 
     Example: faramir labels import labels.csv --db art.lancedb
     """
-    from store.labels import import_labels
+    from faramir.store.labels.files import import_labels
 
     report = import_labels(file, db=db, source=source)
     for s in report.skipped:
@@ -40,7 +39,7 @@ def labels_list(db: Db = None, fmt: RowFormatOpt = RowFormat.table):
 
     Example: faramir labels list --format csv > labels.csv
     """
-    from store.labels import list_labels
+    from faramir.store.labels.table import list_labels
 
     emit(list_labels(db).to_pylist(), fmt, LABEL_COLUMNS)
 
@@ -57,7 +56,7 @@ def labels_rm(
 
     Example: faramir labels rm --source old-labels.csv
     """
-    from store.labels import remove_labels
+    from faramir.store.labels.table import remove_labels
 
     if not refs and not all_ and source is None:
         raise typer.BadParameter("name images, or pass --source S or --all")
@@ -91,7 +90,7 @@ def finetune(
     """
     import torch
 
-    from store.tuning import finetune as run
+    from faramir.store.heads.finetune import finetune as run
 
     torch.set_num_threads(threads)
     with progress_bar() as bar:
@@ -128,17 +127,17 @@ def evaluate(
 
     Example: faramir evaluate --head tuned --format json
     """
-    from store.tuning import evaluate as run
+    from faramir.store.heads.evaluate import evaluate as run
 
     result = run(head, db=db, threshold=threshold)
     if plot is not None:
-        from cli.plots import plot_evaluation
+        from faramir.cli.plots import plot_evaluation
 
         plot_evaluation(result, plot)
         note(f"Plot written to {plot}")
     if fmt == ReportFormat.json:
         emit_json(result.to_dict(), indent=2)
         return
-    from cli.reports import print_evaluation
+    from faramir.cli.reports import print_evaluation
 
     print_evaluation(result)

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Bar, handle_errors, note
-from cli.options import Db, ListFormat, ListFormatOpt
-from cli.output import emit
-
+from faramir.cli.common import Bar, handle_errors, note
+from faramir.cli.options import Db, ListFormat, ListFormatOpt
+from faramir.cli.output import emit
 
 HEAD_COLUMNS = ["name", "rows", "fingerprint", "pool", "created_at", "source", "prefix"]
 
@@ -30,7 +29,7 @@ def rescore(
 
     Refused if the checkpoint's attention pool is not the one the cache was built with.
     """
-    from store.rescoring import rescore as run
+    from faramir.store.heads.rescore import rescore as run
 
     with Bar(f"rescore {name}") as bar:
         info = run(head, name, db=db, batch_size=batch_size, index=index, progress=bar)
@@ -45,7 +44,7 @@ def heads_list(db: Db = None, fmt: ListFormatOpt = ListFormat.table):
 
     Example: faramir heads list --format jsonl
     """
-    from store.heads import list_heads
+    from faramir.store.heads.registry import list_heads
 
     rows = [info.to_dict() for info in list_heads(db)]
     if fmt == ListFormat.table:
@@ -61,7 +60,7 @@ def heads_rm(name: Annotated[str, typer.Argument(help="The head to remove.")], d
 
     Example: faramir heads rm curated-v1
     """
-    from store.heads import remove_head
+    from faramir.store.heads.registry import remove_head
 
     removed = remove_head(name, db)
     note(f"Removed head {removed.name} and its score columns.")

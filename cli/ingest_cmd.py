@@ -7,13 +7,24 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli import options
-from cli.common import EXIT_PARTIAL, handle_errors, note, progress_bar, warn
-from cli.options import (
-    BatchSize, Compile, Db, Device, FileList, ListFormat, ListFormatOpt, Paths, PrecisionOpt, Precision, Recursive,
-    WeightsDir, Workers,
+from faramir.cli import options
+from faramir.cli.common import EXIT_PARTIAL, handle_errors, note, progress_bar, warn
+from faramir.cli.options import (
+    BatchSize,
+    Compile,
+    Db,
+    Device,
+    FileList,
+    ListFormat,
+    ListFormatOpt,
+    Paths,
+    Precision,
+    PrecisionOpt,
+    Recursive,
+    WeightsDir,
+    Workers,
 )
-from cli.output import emit
+from faramir.cli.output import emit
 
 
 @handle_errors
@@ -49,7 +60,7 @@ def ingest(
 
     On a Ray cluster: faramir ingest /shared/art -r --db s3://bucket/art.lancedb --ray auto
     """
-    from store.ingestion import IngestPlan, IngestProgress, IngestSummary, ingest as run
+    from faramir.store.ingestion import ingest as run
 
     def load():  # with --ray only to fingerprint the weights: each Ray model actor loads its own
         if ray is not None:
@@ -59,6 +70,13 @@ def ingest(
     events = run(paths, db=db, model=load, recursive=recursive, file_list=file_list,
                  batch_size=batch_size, workers=workers, device=device, precision=precision.value,
                  compile=compile, retry_failed=retry_failed, ray=ray)
+    _finish(_drawn(events))
+
+
+def _drawn(events):
+    """Draw an ingest's events (a progress bar, its warnings) and return its summary."""
+    from faramir.store.ingestion import IngestPlan, IngestProgress, IngestSummary
+
     summary = None
     with contextlib.closing(events), progress_bar() as bar:
         task = None
@@ -76,7 +94,7 @@ def ingest(
                     bar.update(task, completed=event.done, rate=rate)
             elif isinstance(event, IngestSummary):
                 summary = event
-    _finish(summary)
+    return summary
 
 
 def _finish(s) -> None:
@@ -101,7 +119,8 @@ def failures(db: Db = None, fmt: ListFormatOpt = ListFormat.table):
 
     A failed file is retried automatically once it changes, or with 'faramir ingest --retry-failed'.
     """
-    from store.ingestion.failures import FAILURE_COLUMNS, failures as list_failures
+    from faramir.store.ingestion.failures import FAILURE_COLUMNS
+    from faramir.store.ingestion.failures import failures as list_failures
 
     rows = list_failures(db)
     if not rows and fmt == ListFormat.table:

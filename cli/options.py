@@ -1,6 +1,6 @@
 """Options shared by several commands, declared once (typer `Annotated` aliases), their choices
 as enums, and `filter_options`: the nine filter options of every query, turned into one
-`store.filters.Filter`."""
+`faramir.store.filters.Filter`."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ ConfidenceThreshold = Annotated[float, typer.Option(
 
 def filter_options(command, *, confidence_threshold: bool = False):
     """Give a command the nine filter options in place of its `filter` parameter, which then
-    receives them as one `store.filters.Filter` (built, and so checked, before the command runs).
+    receives them as one `faramir.store.filters.Filter` (built, and so checked, before the command runs).
     `confidence_threshold`: the accept threshold is --confidence-threshold, for a command whose
     own --threshold is another (a similarity)."""
     signature = inspect.signature(command, eval_str=True)
@@ -109,8 +109,8 @@ def filter_options(command, *, confidence_threshold: bool = False):
 
 def make_filter(*, head, threshold, accepted, rejected, labels, min_confidence, max_confidence,
                 min_aesthetic, max_aesthetic):
-    """The `store.filters.Filter` of the nine filter options."""
-    from store.filters import Filter
+    """The `faramir.store.filters.Filter` of the nine filter options."""
+    from faramir.store.filters import Filter
 
     if accepted and rejected:
         raise typer.BadParameter("give --accepted or --rejected, not both")
@@ -124,7 +124,7 @@ def load_model(weights_dir: Optional[Path], device: str, precision: str, compile
     """Resolve weights (downloading into the default cache if needed) and load the model (compiled
     for batches of `compile_batch` if given), saying on stderr what a user should know: a
     precision that is slow here, generated weights, the time compiling takes."""
-    from cli.common import download_progress, note, warn, warn_generated
+    from faramir.cli.common import download_progress, note, warn, warn_generated
     from faramir.devices import precision_advice, resolve_device
     from faramir.download import resolve_weights_dir
     from faramir.weights import load_model as load

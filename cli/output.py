@@ -91,7 +91,7 @@ def emit(rows: Iterable[dict], fmt: str, columns: Sequence[str], out=None) -> in
 
 
 def emit_results(table, fmt: str, columns: Sequence[str]) -> int:
-    """A query's result rows (`store.scores.results`); tsv is upstream's assess line, followed by
+    """A query's result rows (`faramir.store.heads.columns.results`); tsv is upstream's assess line, followed by
     the distance for a nearest-neighbour search."""
     from faramir.decision import tsv_line
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli.common import fail
+from faramir.cli.common import fail
 from faramir.files import atomic_path
 
 
@@ -41,7 +41,7 @@ def _save(fig, plt, path: Path, overwrite: bool = False) -> None:
 
 
 def plot_stats(stats, path: Path) -> None:
-    """The confidence histogram and the threshold sweep of a `store.query.Stats`."""
+    """The confidence histogram and the threshold sweep of a `faramir.store.queries.counting.Stats`."""
     plt = _pyplot()
     edges, counts = stats.histogram["edges"], stats.histogram["counts"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -61,7 +61,7 @@ def plot_stats(stats, path: Path) -> None:
 
 def plot_evaluation(result, path: Path) -> None:
     """Precision, recall and MCC against threshold, and confidence histograms of labelled accept
-    vs reject, of a `store.tuning.Evaluation`."""
+    vs reject, of a `faramir.store.heads.evaluate.Evaluation`."""
     plt = _pyplot()
     t = [s["threshold"] for s in result.sweep]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))

@@ -1,5 +1,5 @@
 """Stage two over the cache: top, stats, similar, index, export. Each is a thin wrapper over the
-library function of the same name (`store.top`, `store.stats`, ...)."""
+library function of the same name (`faramir.store.top`, `faramir.store.stats`, ...)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import EXIT_PARTIAL, Bar, fail, handle_errors, note, warn
-from cli.options import (
-    Db, Device, Embedding, ExportFormat, Keep, Link, ReportFormat, ReportFormatOpt, RowFormat, RowFormatOpt, Sort,
+from faramir.cli.common import EXIT_PARTIAL, Bar, fail, handle_errors, note, warn
+from faramir.cli.options import (
+    Db,
+    Device,
+    Embedding,
+    ExportFormat,
+    Keep,
+    Link,
+    ReportFormat,
+    ReportFormatOpt,
+    RowFormat,
+    RowFormatOpt,
+    Sort,
     WeightsDir,
     filter_options,
 )
-from cli.output import emit, emit_json, emit_results
+from faramir.cli.output import emit, emit_json, emit_results
 
 ROW_COLUMNS = ["id", "path", "confidence", "accepted", "label", "aesthetic_score"]
 
@@ -33,7 +43,7 @@ def top(
 
     Example: faramir top --accepted --label 2d_fantasy --limit 100 --format jsonl
     """
-    from store.query import top as run
+    from faramir.store.queries.ranking import top as run
 
     table = run(db, sort=sort.value, descending=not ascending, limit=limit or None, filter=filter)
     emit_results(table, fmt, ROW_COLUMNS)
@@ -54,8 +64,8 @@ def stats(
 
     Example: faramir stats --threshold 0.6 --plot confidence.png
     """
-    from cli.plots import plot_stats, refuse_existing
-    from store.query import stats as run
+    from faramir.cli.plots import plot_stats, refuse_existing
+    from faramir.store.queries.counting import stats as run
 
     refuse_existing(plot)
     result = run(db, bins=bins, filter=filter)
@@ -64,7 +74,7 @@ def stats(
     if as_json or fmt == ReportFormat.json:
         emit_json(result.to_dict())
         return
-    from cli.reports import print_stats
+    from faramir.cli.reports import print_stats
 
     print_stats(result)
     if plot is not None:
@@ -92,8 +102,8 @@ def similar(
 
     An image file the cache has not seen is ingested first (with --weights-dir and --device).
     """
-    from store.errors import NotCached
-    from store.neighbours import similar as run
+    from faramir.store.errors import NotCached
+    from faramir.store.vectors.nearest import similar as run
 
     def search():
         return run(ref, db, k=k, embedding=embedding.value, exact=exact, nprobes=nprobes,
@@ -102,7 +112,7 @@ def similar(
     try:
         table = search()
     except NotCached as new:
-        from store.ingestion import ingest_all
+        from faramir.store.ingestion import ingest_all
 
         summary = ingest_all([new.path], db=db, weights_dir=weights_dir, device=device, workers=0)
         if summary.failed:
@@ -121,7 +131,7 @@ def index(
 
     Example: faramir index --siglip
     """
-    from store.indexes import index as run
+    from faramir.store.vectors.indexes import index as run
 
     note("Building indexes (an ANN index on 1M rows takes a few minutes)...")
     rows = run(db, embeddings=("faramir", "siglip") if siglip else ("faramir",), replace=replace)
@@ -155,7 +165,7 @@ def export(
     In a folder, a taken name gets the image's id appended; a source file that is gone is reported
     and skipped (exit status 3).
     """
-    from store.exporter import export as run
+    from faramir.store.exports import export as run
 
     with Bar("export") as bar:
         result = run(dest, db, format=fmt.value if fmt else None, link=link.value, by_label=by_label,

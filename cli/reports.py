@@ -1,10 +1,10 @@
-"""Text renderings of the library's reports: `store.query.Stats` and `store.tuning.Evaluation`."""
+"""Text renderings of the library's reports: `faramir.store.queries.counting.Stats` and `faramir.store.heads.evaluate.Evaluation`."""
 
 from __future__ import annotations
 
 import sys
 
-from cli.output import emit
+from faramir.cli.output import emit
 
 
 def bar(fraction: float, width: int) -> str:

@@ -1,5 +1,5 @@
 """Finding images by words and finding near-duplicates: `faramir search`, `faramir duplicates`.
-Thin wrappers over `store.search` and `store.duplicates`."""
+Thin wrappers over `faramir.store.vectors` and `faramir.store.near_duplicates`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import Bar, handle_errors, note
-from cli.options import (
-    Db, Device, Embedding, Keep, ListFormat, ListFormatOpt, filter_options,
+from faramir.cli.common import Bar, handle_errors, note
+from faramir.cli.options import (
+    Db,
+    Device,
+    Embedding,
+    Keep,
+    ListFormat,
+    ListFormatOpt,
+    filter_options,
 )
-from cli.output import emit, emit_results
+from faramir.cli.output import emit, emit_results
 
 ROW_COLUMNS = ["id", "path", "confidence", "accepted", "label", "aesthetic_score"]
 GROUP_COLUMNS = ["group", "keeper", "similarity", "id", "path", "copies", "confidence", "label",
@@ -45,8 +51,9 @@ def search(
 
     On a large cache, index the SigLIP embedding once for speed: faramir index --siglip
     """
-    from cli.common import download_progress, warn_generated
-    from store.text_search import load_encoder, search as run
+    from faramir.cli.common import download_progress, warn_generated
+    from faramir.store.vectors.text import load_encoder
+    from faramir.store.vectors.text import search as run
 
     with download_progress() as progress:
         encoder = load_encoder(weights_dir, device, progress)
@@ -75,7 +82,7 @@ def duplicates(
 
     The filters' accept threshold is --confidence-threshold here.
     """
-    from store.near_duplicates import duplicates as run
+    from faramir.store.near_duplicates.groups import duplicates as run
 
     with Bar("reading vectors") as bar:
         found = run(db, threshold=threshold, embedding=embedding.value, keep=keep.value, progress=bar, filter=filter)

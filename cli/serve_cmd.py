@@ -1,4 +1,4 @@
-"""`faramir serve`: the curator's gallery over the cache (`gallery.app.create_app`, run by uvicorn)."""
+"""`faramir serve`: the curator's gallery over the cache (`faramir.gallery.app.create_app`, run by uvicorn)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import fail, handle_errors, note, warn
-from cli.options import Db, WeightsDir
+from faramir.cli.common import fail, handle_errors, note, warn
+from faramir.cli.options import Db, WeightsDir
 
 
 @handle_errors
@@ -33,8 +33,8 @@ def serve(
     try:
         import uvicorn
 
-        from gallery.app import create_app
-        from gallery.safety import is_loopback
+        from faramir.gallery.app import create_app
+        from faramir.gallery.safety import is_loopback
     except ImportError as ex:
         fail(f"faramir serve needs the 'serve' extra ({ex.name} is missing): pip install 'faramir[serve]'")
 

@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import handle_errors, stderr
-from cli.options import Variant
-
+from faramir.cli.common import handle_errors, stderr
+from faramir.cli.options import Variant
 
 
 @handle_errors
@@ -22,7 +21,7 @@ def download(
 
     Example: faramir weights download --to ./faramir-weights --text
     """
-    from cli.common import download_progress, note
+    from faramir.cli.common import download_progress, note
     from faramir.download import download_weights
 
     with download_progress() as progress:
@@ -62,7 +61,7 @@ def check(weights_dir: Annotated[Path, typer.Argument(help="Directory holding th
 
     Example: faramir weights check ./faramir-weights
     """
-    from cli.common import warn_generated
+    from faramir.cli.common import warn_generated
     from faramir.weights import load_model
 
     info = load_model(weights_dir).info

@@ -1,6 +1,6 @@
 """Exceptions of the model package (`faramir`). Each message is one line that names the file and the fix.
 
-The cache's own errors are in `store.errors`; both derive from `FaramirError`, which the CLI turns
+The cache's own errors are in `faramir.store.errors`; both derive from `FaramirError`, which the CLI turns
 into one line on stderr."""
 
 from __future__ import annotations

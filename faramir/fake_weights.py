@@ -20,7 +20,13 @@ from faramir.config import VARIANTS, FaramirConfig
 from faramir.errors import WeightsError
 from faramir.files import atomic_path
 from faramir.weights import (
-    AESTHETIC_FILE, ARNIQA_FILE, FARAMIR_FILE, META_CONFIG, META_GENERATED, SIGLIP_FILE, WEIGHT_FILES,
+    AESTHETIC_FILE,
+    ARNIQA_FILE,
+    FARAMIR_FILE,
+    META_CONFIG,
+    META_GENERATED,
+    SIGLIP_FILE,
+    WEIGHT_FILES,
 )
 
 
@@ -62,7 +68,6 @@ def generate(dest: str | os.PathLike, variant: str = "tiny", seed: int = 0, text
     weights (`~/.cache/faramir/weights`), which random values would silently replace."""
     from faramir.experts import Experts
     from faramir.head import FaramirHead
-
     from faramir.text_weights import TEXT_MODEL_FILE
 
     root = Path(dest)

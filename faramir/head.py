@@ -123,7 +123,7 @@ class FaramirHead(nn.Module):
     input (each part normalised, then concatenated), `forward_head` runs the gated head on it
     (`forward_scores` also hands back the free units). `forward` is the two in turn; a caller
     scoring many rows passes its own buffer to `forward_norm` and so allocates nothing per batch
-    (store.scoring.HeadScorer). `forward_decision` runs the decision layers alone.
+    (`faramir.store.heads.scoring.HeadScorer`). `forward_decision` runs the decision layers alone.
     """
 
     def __init__(self, cfg: FaramirConfig = FULL):

@@ -1,7 +1,7 @@
 """The gallery's JSON API. Like `cli/`, this is a face: every endpoint parses its parameters, calls
 one library function in `store` and shapes the answer. The browser names images by content id
 only; the only files the server opens are the paths the cache recorded for an id (thumbnails).
-The middleware in `gallery.app` has checked token and origin before any write gets here.
+The middleware in `faramir.gallery.app` has checked token and origin before any write gets here.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ from starlette.background import BackgroundTask
 
 from faramir.config import ACCEPT_LABELS, LABELS
 from faramir.errors import FaramirError
-from gallery import thumbnails
-from gallery.jobs import Jobs
-from gallery.text import TextSearch
-from store import browse, schema
-from store.db import Cache
-from store.filters import Filter
-from store.labels import label_counts, labels_of, set_labels, unset_labels
+from faramir.gallery import thumbnails
+from faramir.gallery.jobs import Jobs
+from faramir.gallery.text import TextSearch
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.filters import Filter
+from faramir.store.heads.compare import disagreements
+from faramir.store.labels.table import label_counts, labels_of, set_labels, unset_labels
+from faramir.store.queries import counting, images, ranking
+from faramir.store.vectors import nearest
 
 PAGE_LIMIT = 200  # most rows one grid page may ask for
 MAX_IDS = 10_000  # most ids one label write may name
@@ -77,7 +80,7 @@ def view(
 
 def content_id(image_id: str) -> str:
     try:
-        return browse.check_id(image_id)
+        return images.check_id(image_id)
     except FaramirError as ex:
         raise Refused(400, str(ex)) from None
 
@@ -100,7 +103,7 @@ def tiles(rows: list[dict], cache: Cache) -> list[dict]:
 def info(g: Gallery = Depends(gallery)):
     return {
         "db": g.cache.uri,
-        "rows": browse.row_count(g.cache),
+        "rows": images.row_count(g.cache),
         "heads": [h["name"] for h in g.cache.heads()],
         "default_head": schema.DEFAULT_HEAD,
         "labels": list(LABELS),
@@ -121,19 +124,19 @@ def grid(
     limit: int = Query(60, ge=1, le=PAGE_LIMIT),
     g: Gallery = Depends(gallery),
 ):
-    page = browse.page(g.cache, sort=sort, descending=order == "desc", after=after, limit=limit, filter=f)
+    page = ranking.page(g.cache, sort=sort, descending=order == "desc", after=after, limit=limit, filter=f)
     return {"rows": tiles(page.rows.to_pylist(), g.cache), "next": page.next}
 
 
 @router.get("/counts")
 def counts(f: Filter = Depends(view), g: Gallery = Depends(gallery)):
-    return browse.counts(g.cache, filter=f).to_dict()
+    return counting.counts(g.cache, filter=f).to_dict()
 
 
 @router.get("/image/{image_id}")
 def detail(image_id: str = Depends(content_id), g: Gallery = Depends(gallery),
            threshold: float = Query(0.5, ge=0.0, le=1.0, allow_inf_nan=False)):
-    return browse.detail(image_id, g.cache, threshold=threshold).to_dict() | \
+    return images.detail(image_id, g.cache, threshold=threshold).to_dict() | \
         {"curated": labels_of([image_id], g.cache).get(image_id)}
 
 
@@ -145,7 +148,7 @@ def similar(
     embedding: Literal["faramir", "siglip"] = "faramir",
     g: Gallery = Depends(gallery),
 ):
-    rows = browse.similar_to(image_id, g.cache, k=k, embedding=embedding, filter=f)
+    rows = nearest.similar_to(image_id, g.cache, k=k, embedding=embedding, filter=f)
     return {"rows": tiles(rows.to_pylist(), g.cache)}
 
 
@@ -156,7 +159,7 @@ def text_search(
     k: int = Query(48, ge=1, le=PAGE_LIMIT),
     g: Gallery = Depends(gallery),
 ):
-    from store.text_search import search as run
+    from faramir.store.vectors.text import search as run
 
     if not q.strip():
         raise Refused(400, "q: the search text is empty; give a few words, e.g. 'a dragon over water'")
@@ -179,14 +182,14 @@ def compare(
     limit: int = Query(60, ge=1, le=PAGE_LIMIT),
     g: Gallery = Depends(gallery),
 ):
-    result = browse.disagreements(a, b, g.cache, threshold=threshold, offset=offset, limit=limit).to_dict()
+    result = disagreements(a, b, g.cache, threshold=threshold, offset=offset, limit=limit).to_dict()
     return result | {"rows": tiles(result["rows"], g.cache)}
 
 
 @router.get("/thumb/{image_id}")
 def thumb(image_id: str = Depends(content_id), size: Literal["thumb", "preview"] = "thumb",
           g: Gallery = Depends(gallery)):
-    made = thumbnails.thumbnail(image_id, browse.paths(image_id, g.cache), g.root / "thumbnails", size)
+    made = thumbnails.thumbnail(image_id, images.paths(image_id, g.cache), g.root / "thumbnails", size)
     if made is None:
         return Response(thumbnails.placeholder("original missing"), media_type="image/svg+xml",
                         headers={"Cache-Control": "no-store", "X-Faramir-Missing": "1"})
@@ -201,7 +204,7 @@ def export(
     order: Order = "desc",
     g: Gallery = Depends(gallery),
 ):
-    from store.exporter import export as run
+    from faramir.store.exports import export as run
 
     folder = tempfile.mkdtemp(prefix="faramir-export-")
     name = f"faramir-{f.head}-t{f.threshold:g}.{format}"

@@ -1,5 +1,5 @@
-"""The gallery's web app: the JSON API (`gallery.api`) and the static page that uses it, behind the
-token, origin and host rules of `gallery.safety`. Errors are answered as one line of JSON, never a
+"""The gallery's web app: the JSON API (`faramir.gallery.api`) and the static page that uses it, behind the
+token, origin and host rules of `faramir.gallery.safety`. Errors are answered as one line of JSON, never a
 traceback.
 """
 
@@ -15,11 +15,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from faramir.errors import FaramirError
-from gallery import api, safety
-from gallery.jobs import JobError, Jobs
-from gallery.text import TextSearch
-from store.db import Cache
-from store.errors import UnknownImage
+from faramir.gallery import api, safety
+from faramir.gallery.jobs import JobError, Jobs
+from faramir.gallery.text import TextSearch
+from faramir.store.cache import Cache
+from faramir.store.errors import UnknownImage
 
 STATIC = Path(__file__).with_name("static")
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "

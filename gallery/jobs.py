@@ -1,8 +1,8 @@
 """Finetune from the page: one background job at a time, its progress read by polling.
 
 The job is the CLI's `faramir finetune --name NAME` followed by `faramir evaluate --head NAME`:
-`store.tuning.finetune` on the current labels, `store.rescoring.rescore` to register the new head,
-`store.tuning.evaluate` for its MCC, precision, recall and the MCC-best threshold. It runs in a
+`faramir.store.heads.finetune.finetune` on the current labels, `faramir.store.heads.rescore.rescore` to register the new head,
+`faramir.store.heads.evaluate` for its MCC, precision, recall and the MCC-best threshold. It runs in a
 thread; the server's request threads stay free (torch and Lance release the GIL in their loops).
 Torch is imported when the first job starts, never before: the server itself runs without it.
 """
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from faramir.errors import FaramirError
-from store import schema
+from faramir.store import schema
 
 EVALUATION_KEYS = ("n", "mcc", "precision", "recall", "f1", "accuracy", "confusion", "best")
 
@@ -93,8 +93,9 @@ class Jobs:
         return job
 
     def _run(self, job: FinetuneJob) -> None:
-        from store.rescoring import rescore
-        from store.tuning import evaluate, finetune
+        from faramir.store.heads.evaluate import evaluate
+        from faramir.store.heads.finetune import finetune
+        from faramir.store.heads.rescore import rescore
 
         def on_epoch(report):
             job.epoch, job.val_mcc, job.best_val_mcc = report.epoch, report.val_mcc, report.best_val_mcc

@@ -40,7 +40,7 @@ class TextSearch:
         raises: WeightsNotFound, WeightsError, TextError."""
         with self._load:
             if self._encoder is None:
-                from store.text_search import load_encoder
+                from faramir.store.vectors.text import load_encoder
 
                 self._encoder = Serialised(load_encoder(self.weights_dir, self.device))
             return self._encoder

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from faramir.files import open_regular
 from faramir.preprocess import open_srgb
-from store.schema import path_from_column
+from faramir.store.schema import path_from_column
 
 SIZES = {"thumb": 256, "preview": 1024}  # longest side in pixels; never upscaled
 QUALITY = 82  # WebP quality: small files, no visible banding at 256 px

@@ -64,10 +64,10 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from faramir.fake_weights import generate
-    from gallery.app import create_app
-    from store.ingestion import ingest_all
-    from store.labels import set_labels
-    from store.query import top
+    from faramir.gallery.app import create_app
+    from faramir.store.ingestion import ingest_all
+    from faramir.store.labels.table import set_labels
+    from faramir.store.queries.ranking import top
     from tests.gallery_helpers import CHROMIUM, CHROMIUM_ARGS, running, spread_head
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,23 +1,23 @@
 """The feature cache on LanceDB: stage one writes it, stage two reads it.
 
 The library twins of the `faramir` commands, importable from here (each loads its module on
-first use, so `import store` costs nothing and a query never imports torch):
+first use, so `import faramir.store` costs nothing and a query never imports torch):
 
-    store.ingest, store.ingest_all, store.failures            stage one (`faramir ingest`, `failures`)
-    store.rescore, store.list_heads, store.remove_head        heads (`faramir rescore`, `heads ...`)
-    store.count, store.top, store.stats, store.similar        queries (`faramir top`, `stats`, `similar`)
-    store.index, store.export                                 `faramir index`, `faramir export`
-    store.search, store.duplicates                            `faramir search`, `faramir duplicates`
-    store.import_labels, store.list_labels, store.remove_labels   `faramir labels ...`
-    store.finetune, store.evaluate                            `faramir finetune`, `faramir evaluate`
-    store.Cache, store.Filter                                 an open cache; which rows a query keeps
+    ingest, ingest_all, failures            stage one (`faramir ingest`, `failures`)
+    rescore, list_heads, remove_head        heads (`faramir rescore`, `heads ...`)
+    count, top, stats                       queries (`faramir top`, `stats`)
+    similar, search, index                  search (`faramir similar`, `search`, `index`)
+    duplicates                              `faramir duplicates`
+    export                                  `faramir export`
+    import_labels, list_labels, remove_labels   `faramir labels ...`
+    finetune, evaluate                      `faramir finetune`, `faramir evaluate`
+    Cache, Filter                           an open cache; which rows a query keeps
 
-Modules, one concept each: db (Cache: opening, tables, heads registry), schema, errors, filters,
-scores (a head's score columns → result rows), query, neighbours, browse (keyset pages, counts,
-one image, two heads' disagreements), text_search, near_duplicates (close_pairs: its candidate
-search), indexes, exporter, labels (also set/unset by content id),
-tuning, heads, rescoring, gaps (rows a head has not scored), scoring (the head over cached rows; torch), ingestion/ (plan, run,
-write, driver), allocator.
+One sub-package per concept (docs/architecture.md draws them): `heads` (the registry, a head's
+columns, scoring, rescoring, unscored rows, finetune, evaluate, comparing two heads), `queries`
+(ranking, counting, one image), `search` (nearest, allow-lists, the post-filter, text, indexes),
+`duplicates`, `labels`, `export`, `ingestion`; beside them the cache itself (`cache`, `schema`,
+`sql`, `filters`, `errors`, `migrations`, `recovery`).
 """
 
 from __future__ import annotations
@@ -25,14 +25,20 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Cache": "store.db", "Filter": "store.filters",
-    "ingest": "store.ingestion", "ingest_all": "store.ingestion", "failures": "store.ingestion.failures",
-    "rescore": "store.rescoring", "list_heads": "store.heads", "remove_head": "store.heads",
-    "count": "store.query", "top": "store.query", "stats": "store.query", "similar": "store.neighbours",
-    "index": "store.indexes", "export": "store.exporter",
-    "search": "store.text_search", "duplicates": "store.near_duplicates",
-    "import_labels": "store.labels", "list_labels": "store.labels", "remove_labels": "store.labels",
-    "finetune": "store.tuning", "evaluate": "store.tuning",
+    "Cache": "faramir.store.cache", "Filter": "faramir.store.filters",
+    "ingest": "faramir.store.ingestion", "ingest_all": "faramir.store.ingestion",
+    "failures": "faramir.store.ingestion.failures",
+    "rescore": "faramir.store.heads.rescore", "list_heads": "faramir.store.heads.registry",
+    "remove_head": "faramir.store.heads.registry",
+    "count": "faramir.store.queries.counting", "stats": "faramir.store.queries.counting",
+    "top": "faramir.store.queries.ranking",
+    "similar": "faramir.store.vectors.nearest", "search": "faramir.store.vectors.text",
+    "index": "faramir.store.vectors.indexes",
+    "duplicates": "faramir.store.near_duplicates.groups",
+    "export": "faramir.store.exports",
+    "import_labels": "faramir.store.labels.files", "list_labels": "faramir.store.labels.table",
+    "remove_labels": "faramir.store.labels.table",
+    "finetune": "faramir.store.heads.finetune", "evaluate": "faramir.store.heads.evaluate",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -40,7 +46,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'store' has no attribute {name!r}")
+    raise AttributeError(f"module 'faramir.store' has no attribute {name!r}")
 
 
 def __dir__():

@@ -6,7 +6,7 @@ other field already stores: it then reads exactly that column's values, and noth
 
 A head finetuned from a registered head shares that head's class logits v, free units f and the
 labels (functions of v) row for row, so its P_accept_label, P_reject_label, P_logits and P_free
-are written this way (`store.rescoring`): at a million rows that is 130 MB not written.
+are written this way (`faramir.store.heads.rescore`): at a million rows that is 130 MB not written.
 
 Lance treats such a column as any other: dropping the columns it aliases keeps the file while
 the alias refers to it (cleanup keeps every file a fragment lists), and compaction, which reads

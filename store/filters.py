@@ -14,9 +14,9 @@ import numpy as np
 
 from faramir.config import ACCEPT_LABELS, LABELS
 from faramir.decision import accepted_sql, decide, f32, sql_float
-from store import schema
-from store.db import sql_in
-from store.errors import QueryError
+from faramir.store import schema
+from faramir.store.errors import QueryError
+from faramir.store.sql import sql_in
 
 
 @dataclass(frozen=True)

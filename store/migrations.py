@@ -1,5 +1,5 @@
-"""Schema migrations: a cache made by an older faramir is brought to `store.schema.SCHEMA_VERSION`
-when it is opened (`store.db.Cache.open`), oldest step first.
+"""Schema migrations: a cache made by an older faramir is brought to `faramir.store.schema.SCHEMA_VERSION`
+when it is opened (`faramir.store.cache.Cache.open`), oldest step first.
 
 Each step is one commit (a column appears with its values, or not at all), so a crash leaves the
 cache at the old version, and two processes opening it at once are both fine: the one whose commit
@@ -12,24 +12,24 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from store import schema
+from faramir.store import schema
 
 if TYPE_CHECKING:
-    from store.db import Cache
+    from faramir.store.cache import Cache
 
 
 def migrate(cache: Cache, version: int) -> None:
     """Bring `cache`, at schema `version`, to the current version."""
     if version < 2:
         _add_frozen_fingerprints(cache)
-    # 2 → 3 rewrites nothing: no older cache holds a path that is not UTF-8 (see store.schema)
+    # 2 → 3 rewrites nothing: no older cache holds a path that is not UTF-8 (see faramir.store.schema)
     cache.set_meta(schema_version=str(schema.SCHEMA_VERSION))
 
 
 def _add_frozen_fingerprints(cache: Cache) -> None:
     """1 → 2: every heads row gets its frozen fingerprint, computed from its stored checkpoint.
     Score columns written under version 1 have no P_free: those heads are never the source of a
-    decision-layers-only rescore (`store.rescoring`), and ingest writes the columns they have."""
+    decision-layers-only rescore (`faramir.store.heads.rescore`), and ingest writes the columns they have."""
     import lance
 
     from faramir.checkpoints import frozen_fingerprint, head_state_from_bytes

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from store.errors import CacheError
+from faramir.store.errors import CacheError
 
 MAGIC = b"LANC"  # the last four bytes of every Lance manifest
 MIN_MANIFEST = 16  # its fixed footer: metadata position, format version, magic

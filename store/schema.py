@@ -42,7 +42,7 @@ One LanceDB database (a local folder or an object-store URI) holds these tables:
     frozen_fingerprint string (norm.* + head.* outside the layers a finetune trains: heads that
     share it share v and f, so rescoring one needs only the other's P_logits and P_free, and its
     P_accept_label, P_reject_label, P_logits and P_free read the other's data: see
-    `store.column_aliases`)
+    `faramir.store.column_aliases`)
 
 ``labels``: curator labels for finetuning and evaluation.
     id string not null (primary key), label string, source string, imported_at timestamp
@@ -64,8 +64,8 @@ not be UTF-8 (Python keeps such bytes as surrogate escapes, which Arrow's string
 The unenforced primary key of every table is declared in its schema (`PRIMARY_KEY`), so that
 processes creating a cache at the same moment pass LanceDB identical schemas.
 
-Versions: `SCHEMA_VERSION` is stored in ``meta``; `store.db.Cache.open` refuses a cache whose
-version is newer, with a message to upgrade faramir, and migrates an older one (`store.migrations`):
+Versions: `SCHEMA_VERSION` is stored in ``meta``; `faramir.store.cache.Cache.open` refuses a cache whose
+version is newer, with a message to upgrade faramir, and migrates an older one (`faramir.store.migrations`):
 
 - 1 → 2 added ``heads.frozen_fingerprint`` (computed for existing heads from their checkpoint)
   and the P_free columns (written for heads scored from then on).
@@ -104,6 +104,8 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 # that insert the same new key can both succeed and leave duplicate rows.
 PRIMARY_KEY = {"lance-schema:unenforced-primary-key:position": "1"}
 _URI = "file://"
+
+CONTENT_ID = re.compile(r"^[0-9a-f]{64}$")  # an image's id: the sha256 of its bytes, lowercase hex
 
 EMBEDDING_COLUMNS = {"faramir": "faramir_embedding", "siglip": "siglip_embedding"}
 HEAD_INPUTS = ["faramir_embedding", "aesthetic_features", "quality_features"]  # what a head reads

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import lancedb
 
-from store import schema
-from store.db import Cache
+from faramir.store import schema
+from faramir.store.cache import Cache
 from tests.conftest import write_images
 
 REPO = Path(__file__).resolve().parents[1]

@@ -46,7 +46,7 @@ def running(app, host: str = "127.0.0.1"):
 
 def ingested_cache(root: Path, weights: Path, n: int = 36, size=(96, 72)) -> Path:
     """A cache at root/db ingested from `n` generated images (root/imgs) with tiny weights."""
-    from store.ingestion import ingest_all
+    from faramir.store.ingestion import ingest_all
     from tests.conftest import write_images
 
     write_images(root / "imgs", n, size=size)
@@ -58,7 +58,7 @@ def ingested_cache(root: Path, weights: Path, n: int = 36, size=(96, 72)) -> Pat
 def middle_threshold(db, head: str = "faramir-v1") -> float:
     """A threshold (2 decimals) that splits the cache's confidences about evenly: generated
     weights put every confidence near one value, so the default 0.5 may accept none."""
-    from store.query import top
+    from faramir.store.queries.ranking import top
 
     conf = np.sort(top(db, head=head, limit=None).column("confidence").to_numpy())
     for t in np.round(np.linspace(0.0, 1.0, 101), 2):
@@ -82,9 +82,9 @@ def spread_head(db, weights: Path, name: str = "spread", scale: float = 2.5) -> 
     import torch
 
     from faramir.checkpoints import split_faramir_checkpoint
+    from faramir.store.heads.rescore import rescore
+    from faramir.store.queries.ranking import top
     from faramir.weights import FARAMIR_FILE
-    from store.rescoring import rescore
-    from store.query import top
 
     decision = top(db, limit=None).column("decision").to_numpy().astype(np.float64)
     k = scale / max(decision.std(), 1e-12)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from faramir.config import ACCEPT_LABELS, LABELS, N_CLASSES, N_FREE, TINY
 from faramir.checkpoints import head_to_bytes, split_faramir_checkpoint
+from faramir.config import ACCEPT_LABELS, LABELS, N_CLASSES, N_FREE, TINY
 from faramir.digests import tensor_digest
-from store import schema
-from store.db import Cache
+from faramir.store import schema
+from faramir.store.cache import Cache
 from tests.synthetic import Generator, image_rows, random_checkpoint, save_checkpoint, write_cache
 
 ACCEPT = [x for x in LABELS if x in ACCEPT_LABELS]

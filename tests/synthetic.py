@@ -39,9 +39,9 @@ from faramir.checkpoints import head_to_bytes, load_head_checkpoint, save_state_
 from faramir.config import FULL, PREPROCESS_VERSION, FaramirConfig
 from faramir.digests import tensor_digest
 from faramir.head import FaramirHead
-from store import schema
-from store.db import Cache
-from store.scoring import fixed_size_list, score_columns
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.heads.scoring import fixed_size_list, score_columns
 
 GENERATED = "SYNTHETIC cache rows (tests.synthetic): random vectors and a random head, scores mean nothing"
 

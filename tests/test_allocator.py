@@ -1,4 +1,4 @@
-"""store.allocator: glibc's malloc tuned for Lance's batch reads, unless the user chose otherwise."""
+"""faramir.cli.allocator: glibc's malloc tuned for Lance's batch reads, unless the user chose otherwise."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PROBE = "from store.allocator import keep_freed_memory as k; print(k(), k())"
+PROBE = "from faramir.cli.allocator import keep_freed_memory as k; print(k(), k())"
 
 
 def _probe(**env) -> str:
@@ -29,7 +29,7 @@ def test_applied_once_on_glibc_unless_the_environment_sets_malloc():
 
 
 def test_the_faramir_command_applies_it_before_any_command_runs():
-    out = subprocess.run([sys.executable, "-c", "import cli.app, store.allocator as a; print(a._applied)"],
+    out = subprocess.run([sys.executable, "-c", "import faramir.cli.app, faramir.cli.allocator as a; print(a._applied)"],
                          cwd=REPO, capture_output=True, text=True, check=True)
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" \
         and not any(k in os.environ for k in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_",

@@ -1,4 +1,4 @@
-"""Allow-lists (`store.allow_lists`) and the post-filter on tables whose row ids are not row
+"""Allow-lists (`faramir.store.vectors.allow_lists`) and the post-filter on tables whose row ids are not row
 addresses (Lance's stable row ids), which our caches never enable but a table may."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import lance
 import numpy as np
 import pyarrow as pa
 
-from store import postfilter
-from store.allow_lists import AllowList
-from store.neighbours import cosine_distances
+from faramir.store.vectors import postfilter as postfilter
+from faramir.store.vectors.allow_lists import AllowList
+from faramir.store.vectors.nearest import cosine_distances
 
 
 def _addresses(fragment: int, offsets) -> np.ndarray:

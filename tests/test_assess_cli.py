@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.app import app
 from faramir import load_image
+from faramir.cli.app import app
 from faramir.config import OUTPUT_NAMES
 from faramir.fake_weights import generate
 from faramir.head import assess_outputs

@@ -1,4 +1,4 @@
-"""store.browse and the label writes by id: keyset pages equal `top`, counts equal `stats`, one
+"""Browsing queries (faramir.store.queries, heads.compare) and the label writes by id: keyset pages equal `top`, counts equal `stats`, one
 image's detail, two heads' disagreements, labels set and unset by content id."""
 
 from __future__ import annotations
@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from faramir.config import LABELS
-from store import browse
-from store.errors import LabelsError, QueryError
-from store.labels import LabelCounts, label_counts, labels_of, list_labels, set_labels, unset_labels
-from store.query import stats, top
+from faramir.store.errors import LabelsError, QueryError
+from faramir.store.heads import compare
+from faramir.store.labels.table import LabelCounts, label_counts, labels_of, list_labels, set_labels, unset_labels
+from faramir.store.queries import counting, images, ranking
+from faramir.store.queries.counting import stats
+from faramir.store.queries.ranking import top
 from tests.stage2_helpers import ACCEPT, REJECT, hand_cache, head_file, tiny_cache
 
 
@@ -18,7 +20,7 @@ from tests.stage2_helpers import ACCEPT, REJECT, hand_cache, head_file, tiny_cac
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("browse")
     cache = tiny_cache(root / "db", n=600)
-    from store.rescoring import rescore
+    from faramir.store.heads.rescore import rescore
 
     rescore(head_file(root / "other.pth", seed=5), "other", db=cache)
     return cache
@@ -38,7 +40,7 @@ def ties(tmp_path_factory):
 def all_pages(cache, limit, **kwargs):
     rows, after, pages = [], None, 0
     while True:
-        p = browse.page(cache, after=after, limit=limit, **kwargs)
+        p = ranking.page(cache, after=after, limit=limit, **kwargs)
         rows += p.rows.to_pylist()
         pages += 1
         assert len(p.rows) <= limit
@@ -72,11 +74,11 @@ def test_pages_are_exact_through_ties(ties, sort, descending):
 def test_a_bad_cursor_or_sort_is_refused_in_one_line(synthetic):
     for cursor in ("junk", "0.5,notanid", "nan," + "a" * 64, "0.5,0.5," + "a" * 64, "0.5;DROP," + "a" * 64):
         with pytest.raises(QueryError, match="is not one this sort gives"):
-            browse.page(synthetic, after=cursor)
+            ranking.page(synthetic, after=cursor)
     with pytest.raises(QueryError, match="sort 'path'"):
-        browse.page(synthetic, sort="path")
+        ranking.page(synthetic, sort="path")
     with pytest.raises(QueryError, match="limit 0"):
-        browse.page(synthetic, limit=0)
+        ranking.page(synthetic, limit=0)
 
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 0.83])
@@ -84,13 +86,13 @@ def test_a_bad_cursor_or_sort_is_refused_in_one_line(synthetic):
                                      {"min_aesthetic": 5.0}])
 def test_counts_equal_stats(synthetic, t, filters):
     s = stats(synthetic, threshold=t, **filters)
-    got = browse.counts(synthetic, threshold=t, accepted=True, **filters)  # the side shown is ignored
-    assert got == browse.Counts(accepted=s.accepted, rejected=s.rejected, total=s.total)
+    got = counting.counts(synthetic, threshold=t, accepted=True, **filters)  # the side shown is ignored
+    assert got == counting.Counts(accepted=s.accepted, rejected=s.rejected, total=s.total)
 
 
 def test_detail_has_31_logits_under_every_head(synthetic):
     row = top(synthetic, limit=1, threshold=0.4).to_pylist()[0]
-    d = browse.detail(row["id"], synthetic, threshold=0.4)
+    d = images.detail(row["id"], synthetic, threshold=0.4)
     assert d.paths == row["paths"] and d.aesthetic_score == row["aesthetic_score"]
     assert [s["head"] for s in d.scores] == ["faramir-v1", "other"]
     v1 = d.scores[0]
@@ -101,12 +103,12 @@ def test_detail_has_31_logits_under_every_head(synthetic):
     assert LABELS[side][int(np.argmax(v1["logits"][side]))] == v1["label"]
     other = top(synthetic, head="other", limit=None, threshold=0.4).to_pylist()
     assert d.scores[1]["confidence"] == next(r["confidence"] for r in other if r["id"] == row["id"])
-    assert browse.paths(row["id"], synthetic) == row["paths"]
+    assert images.paths(row["id"], synthetic) == row["paths"]
     with pytest.raises(QueryError, match="no cached image has this id"):
-        browse.detail("0" * 64, synthetic)
+        images.detail("0" * 64, synthetic)
     for bad in ("../../etc/passwd", "A" * 64, "0" * 63, "/synthetic/0001/00000001.png"):
         with pytest.raises(QueryError, match="is not a content id"):
-            browse.detail(bad, synthetic)
+            images.detail(bad, synthetic)
 
 
 @pytest.mark.parametrize("t", [0.3, 0.5, 0.7])
@@ -114,7 +116,7 @@ def test_disagreements_sorted_by_gap(synthetic, t):
     a = {r["id"]: r for r in top(synthetic, limit=None, threshold=t).to_pylist()}
     b = {r["id"]: r for r in top(synthetic, head="other", limit=None, threshold=t).to_pylist()}
     want = {i for i in a if a[i]["accepted"] != b[i]["accepted"]}
-    result = browse.disagreements("faramir-v1", "other", synthetic, threshold=t, limit=10_000)
+    result = compare.disagreements("faramir-v1", "other", synthetic, threshold=t, limit=10_000)
     got = result.rows.to_pylist()
     assert result.total == len(want) == len(got) and {r["id"] for r in got} == want
     gaps = [r["gap"] for r in got]
@@ -122,10 +124,10 @@ def test_disagreements_sorted_by_gap(synthetic, t):
     for r in got:
         assert r["accepted_a"] == a[r["id"]]["accepted"] and r["label_b"] == b[r["id"]]["label"]
         assert r["gap"] == pytest.approx(abs(a[r["id"]]["confidence"] - b[r["id"]]["confidence"]))
-    window = browse.disagreements("faramir-v1", "other", synthetic, threshold=t, offset=3, limit=5).rows
+    window = compare.disagreements("faramir-v1", "other", synthetic, threshold=t, offset=3, limit=5).rows
     assert window.column("id").to_pylist() == [r["id"] for r in got[3:8]]
     with pytest.raises(QueryError, match="two different heads"):
-        browse.disagreements("other", "other", synthetic)
+        compare.disagreements("other", "other", synthetic)
 
 
 def test_labels_set_and_unset_by_id(tmp_path):
@@ -149,7 +151,7 @@ def test_labels_set_and_unset_by_id(tmp_path):
 
 
 def test_many_label_writes_stay_compact(tmp_path, monkeypatch):
-    from store import labels
+    from faramir.store.labels import table as labels
 
     monkeypatch.setattr(labels, "LABEL_FRAGMENTS", 4)
     cache = tiny_cache(tmp_path / "db", n=20)

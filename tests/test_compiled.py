@@ -14,13 +14,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.app import app
+from faramir.cli.app import app
 from faramir.compiled import compile_experts
 from faramir.pipeline import Assessment, assess
 from faramir.sources import Source
+from faramir.store import Cache
+from faramir.store.ingestion.write import EMBEDDING_FIELDS
 from faramir.weights import load_model
-from store import Cache
-from store.ingestion.write import EMBEDDING_FIELDS
 
 runner = CliRunner()
 
@@ -84,7 +84,7 @@ def test_a_compile_that_fails_is_one_line_naming_the_fix(tiny_weights, folder):
     """No C++ compiler (CXX names none; no cached kernels to fall back on): one line, and no output."""
     env = {**os.environ, "CXX": "/nonexistent/g++", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "cli.app", "assess", str(folder), "--weights-dir", str(tiny_weights), "--device",
+        [sys.executable, "-m", "faramir.cli", "assess", str(folder), "--weights-dir", str(tiny_weights), "--device",
          "cpu", "--batch-size", "4", "--workers", "0", "--compile"],
         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode not in (0, 3), result.stderr

@@ -15,12 +15,13 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
-from store import schema
-from store.db import Cache
-from store.ingestion import ingest, ingest_all
-from store.query import count, top
-from store.rescoring import rescore
+from faramir.cli.app import app
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.heads.rescore import rescore
+from faramir.store.ingestion import ingest, ingest_all
+from faramir.store.queries.counting import count
+from faramir.store.queries.ranking import top
 from tests.conftest import write_images
 from tests.stage2_helpers import head_file, tiny_cache
 
@@ -46,7 +47,7 @@ def _together(script: str, args_per_process: list[list[str]], timeout: float = 3
 
 OPEN = """
 import json, sys, time
-from store.db import Cache
+from faramir.store.cache import Cache
 start, db = float(sys.argv[1]), sys.argv[2]
 time.sleep(max(0.0, start - time.time()))
 try:
@@ -74,7 +75,7 @@ def test_tables_are_made_one_process_at_a_time(tmp_path):
     import fcntl
     import threading
 
-    from store.db import CREATE_LOCK
+    from faramir.store.cache import CREATE_LOCK
 
     db = tmp_path / "db"
     db.mkdir()
@@ -93,7 +94,7 @@ INGEST = """
 import dataclasses, json, sys, time
 start, imgs, db, weights = sys.argv[1:]
 from faramir.weights import load_model
-from store.ingestion import ingest_all
+from faramir.store.ingestion import ingest_all
 model = load_model(weights)
 time.sleep(max(0.0, float(start) - time.time()))
 s = ingest_all([imgs], db=db, model=model, workers=0, batch_size=2, commit_every=2)
@@ -190,7 +191,7 @@ def _gap(cache: Cache, n: int = 5) -> None:
 
 
 def test_queries_warn_about_rows_a_head_has_not_scored(tmp_path):
-    from store.errors import UnscoredRows
+    from faramir.store.errors import UnscoredRows
 
     cache = tiny_cache(tmp_path / "db", n=40)
     _gap(cache)
@@ -203,7 +204,7 @@ def test_queries_warn_about_rows_a_head_has_not_scored(tmp_path):
         warnings.simplefilter("error", UnscoredRows)
         cache2 = tiny_cache(tmp_path / "db2", n=10)
         top(cache2)  # no gap: no warning
-        from store.gaps import fill_gaps
+        from faramir.store.heads.unscored import fill_gaps
 
         assert fill_gaps(cache) == 5
         top(cache)  # the same open cache: the count kept for the old version is not reused

@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.app import app
-from store import close_pairs
-from store.errors import QueryError
-from store.exporter import export
-from store.filters import Filter
-from store.near_duplicates import duplicates
-from store.query import count
+from faramir.cli.app import app
+from faramir.store.near_duplicates import close_pairs as close_pairs
+from faramir.store.near_duplicates.groups import duplicates
+from faramir.store.errors import QueryError
+from faramir.store.exports import export
+from faramir.store.filters import Filter
+from faramir.store.queries.counting import count
 from tests.stage2_helpers import tiny_cache
 
 runner = CliRunner()
@@ -154,7 +154,7 @@ def art(seed: int, size=(640, 480)) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, tiny_weights):
-    from store.ingestion import ingest_all
+    from faramir.store.ingestion import ingest_all
 
     root = tmp_path_factory.mktemp("photos")
     imgs = root / "imgs"

@@ -23,7 +23,7 @@ PROBE = """
 import json, sys
 out, argv = sys.argv[1], sys.argv[2:]
 sys.argv = ["faramir", *argv]
-from cli.app import main
+from faramir.cli.app import main
 try:
     main()
     code = 0
@@ -37,8 +37,8 @@ with open(out, "w") as f:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_weights):
     """Three images ingested with the tiny weights, and labels for them."""
-    from store.ingestion import ingest_all
-    from store.labels import import_labels
+    from faramir.store.ingestion import ingest_all
+    from faramir.store.labels.files import import_labels
 
     root = tmp_path_factory.mktemp("fast")
     images = write_images(root / "imgs", 3)
@@ -97,7 +97,7 @@ GALLERY_PROBE = """
 import json, sys
 out, db, work = sys.argv[1:4]
 from fastapi.testclient import TestClient
-from gallery.app import create_app
+from faramir.gallery.app import create_app
 client = TestClient(create_app(db, work=work), base_url="http://127.0.0.1:8765")
 codes = [client.get(url).status_code for url in ("/", "/api/info", "/api/counts", "/api/labels", "/api/export")]
 first = client.get("/api/grid", params={"limit": 2}).json()["rows"][0]["id"]

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from faramir.checkpoints import check_state_dict, save_state_dict, shapes_of
 from faramir.config import ACCEPT_LABELS, FULL, LABELS, TINY
 from faramir.fake_weights import random_state
-from faramir.checkpoints import check_state_dict, save_state_dict, shapes_of
 from faramir.finetune import TRAINED_PREFIXES, Finetuner, finetune_head, split_indices, trained_state_dict
 from faramir.head import FaramirHead
-from faramir.metrics import mcc
 from faramir.labels import label_to_target, labels_to_targets
+from faramir.metrics import mcc
 from tests.synthetic import learnable_rows
 
 

@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.app import app
+from faramir.cli.app import app
+from faramir.store.cache import Cache
+from faramir.store.heads.rescore import rescore
+from faramir.store.queries.ranking import top
 from faramir.weights import FARAMIR_FILE
-from store.db import Cache
-from store.rescoring import rescore
-from store.query import top
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

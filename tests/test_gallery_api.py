@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 pytest.importorskip("fastapi", reason="the gallery needs the 'serve' extra: pip install 'faramir[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from cli.app import app as cli_app  # noqa: E402
-from gallery.app import create_app  # noqa: E402
-from store import browse  # noqa: E402
-from store.query import top  # noqa: E402
+from faramir.cli.app import app as cli_app  # noqa: E402
+from faramir.gallery.app import create_app  # noqa: E402
+from faramir.store.heads.compare import disagreements  # noqa: E402
+from faramir.store.queries.ranking import top  # noqa: E402
 from tests.gallery_helpers import ingested_cache, spread_head  # noqa: E402
 
 runner = CliRunner()
@@ -36,7 +36,7 @@ def cache(tmp_path_factory, tiny_weights):
     confidences spread over (0, 1)."""
     root = tmp_path_factory.mktemp("gallery-api")
     db = ingested_cache(root, tiny_weights, n=36)
-    from store.ingestion import ingest_all
+    from faramir.store.ingestion import ingest_all
     from tests.conftest import write_images
 
     gone = write_images(root / "gone", 1, size=(50, 40), seed=99, prefix="gone")[0]
@@ -152,7 +152,7 @@ def test_detail_similar_accepted_and_compare(cache, gallery):
     everything = client.get(f"/api/similar/{ref}", params={"head": HEAD, "k": 5}).json()["rows"]
     assert everything[0]["id"] == ref and everything[0]["distance"] == 0.0
     compare = client.get("/api/compare", params={"a": "faramir-v1", "b": HEAD, "threshold": 0.49}).json()
-    want = browse.disagreements("faramir-v1", HEAD, cache["db"], threshold=0.49, limit=60)
+    want = disagreements("faramir-v1", HEAD, cache["db"], threshold=0.49, limit=60)
     assert compare["total"] == want.total > 0
     assert [r["id"] for r in compare["rows"]] == want.rows.column("id").to_pylist()
 
@@ -324,7 +324,7 @@ def test_faramir_serve_prints_its_url_and_warns_off_loopback(cache, host, warned
     import urllib.request
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from cli.app import main; main()", "serve", "--db", str(cache["db"]),
+        [sys.executable, "-c", "from faramir.cli.app import main; main()", "serve", "--db", str(cache["db"]),
          "--host", host, "--port", "0", "--read-only"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

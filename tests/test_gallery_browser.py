@@ -24,7 +24,7 @@ runner = CliRunner()
 
 
 def cli(*args) -> str:
-    from cli.app import app
+    from faramir.cli.app import app
 
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
@@ -41,7 +41,7 @@ def cache(tmp_path_factory, tiny_weights):
 
 @pytest.fixture(scope="module")
 def server(cache, tmp_path_factory, tiny_weights):
-    from gallery.app import create_app
+    from faramir.gallery.app import create_app
 
     app = create_app(cache, work=tmp_path_factory.mktemp("work"), weights_dir=tiny_weights)
     with running(app) as url:
@@ -190,7 +190,7 @@ def test_the_detail_view_shows_31_bars_and_similar_accepted_shows_only_accepted_
 
 
 def test_compare_two_heads_and_export_links(server, cache, page):
-    from store.browse import disagreements
+    from faramir.store.heads.compare import disagreements
 
     page.goto(f"{server}/?head={HEAD}&t=0.49")
     page.wait_for_selector("#grid .tile")
@@ -209,9 +209,9 @@ def test_compare_two_heads_and_export_links(server, cache, page):
 
 def test_typing_a_query_and_enter_shows_what_store_search_finds(server, cache, page, tiny_weights):
     pytest.importorskip("open_clip", reason="search by text needs the text extra: pip install 'faramir[text]'")
+    from faramir.store.filters import Filter
+    from faramir.store.vectors.text import search
     from faramir.text_weights import load_text_encoder
-    from store.filters import Filter
-    from store.text_search import search
 
     text = "a dragon over water"
     page.goto(f"{server}/?head={HEAD}&t=0.5&show=accepted")
@@ -240,7 +240,7 @@ def test_typing_a_query_and_enter_shows_what_store_search_finds(server, cache, p
 
 
 def test_without_a_text_tower_the_search_box_is_disabled_and_says_how_to_get_one(cache, page, tmp_path):
-    from gallery.app import create_app
+    from faramir.gallery.app import create_app
 
     with running(create_app(cache, work=tmp_path / "work", weights_dir=tmp_path / "none")) as url:
         page.goto(f"{url}/?head={HEAD}")

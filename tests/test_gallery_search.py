@@ -1,6 +1,6 @@
 """The gallery's search box through its API (FastAPI's test client), on a real cache ingested from
 generated images with tiny generated weights (the text tower included): the answer equals
-`store.search` with the view's filters; without a text entry the API says how to get one; the
+`faramir.store.vectors` with the view's filters; without a text entry the API says how to get one; the
 text tower is loaded on the first search only, once, and the server's start and reads never
 import torch."""
 
@@ -21,11 +21,11 @@ pytest.importorskip("open_clip", reason="search by text needs the text extra: pi
 from fastapi.testclient import TestClient  # noqa: E402
 
 from faramir.fake_weights import generate_text  # noqa: E402
+from faramir.gallery.app import create_app  # noqa: E402
+from faramir.store.filters import Filter  # noqa: E402
+from faramir.store.queries.ranking import top  # noqa: E402
+from faramir.store.vectors.text import search  # noqa: E402
 from faramir.text_weights import load_text_encoder  # noqa: E402
-from gallery.app import create_app  # noqa: E402
-from store.filters import Filter  # noqa: E402
-from store.query import top  # noqa: E402
-from store.text_search import search  # noqa: E402
 from tests.gallery_helpers import ingested_cache, spread_head  # noqa: E402
 from tests.test_gallery_api import one_line_error  # noqa: E402
 
@@ -134,7 +134,7 @@ PROBE = """
 import json, sys
 out, db, work, weights = sys.argv[1:5]
 from fastapi.testclient import TestClient
-from gallery.app import create_app
+from faramir.gallery.app import create_app
 client = TestClient(create_app(db, work=work, weights_dir=weights), base_url="http://127.0.0.1:8765")
 info = client.get("/api/info").json()
 before = sorted(m for m in ("torch", "open_clip", "lancedb") if m in sys.modules)

@@ -9,7 +9,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from gallery.thumbnails import placeholder, render, thumbnail, thumbnail_path
+from faramir.gallery.thumbnails import placeholder, render, thumbnail, thumbnail_path
 from tests.parity import PARITY, needs_parity
 
 

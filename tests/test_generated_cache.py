@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
+from faramir.cli.app import app
 from faramir.config import TINY
-from store import schema
+from faramir.store import schema
 from tests.stage2_helpers import head_file, tiny_cache
 from tests.synthetic import GENERATED, row_id
 
@@ -63,7 +63,7 @@ def test_every_command_reading_a_generated_cache_warns_once_in_one_line(generate
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_exports_carry_the_fact(generated, fmt):
-    import store
+    import faramir.store as store
 
     cache, root, _ = generated
     dest = root / f"export.{fmt}"
@@ -80,7 +80,7 @@ def test_exports_carry_the_fact(generated, fmt):
 
 
 def test_a_cache_from_real_weights_says_nothing(tmp_path):
-    import store
+    import faramir.store as store
 
     cache = tiny_cache(tmp_path / "db", n=20)
     cache.set_meta(weights_generated="")

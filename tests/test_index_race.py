@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import lancedb.table
 
-from store.db import Cache
-from store.indexes import ensure_indexes, index
+from faramir.store.cache import Cache
+from faramir.store.vectors.indexes import ensure_indexes, index
 from tests.stage2_helpers import tiny_cache
 
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
-from store import schema
-from store.db import Cache
-from store.errors import ExpertsMismatch
-from store.ingestion import IngestPlan, IngestProgress, IngestSummary, driver, ingest, ingest_all
-from store.ingestion.failures import failures
+from faramir.cli.app import app
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.errors import ExpertsMismatch
+from faramir.store.ingestion import IngestPlan, IngestProgress, IngestSummary, driver, ingest, ingest_all
+from faramir.store.ingestion.failures import failures
 from tests.conftest import write_images
 
 runner = CliRunner()
@@ -277,7 +277,7 @@ def test_env_var_names_the_cache(tmp_path, tiny_weights, monkeypatch):
 
 
 def test_ingest_indexes_the_filter_columns_and_keeps_them_current(tmp_path, tiny_model):
-    from store.indexes import list_indexes
+    from faramir.store.vectors.indexes import list_indexes
 
     db = tmp_path / "db"
     first = ingest_all([write_images(tmp_path / "a", 4)[0].parent], db=db, model=tiny_model, workers=0)
@@ -285,7 +285,7 @@ def test_ingest_indexes_the_filter_columns_and_keeps_them_current(tmp_path, tiny
     wanted = {"id", "aesthetic_score", f"{prefix}_confidence", f"{prefix}_accept_label", f"{prefix}_reject_label"}
     assert set(first.indexed) == wanted
     indexes = {ix["column"]: ix for ix in list_indexes(db)}
-    assert set(indexes) == wanted  # no ANN index below store.index.ANN_MIN_ROWS rows
+    assert set(indexes) == wanted  # no ANN index below faramir.store.vectors.indexes.ANN_MIN_ROWS rows
     assert all(ix["indexed_rows"] == 4 for ix in indexes.values())
 
     ingest_all([write_images(tmp_path / "b", 3, seed=1)[0].parent], db=db, model=tiny_model, workers=0)

@@ -7,15 +7,15 @@ import signal
 
 import pytest
 
-from store import schema
-from store.db import Cache
-from store.ingestion import ingest_all
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.ingestion import ingest_all
 from tests import crash
 from tests.test_ingest import count_calls
 
 CHILD = """
 import sys
-from store.ingestion import ingest_all
+from faramir.store.ingestion import ingest_all
 imgs, db, weights = sys.argv[1:]
 ingest_all([imgs], db=db, weights_dir=weights, device="cpu", workers=1, batch_size=2, commit_every=2)
 """

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from store import schema
-from store.db import Cache
-from store.indexes import ensure_indexes
-from store.ingestion.write import insert_new
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.ingestion.write import insert_new
+from faramir.store.vectors.indexes import ensure_indexes
 from tests.stage2_helpers import tiny_cache
 
 

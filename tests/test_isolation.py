@@ -7,7 +7,7 @@ import pwd
 from pathlib import Path
 
 from faramir.download import default_weights_dir
-from store.db import default_db
+from faramir.store.cache import default_db
 
 REAL_HOME = Path(pwd.getpwuid(os.getuid()).pw_dir)
 DIGESTS = REAL_HOME / ".cache" / "faramir" / "file-digests.json"

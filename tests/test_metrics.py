@@ -10,8 +10,17 @@ import pytest
 import torch
 
 from faramir.metrics import (
-    DEFAULT_THRESHOLDS, accuracy, best_threshold, binary_report, confusion, f1, mcc,
-    per_label_breakdown, precision, recall, threshold_sweep,
+    DEFAULT_THRESHOLDS,
+    accuracy,
+    best_threshold,
+    binary_report,
+    confusion,
+    f1,
+    mcc,
+    per_label_breakdown,
+    precision,
+    recall,
+    threshold_sweep,
 )
 
 # The worked example: 10 items, 4 accept (positive) and 6 reject.

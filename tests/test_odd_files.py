@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.app import app
-from store import schema
-from store.db import Cache
-from store.ingestion import ingest_all
-from store.ingestion.failures import failures
+from faramir.cli.app import app
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.ingestion import ingest_all
+from faramir.store.ingestion.failures import failures
 from tests.conftest import write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_a_file_name_that_is_not_utf8_is_ingested_found_again_and_searchable(tmp
     again = ingest_all([imgs], db=db, model=tiny_model, workers=0)
     assert (again.new, again.unchanged, again.failed, again.duplicate) == (0, 4, 1, 0)
 
-    import store
+    import faramir.store as store
 
     near = store.similar(odd, db, k=2)
     assert schema.path_from_column(near.column("path")[0].as_py()) == odd
@@ -102,7 +102,7 @@ def test_cli_prints_names_that_are_not_utf8_and_takes_them_back(tmp_path, tiny_w
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
 
     def faramir(*args):
-        return subprocess.run([sys.executable, "-m", "cli.app", *map(os.fsencode, args)], cwd=REPO, env=env,
+        return subprocess.run([sys.executable, "-m", "faramir.cli", *map(os.fsencode, args)], cwd=REPO, env=env,
                               capture_output=True, timeout=300)
 
     done = faramir("ingest", imgs, "--db", db, "--weights-dir", tiny_weights, "--device", "cpu", "--workers", "0")
@@ -129,7 +129,7 @@ def test_cli_prints_names_that_are_not_utf8_and_takes_them_back(tmp_path, tiny_w
 
 
 def test_export_copies_a_file_whose_name_is_not_utf8_under_its_own_name(tmp_path, tiny_model):
-    import store
+    import faramir.store as store
 
     imgs = tmp_path / "imgs"
     write_images(imgs, 1)
@@ -233,8 +233,9 @@ def test_a_folder_named_like_an_image_is_a_folder(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("size", [(1, 1000), (1, 60000), (1000, 1), (60000, 1), (1, 1)])
 def test_thin_images_fit_in_at_least_one_pixel(size):
-    from faramir.preprocess import calculate_fit, decode
     import io
+
+    from faramir.preprocess import calculate_fit, decode
 
     w, h = calculate_fit(*size, 384, 384)
     assert 1 <= w <= 384 and 1 <= h <= 384

@@ -1,4 +1,4 @@
-"""`cli.output`: what every `--format` prints, whatever the rows hold (newlines and tabs in paths,
+"""`faramir.cli.output`: what every `--format` prints, whatever the rows hold (newlines and tabs in paths,
 names that are not UTF-8, NaN scores, long paths on a narrow terminal)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
-from cli.output import assessment_line, emit, emit_json, emit_results
+from faramir.cli.app import app
+from faramir.cli.output import assessment_line, emit, emit_json, emit_results
 from faramir.decision import tsv_line
 from faramir.pipeline import Assessment
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from faramir import ImageLoadError, load_image
+from faramir.checkpoints import load_head_checkpoint
 from faramir.config import FULL, OUTPUT_NAMES
 from faramir.head import assess_outputs
-from faramir.checkpoints import load_head_checkpoint
 from tests.parity import PARITY, fixtures, needs_parity, recipe_checkpoint
 
 pytestmark = needs_parity
@@ -104,8 +104,8 @@ def test_assess_equals_upstream_at_every_threshold(head_case):
 
 
 def test_checkpoint_manifests_match_our_modules():
-    from faramir.experts import Experts
     from faramir.checkpoints import shapes_of
+    from faramir.experts import Experts
 
     fx = fixtures()
     with torch.device("meta"):

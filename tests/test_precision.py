@@ -14,12 +14,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.app import app
 from faramir import load_image
+from faramir.cli.app import app
 from faramir.devices import Bf16, bf16_from_cpu_flags, precision_advice
 from faramir.errors import InputError
+from faramir.store.ingestion import ingest_all
 from faramir.weights import load_model
-from store.ingestion import ingest_all
 
 runner = CliRunner()
 CPU = torch.device("cpu")
@@ -142,7 +142,7 @@ def test_assess_and_ingest_in_bf16(tiny_weights, make_images, tmp_path):
     summary = ingest_all([images], db=tmp_path / "db", weights_dir=tiny_weights, device="cpu",
                          precision="bf16", workers=0)
     assert summary.new == 4
-    from store.db import Cache
+    from faramir.store.cache import Cache
 
     assert set(Cache.open(tmp_path / "db").images().to_arrow()["precision"].to_pylist()) == {"bf16"}
 

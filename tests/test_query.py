@@ -14,17 +14,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.app import app
+from faramir.cli.app import app
 from faramir.config import LABELS
-from store import neighbours
-from store.errors import CacheError, ExportError, QueryError
-from store.exporter import export
-from store.filters import Filter
-from store.indexes import ensure_indexes, index, list_indexes
-from store.neighbours import cosine_distances, similar
-from store.query import count, stats, top
-from tests.synthetic import row_id
+from faramir.store.errors import CacheError, ExportError, QueryError
+from faramir.store.exports import export
+from faramir.store.filters import Filter
+from faramir.store.queries.counting import count, stats
+from faramir.store.queries.ranking import top
+from faramir.store.vectors import nearest as neighbours
+from faramir.store.vectors.indexes import ensure_indexes, index, list_indexes
+from faramir.store.vectors.nearest import cosine_distances, similar
 from tests.stage2_helpers import ACCEPT, REJECT, boundary_confidences, errors, hand_cache, tiny_cache
+from tests.synthetic import row_id
 
 runner = CliRunner()
 THRESHOLDS = (0.0, 0.1, 0.25, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -235,7 +236,7 @@ def test_similar_equals_lancedbs_prefiltered_query_as_the_table_changes(tmp_path
     """`similar` searches with an allow-list kept per table version and filter; its rows are the
     rows of the filtered (prefilter) query at the same nprobes and refine factor, before and
     after an append, a deletion and a compaction (which moves every row)."""
-    from store.indexes import NPROBES, REFINE_FACTOR
+    from faramir.store.vectors.indexes import NPROBES, REFINE_FACTOR
 
     cache = tiny_cache(tmp_path / "db", n=3000)
     index(cache)
@@ -448,12 +449,12 @@ def test_nan_is_never_accepted_in_any_query(with_nan):
 
 
 def test_the_post_filter_answers_as_the_prefilter_or_leaves_it_the_query(tmp_path, monkeypatch):
-    """`store.postfilter`: an unfiltered search tested against the kept rows gives the
+    """`faramir.store.vectors.postfilter`: an unfiltered search tested against the kept rows gives the
     prefilter's rows wherever it answers (rows nearest by the estimate, re-ranked, unindexed rows
     merged), and leaves the query to the prefilter where the fetch cut may hide passing rows, where
     few rows pass, and where there is no index."""
-    from store import postfilter
-    from store.indexes import NPROBES, REFINE_FACTOR
+    from faramir.store.vectors import postfilter as postfilter
+    from faramir.store.vectors.indexes import NPROBES, REFINE_FACTOR
 
     cache = tiny_cache(tmp_path / "db", n=3000)
     prefix = cache.head("faramir-v1")["prefix"]

@@ -19,12 +19,12 @@ from typer.testing import CliRunner
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'faramir[ray]')")
 pytest.importorskip("lance_ray", reason="lance-ray is not installed (pip install 'faramir[ray]')")
 
-from cli.app import app  # noqa: E402
-from store import schema  # noqa: E402
-from store.db import Cache  # noqa: E402
-from store.ingestion import ingest, ingest_all  # noqa: E402
-from store.ingestion.write import EMBEDDING_FIELDS  # noqa: E402
-from store.rescoring import rescore  # noqa: E402
+from faramir.cli.app import app  # noqa: E402
+from faramir.store import schema  # noqa: E402
+from faramir.store.cache import Cache  # noqa: E402
+from faramir.store.heads.rescore import rescore  # noqa: E402
+from faramir.store.ingestion import ingest, ingest_all  # noqa: E402
+from faramir.store.ingestion.write import EMBEDDING_FIELDS  # noqa: E402
 from tests import crash  # noqa: E402
 from tests.conftest import write_images  # noqa: E402
 from tests.stage2_helpers import head_file  # noqa: E402
@@ -38,7 +38,7 @@ def ray_local():
     """One local Ray for the module (2 CPUs, as on the CI machine): `--ray local` uses it."""
     import ray
 
-    from store.ingestion.ray_cluster import connect
+    from faramir.store.ingestion.ray_cluster import connect
 
     started = connect("local", num_cpus=2)
     yield
@@ -153,7 +153,7 @@ def test_ray_ingest_compile_gives_the_eager_vectors(tmp_path, tiny_weights, tiny
 
 CHILD = """
 import sys
-from store.ingestion import ingest_all
+from faramir.store.ingestion import ingest_all
 imgs, db, weights = sys.argv[1:]
 ingest_all([imgs], db=db, weights_dir=weights, device="cpu", batch_size=2, commit_every=2, ray="local")
 """
@@ -200,8 +200,8 @@ def test_an_id_another_process_committed_meanwhile_is_cut_from_a_fragment_not_du
     whose path goes to the other process's row instead."""
     from lance_ray.fragment import write_fragment
 
-    from store.ingestion.fragments import Fragment, FragmentChunk, FragmentWriter
-    from store.ingestion.write import prepare
+    from faramir.store.ingestion.fragments import Fragment, FragmentChunk, FragmentWriter
+    from faramir.store.ingestion.write import prepare
 
     imgs = write_images(tmp_path / "imgs", 3)
     db, elsewhere = tmp_path / "db", tmp_path / "elsewhere.lancedb"
@@ -231,7 +231,7 @@ def test_an_id_another_process_committed_meanwhile_is_cut_from_a_fragment_not_du
 
 
 def test_cached_ids_are_found_by_the_read_tasks_whatever_their_bytes():
-    from store.ingestion.ray_tasks import digests, has
+    from faramir.store.ingestion.ray_tasks import digests, has
 
     ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(200)]
     ends_in_zeros, starts_with_zeros = "ab" + "00" * 31, "00" * 31 + "ab"  # numpy strips trailing NULs

@@ -13,21 +13,22 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.app import app
+from faramir.checkpoints import load_head_checkpoint
+from faramir.cli.app import app
 from faramir.config import TINY
 from faramir.errors import WeightsError
-from faramir.checkpoints import load_head_checkpoint
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.errors import HeadError, NotCached, PoolMismatch
+from faramir.store.heads import rescore as rescoring
+from faramir.store.heads.registry import list_heads, remove_head
+from faramir.store.heads.rescore import rescore
+from faramir.store.heads.scoring import head_outputs, vectors
+from faramir.store.queries.ranking import top
+from faramir.store.vectors.indexes import index, list_indexes
 from faramir.weights import FARAMIR_FILE
-from store import rescoring, schema
-from store.db import Cache
-from store.errors import HeadError, NotCached, PoolMismatch
-from store.heads import list_heads, remove_head
-from store.indexes import index, list_indexes
-from store.query import top
-from store.rescoring import rescore
-from store.scoring import head_outputs, vectors
-from tests.synthetic import row_id
 from tests.stage2_helpers import errors, head_file, tiny_cache
+from tests.synthetic import row_id
 
 runner = CliRunner()
 EMBEDDING_FIELDS = ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features")
@@ -76,8 +77,8 @@ def data_files(cache) -> dict[int, list[tuple[str, tuple[int, ...]]]]:
 @pytest.fixture(scope="module")
 def ingested(tmp_path_factory, tiny_weights):
     """Six images ingested with the tiny weights (the real stage one), and assess's jsonl of them."""
+    from faramir.store.ingestion import ingest_all
     from faramir.weights import load_model
-    from store.ingestion import ingest_all
     from tests.conftest import write_images
 
     root = tmp_path_factory.mktemp("parity")
@@ -111,7 +112,7 @@ def test_rescoring_the_cache_equals_faramir_assess(ingested, tiny_weights):
 
 
 def test_similar_to_a_new_image_ingests_it_once(ingested, tiny_weights, tmp_path):
-    from store.neighbours import similar
+    from faramir.store.vectors.nearest import similar
     from tests.conftest import write_images
 
     db, _ = ingested

@@ -14,19 +14,19 @@ import torch
 
 from faramir.checkpoints import frozen_fingerprint, head_state_from_bytes, load_head_checkpoint, load_pth
 from faramir.config import LABELS, TINY, TRAINED_PREFIXES
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.errors import CacheError
+from faramir.store.heads.finetune import finetune
+from faramir.store.heads.registry import remove_head
+from faramir.store.heads.rescore import rescore
+from faramir.store.heads.scoring import SHARED, head_outputs, vectors
+from faramir.store.ingestion import ingest_all
+from faramir.store.labels.files import import_labels
+from faramir.store.queries.images import detail
+from faramir.store.queries.ranking import top
+from faramir.store.schema import SCORES
 from faramir.weights import FARAMIR_FILE
-from store import schema
-from store.browse import detail
-from store.db import Cache
-from store.errors import CacheError
-from store.heads import remove_head
-from store.ingestion import ingest_all
-from store.labels import import_labels
-from store.query import top
-from store.rescoring import rescore
-from store.schema import SCORES
-from store.scoring import SHARED, head_outputs, vectors
-from store.tuning import finetune
 from tests.conftest import write_images
 from tests.stage2_helpers import head_file, tiny_cache
 from tests.synthetic import save_checkpoint

@@ -11,14 +11,14 @@ from typer.testing import CliRunner
 
 pytest.importorskip("open_clip", reason="the text extra is not installed")
 
-from cli.app import app  # noqa: E402
+from faramir.cli.app import app  # noqa: E402
 from faramir.config import FULL  # noqa: E402
 from faramir.errors import WeightsNotFound  # noqa: E402
 from faramir.fake_weights import generate_text  # noqa: E402
+from faramir.store.errors import QueryError  # noqa: E402
+from faramir.store.filters import Filter  # noqa: E402
+from faramir.store.vectors.text import search  # noqa: E402
 from faramir.text_weights import TEXT_MODEL_FILE, load_text_encoder  # noqa: E402
-from store.errors import QueryError  # noqa: E402
-from store.filters import Filter  # noqa: E402
-from store.text_search import search  # noqa: E402
 from tests.stage2_helpers import tiny_cache  # noqa: E402
 from tests.synthetic import write_cache  # noqa: E402
 from tests.test_query import exact_neighbours  # noqa: E402

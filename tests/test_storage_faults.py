@@ -14,12 +14,12 @@ import lance
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
-from store import schema
-from store.db import Cache
-from store.errors import CacheError, CacheRecovered, DiskFull, ExpertsMismatch, disk_full
-from store.ingestion import ingest_all
-from store.recovery import BROKEN_DIR, latest_manifest, manifest_version, manifests
+from faramir.cli.app import app
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.errors import CacheError, CacheRecovered, DiskFull, ExpertsMismatch, disk_full
+from faramir.store.ingestion import ingest_all
+from faramir.store.recovery import BROKEN_DIR, latest_manifest, manifest_version, manifests
 from tests.conftest import write_images
 from tests.stage2_helpers import tiny_cache
 

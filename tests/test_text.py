@@ -19,11 +19,16 @@ open_clip = pytest.importorskip("open_clip", reason="the text extra is not insta
 
 from faramir.config import TINY  # noqa: E402
 from faramir.errors import WeightsError, WeightsNotFound  # noqa: E402
-from faramir.preprocess import load_image  # noqa: E402
 from faramir.fake_weights import generate_text  # noqa: E402
+from faramir.preprocess import load_image  # noqa: E402
 from faramir.text import TEXT_FULL, TEXT_TINY  # noqa: E402
 from faramir.text_weights import (  # noqa: E402
-    TEXT_DIR, TEXT_FILES, TEXT_MODEL_FILE, expected_shapes, load_text_encoder, missing_text_files,
+    TEXT_DIR,
+    TEXT_FILES,
+    TEXT_MODEL_FILE,
+    expected_shapes,
+    load_text_encoder,
+    missing_text_files,
 )
 from faramir.weights import SIGLIP_FILE  # noqa: E402
 
@@ -109,8 +114,8 @@ def test_tokens_pad_with_eos_and_truncation_keeps_it(tiny_weights):
 
 def test_image_tower_of_open_clip_equals_the_cached_siglip_embedding(tiny_weights, reference, tmp_path,
                                                                     make_images):
-    from store.db import Cache
-    from store.ingestion import ingest_all
+    from faramir.store.cache import Cache
+    from faramir.store.ingestion import ingest_all
 
     paths = make_images(tmp_path / "imgs", 3, size=(450, 300))
     ingest_all([tmp_path / "imgs"], db=tmp_path / "db", weights_dir=tiny_weights, workers=0, device="cpu")

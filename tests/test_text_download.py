@@ -16,13 +16,20 @@ from typer.testing import CliRunner
 
 pytest.importorskip("open_clip", reason="the text extra is not installed")
 
-from cli.app import app  # noqa: E402
 from faramir import download as dl  # noqa: E402
+from faramir.cli.app import app  # noqa: E402
 from faramir.errors import WeightsError, WeightsNotFound  # noqa: E402
 from faramir.fake_weights import generate_text  # noqa: E402
 from faramir.text_weights import (  # noqa: E402
-    HUB_FILES, TEXT_FILES, TEXT_MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, download_text_weights,
-    load_text_encoder, missing_text_files, resolve_text_dir,
+    HUB_FILES,
+    TEXT_FILES,
+    TEXT_MODEL_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    download_text_weights,
+    load_text_encoder,
+    missing_text_files,
+    resolve_text_dir,
 )
 from faramir.weights import WEIGHT_FILES, missing_files  # noqa: E402
 from tests.test_download import Server, closed_port, isolated_env, server  # noqa: E402,F401

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.app import app
+from faramir.cli.app import app
 from faramir.finetune import TRAINED_PREFIXES
 from faramir.metrics import mcc
 from faramir.weights import FARAMIR_FILE
@@ -20,7 +20,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_weights):
-    from store.ingestion import ingest_all
+    from faramir.store.ingestion import ingest_all
 
     root = tmp_path_factory.mktemp("tuning")
     images = write_images(root / "imgs", 40, size=(48, 40))
@@ -107,8 +107,8 @@ def test_labels_rm(cache, labelled):
 
 
 def test_finetune_never_overwrites_its_output_without_force(cache, labelled, tmp_path):
-    from store.errors import TuningError
-    from store.tuning import finetune
+    from faramir.store.errors import TuningError
+    from faramir.store.heads.finetune import finetune
 
     db, _ = cache
     out = tmp_path / "tuned.pth"

@@ -8,12 +8,17 @@ import shutil
 import pytest
 import torch
 
+from faramir.checkpoints import load_pth
 from faramir.errors import WeightsError, WeightsNotFound
 from faramir.fake_weights import generate
 from faramir.weights import (
-    AESTHETIC_FILE, ARNIQA_FILE, FARAMIR_FILE, SIGLIP_FILE, WEIGHT_FILES, load_model,
+    AESTHETIC_FILE,
+    ARNIQA_FILE,
+    FARAMIR_FILE,
+    SIGLIP_FILE,
+    WEIGHT_FILES,
+    load_model,
 )
-from faramir.checkpoints import load_pth
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +167,7 @@ def test_non_finite_head_checkpoint_is_refused(tiny_dir, tmp_path):
 def test_cli_weights_check_refuses_non_finite_values(weights_copy):
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from faramir.cli.app import app
 
     _edit(weights_copy / FARAMIR_FILE, lambda s: s["head.linear_4.weight"].view(-1).__setitem__(0, float("nan")))
     result = CliRunner().invoke(app, ["weights", "check", str(weights_copy)])
@@ -197,7 +202,7 @@ def test_generate_never_overwrites_weight_files_without_force(tmp_path):
 def test_cli_generate_refuses_to_overwrite_without_force(tmp_path):
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from faramir.cli.app import app
 
     runner = CliRunner()
     args = ["weights", "generate", "--to", str(tmp_path / "w")]

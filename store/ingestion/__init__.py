@@ -25,8 +25,8 @@ chunk's fragments as one Append), `ray_cluster` (starting or joining Ray).
 `failures` lists the files ingest could not read.
 """
 
-from store.ingestion.driver import COMMIT_ROWS, COMMIT_SECONDS, COMPACT_AT, KEEP_VERSIONS, ingest, ingest_all
-from store.ingestion.events import FailedFile, IngestEvent, IngestPlan, IngestProgress, IngestSummary
+from faramir.store.ingestion.driver import COMMIT_ROWS, COMMIT_SECONDS, COMPACT_AT, KEEP_VERSIONS, ingest, ingest_all
+from faramir.store.ingestion.events import FailedFile, IngestEvent, IngestPlan, IngestProgress, IngestSummary
 
 __all__ = [
     "COMMIT_ROWS", "COMMIT_SECONDS", "COMPACT_AT", "KEEP_VERSIONS", "FailedFile", "IngestEvent",

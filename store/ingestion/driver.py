@@ -2,7 +2,7 @@
 
 The driver plans (`plan`), loads the model only when some file has to be read, runs the plan
 (`run`, the model thread) while a writer thread commits (`write`), then scores any row a head
-has not scored (`store.gaps`), and finally compacts and indexes what it touched. An ingest that
+has not scored (`faramir.store.heads.unscored`), and finally compacts and indexes what it touched. An ingest that
 finds nothing new never imports torch and touches nothing; a cache is created only once the
 model has loaded, so a run that cannot load it leaves no empty cache behind.
 """
@@ -18,11 +18,11 @@ from datetime import timedelta
 from faramir.config import PRECISIONS
 from faramir.errors import InputError
 from faramir.sources import discover
-from store import schema
-from store.db import Cache, default_db, is_conflict, retrying
-from store.errors import NoCache, disk_full
-from store.ingestion.events import IngestEvent, IngestPlan, IngestSummary
-from store.ingestion.plan import make_plan
+from faramir.store import schema
+from faramir.store.cache import Cache, default_db, is_conflict, retrying
+from faramir.store.errors import NoCache, disk_full
+from faramir.store.ingestion.events import IngestEvent, IngestPlan, IngestSummary
+from faramir.store.ingestion.plan import make_plan
 
 COMMIT_ROWS = 1024  # files per commit: ~10 MB of rows at full size, ~1,000 fragments per 1M images
 COMMIT_SECONDS = 60.0  # ...or this much compute, so a crash on a slow CPU loses at most a minute
@@ -32,7 +32,7 @@ KEEP_VERSIONS = timedelta(days=1)  # older table versions are removed by the end
 
 def _disk_full_in_one_line(run):
     """A full disk, met anywhere in the run (creating the cache, the writer thread, compaction),
-    raised as `store.errors.DiskFull` rather than as the storage layer's own error."""
+    raised as `faramir.store.errors.DiskFull` rather than as the storage layer's own error."""
 
     @functools.wraps(run)
     def wrapper(*args, db=None, **kwargs):
@@ -66,14 +66,14 @@ def ingest(
     commit_seconds: float = COMMIT_SECONDS,
     ray: str | None = None,
 ) -> Iterator[IngestEvent]:
-    """Ingest image files into the cache at `db` (default: `store.db.default_db()`), yielding
+    """Ingest image files into the cache at `db` (default: `faramir.store.cache.default_db()`), yielding
     progress events: an `IngestPlan`, an `IngestProgress` per batch, and last an `IngestSummary`.
 
     `model` is a `FaramirModel` loaded for `precision`, or a function returning one, called only
     when some file has to be read; without it the model is loaded from `weights_dir` (resolved, and
     downloaded if needed, by `faramir.download`) onto `device` for `precision`.
 
-    `ray` runs the reading and the experts on Ray Data (`store.ingestion.ray_run`): "local" starts
+    `ray` runs the reading and the experts on Ray Data (`faramir.store.ingestion.ray_run`): "local" starts
     Ray on this machine, "auto", "ray://HOST:PORT" or "HOST:PORT" joins a cluster. The plan and
     the commits stay here; `model` (on the CPU) only fixes the weights, which each model actor
     loads from its `weights_dir` onto `device`; `workers` does not apply. `compile` runs the
@@ -83,7 +83,7 @@ def ingest(
     if batch_size < 1 or commit_every < 1:
         raise InputError("batch_size and commit_every must be at least 1")
     if ray is not None:
-        from store.ingestion.ray_cluster import check
+        from faramir.store.ingestion.ray_cluster import check
 
         check(ray)
     started = time.monotonic()
@@ -122,7 +122,7 @@ def _plan(db, sources, retry_failed: bool):
 
 def _reclaim(cache: Cache, model) -> None:
     """The meta table lost its experts claim (a power cut can lose its newest version): restore it."""
-    from store.ingestion.write import prepare
+    from faramir.store.ingestion.write import prepare
 
     prepare(cache, model)
 
@@ -143,8 +143,8 @@ def _start(db, cache: Cache | None, plan, known: set[str], load: tuple, compile_
 
 def _local_run(cache: Cache, plan, known: set[str], model, options: dict):
     """A run on this machine: decode workers, the model here (compiled already), a writer thread."""
-    from store.ingestion.run import Run
-    from store.ingestion.write import Writer, prepare
+    from faramir.store.ingestion.run import Run
+    from faramir.store.ingestion.write import Writer, prepare
 
     return Run(model, plan, known, Writer(cache, *prepare(cache, model)), **options)
 
@@ -153,9 +153,9 @@ def _ray_run(cache: Cache, plan, known: set[str], model, address: str, device: s
              options: dict):
     """A run on Ray. The driver's model (on the CPU) only fixes the weights and registers the
     released head in a new cache; it is dropped here, and each model actor loads its own."""
-    from store.ingestion.fragments import FragmentWriter
-    from store.ingestion.ray_run import RayRun
-    from store.ingestion.write import prepare
+    from faramir.store.ingestion.fragments import FragmentWriter
+    from faramir.store.ingestion.ray_run import RayRun
+    from faramir.store.ingestion.write import prepare
 
     writer = FragmentWriter(cache, *prepare(cache, model))
     return RayRun(address, model.info, plan, known, writer, device=device, compile_batch=compile_batch,
@@ -183,21 +183,21 @@ def _summary(db: str, plan, run, writer, elapsed_s: float, compute_s: float, com
 
 def _housekeeping(cache: Cache | None, touched: set[str]) -> tuple[list[str], list[str]]:
     """(tables compacted, columns indexed) after a run that wrote to the `touched` tables: first
-    every row a registered head has not scored gets its scores (`store.gaps`: a rescore raced this
+    every row a registered head has not scored gets its scores (`faramir.store.heads.unscored`: a rescore raced this
     run, or an earlier run was killed before doing this); then each table is compacted once it
     holds `COMPACT_AT` small fragments (versions younger than `KEEP_VERSIONS` kept: a power cut
     can leave a broken latest manifest, and an older version is the way back), and the indexes
-    brought up to date (`store.indexes.ensure_indexes`), so a collection grown by ingest alone is
+    brought up to date (`faramir.store.vectors.indexes.ensure_indexes`), so a collection grown by ingest alone is
     indexed like a rescored one. Nothing when nothing changed."""
     if cache is None:
         return [], []
-    from store.gaps import fill_gaps
+    from faramir.store.heads.unscored import fill_gaps
 
     if fill_gaps(cache):
         touched = touched | {schema.IMAGES}
     if not touched:
         return [], []
-    from store.indexes import ensure_indexes
+    from faramir.store.vectors.indexes import ensure_indexes
 
     compacted = [name for name in sorted(touched)
                  if _unless_contested(lambda: compact_if_due(cache.table(name)), False)]

@@ -1,4 +1,4 @@
-"""What `store.ingest` yields: a plan, progress after every batch, and a summary."""
+"""What `faramir.store.ingest` yields: a plan, progress after every batch, and a summary."""
 
 from __future__ import annotations
 

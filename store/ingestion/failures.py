@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from store import schema
-from store.db import Cache
+from faramir.store import schema
+from faramir.store.cache import Cache
 
 FAILURE_COLUMNS = ("path", "reason", "failed_at", "size", "mtime_ns")
 

@@ -1,6 +1,6 @@
 """Committing fragments that Ray workers wrote: the ``images`` step of a chunk as one Lance Append.
 
-A `FragmentWriter` is `store.ingestion.write.Writer` with one step changed: a chunk's new rows
+A `FragmentWriter` is `faramir.store.ingestion.write.Writer` with one step changed: a chunk's new rows
 are the Lance fragments workers wrote into the ``images`` dataset (uncommitted, so invisible),
 and committing them is one atomic `LanceOperation.Append`; the chunk's paths, ``files`` and
 ``failures`` rows follow as in any ingest.
@@ -20,9 +20,10 @@ from datetime import datetime
 
 import pyarrow as pa
 
-from store import schema
-from store.db import Cache, sql_in
-from store.ingestion.write import Chunk, Writer
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.ingestion.write import Chunk, Writer
+from faramir.store.sql import sql_in
 
 
 @dataclass

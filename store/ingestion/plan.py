@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from faramir.sources import Source
-from store import schema
-from store.db import Cache
-from store.ingestion.events import FailedFile
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.ingestion.events import FailedFile
 
 
 @dataclass
@@ -54,7 +54,7 @@ def make_plan(cache: Cache | None, sources: Sequence[Source], known: set[str], r
     A path whose size and mtime are unchanged, and whose content is still cached (`known`), is not
     read; nor is a recorded failure whose size and mtime are unchanged, unless `retry_failed`.
     Each source to read opens its absolute path and is reported, and stored, as that path's
-    column text (`store.schema.path_to_column`)."""
+    column text (`faramir.store.schema.path_to_column`)."""
     paths = list(dict.fromkeys(os.path.abspath(src.path) for src in sources))  # the cache keys on absolute paths
     stored = [schema.path_to_column(p) for p in paths]
     stats = [stat(p) for p in paths]

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from faramir.errors import FaramirError, InputError
-from store.errors import RayError
+from faramir.store.errors import RayError
 
 
 def check(address: str) -> None:

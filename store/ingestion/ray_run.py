@@ -39,13 +39,13 @@ import pyarrow as pa
 from faramir.decoding import Item
 from faramir.errors import InputError
 from faramir.sources import Source
-from store.ingestion import ray_tasks
-from store.ingestion.events import IngestProgress
-from store.ingestion.fragments import Fragment, FragmentChunk, FragmentWriter
-from store.ingestion.plan import Plan
-from store.ingestion.ray_cluster import connect, our_error
-from store.ingestion.run import Run
-from store.schema import path_from_column
+from faramir.store.ingestion import ray_tasks
+from faramir.store.ingestion.events import IngestProgress
+from faramir.store.ingestion.fragments import Fragment, FragmentChunk, FragmentWriter
+from faramir.store.ingestion.plan import Plan
+from faramir.store.ingestion.ray_cluster import connect, our_error
+from faramir.store.ingestion.run import Run
+from faramir.store.schema import path_from_column
 
 FRAGMENT_ROWS = 256  # files per fragment task at most with GPUs (~2.5 MB of rows at full size)
 CPU_FRAGMENT_ROWS = 32  # ...and without: Ray hands a fragment task its files only once it has

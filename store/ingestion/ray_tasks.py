@@ -1,4 +1,4 @@
-"""What the Ray workers of `faramir ingest --ray` run (`store.ingestion.ray_run` wires them up).
+"""What the Ray workers of `faramir ingest --ray` run (`faramir.store.ingestion.ray_run` wires them up).
 
     read_files       CPU task: read and hash `READ_FILES` files; content already cached is not
                      decoded, the rest is preprocessed, and content met twice in this run is
@@ -24,9 +24,9 @@ import pyarrow as pa
 from faramir.decoding import Item, read_item
 from faramir.preprocess import ImageFacts
 from faramir.sources import Source
-from store.errors import ExpertsMismatch
-from store.schema import path_from_column
-from store.ingestion.write import EMBEDDING_FIELDS, image_row, images_table
+from faramir.store.errors import ExpertsMismatch
+from faramir.store.ingestion.write import EMBEDDING_FIELDS, image_row, images_table
+from faramir.store.schema import path_from_column
 
 READ_FILES = 32  # files per read task: its scheduling is small against reading and decoding them
 
@@ -129,7 +129,7 @@ class Experts:
         """The batch's records and facts, plus the experts' outputs (float32 bytes) per file run."""
         import torch
 
-        from store.ingestion.run import _HostResults
+        from faramir.store.ingestion.run import _HostResults
 
         cfg = self.model.info.config
         run = [i for i, valid in enumerate(batch.column("xb").is_valid().to_pylist()) if valid]

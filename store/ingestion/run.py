@@ -1,9 +1,9 @@
 """Running an ingest's plan: decode workers read and hash the files, the model computes new
-content only, and finished batches become chunks for the writer (`store.ingestion.write`).
+content only, and finished batches become chunks for the writer (`faramir.store.ingestion.write`).
 
 Content seen twice in one run is computed once; content already cached is never decoded (the
 workers are given the cached ids). A source is opened by its `path` and recorded (rows, files,
-failures, messages) by its `display`, the path's column text (see `store.ingestion.plan`). On CUDA the batch arrives in pinned memory and the next batch
+failures, messages) by its `display`, the path's column text (see `faramir.store.ingestion.plan`). On CUDA the batch arrives in pinned memory and the next batch
 is launched before the previous one's results are copied back.
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from faramir.decoding import Batch, Item, iter_batches
-from store.ingestion.events import FailedFile, IngestProgress
-from store.ingestion.plan import Plan
-from store.ingestion.write import EMBEDDING_FIELDS, Chunk, Writer, image_row
+from faramir.store.ingestion.events import FailedFile, IngestProgress
+from faramir.store.ingestion.plan import Plan
+from faramir.store.ingestion.write import EMBEDDING_FIELDS, Chunk, Writer, image_row
 
 
 class _HostResults:

@@ -30,11 +30,12 @@ import numpy as np
 import pyarrow as pa
 
 from faramir.checkpoints import head_from_bytes, head_to_bytes
+from faramir.store import schema
+from faramir.store.cache import RETRIES, Cache, ensure_primary_key, is_conflict, retrying
+from faramir.store.errors import ExpertsMismatch
+from faramir.store.heads.scoring import HeadScorer, fixed_size_list
+from faramir.store.sql import sql_in
 from faramir.weights import FARAMIR_FILE
-from store import schema
-from store.db import RETRIES, Cache, ensure_primary_key, is_conflict, retrying, sql_in
-from store.errors import ExpertsMismatch
-from store.scoring import HeadScorer, fixed_size_list
 
 EMBEDDING_FIELDS = (  # ExpertOutputs attribute = images column
     "faramir_embedding", "siglip_embedding", "aesthetic_features", "aesthetic_score",
@@ -152,7 +153,7 @@ def insert_new(images, rows: pa.Table) -> int:
 
     Through Lance, not LanceDB, whose check of vector columns refuses a null list: a row gets
     null scores under a head whose columns a rescore has added but not yet registered (or a
-    killed rescore left behind), and those nulls are what `store.gaps` fills.
+    killed rescore left behind), and those nulls are what `faramir.store.heads.unscored` fills.
 
     The merge is not planned on the id index: Lance 13 checks a merge planned on a scalar index
     against the version it read, not against rows another writer committed since, so two ingests

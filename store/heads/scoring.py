@@ -17,7 +17,7 @@ import torch
 
 from faramir.config import LABELS, N_CLASSES
 from faramir.head import FaramirHead, side_labels
-from store.schema import SCORES
+from faramir.store.schema import SCORES
 
 _LABEL_ARRAY = pa.array(LABELS, pa.string())
 
@@ -30,7 +30,7 @@ def vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
 
 
 def head_inputs(rows: pa.Table | pa.RecordBatch, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ap, ae, q): the three head inputs (`store.schema.HEAD_INPUTS`) of these rows as arrays."""
+    """(ap, ae, q): the three head inputs (`faramir.store.schema.HEAD_INPUTS`) of these rows as arrays."""
     return (vectors(rows.column("faramir_embedding"), cfg.backbone_dim),
             vectors(rows.column("aesthetic_features"), cfg.aesthetic_dim),
             vectors(rows.column("quality_features"), cfg.quality_dim))

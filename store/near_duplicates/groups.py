@@ -7,7 +7,7 @@ relation, so two members of one group may be less similar to each other than S (
 S of some other member). Every edge is verified by the exact cosine (float64 from the stored
 float32 vectors); the candidate search only decides which pairs get verified.
 
-The candidate search is `store.close_pairs`: one inverted-file pass over all rows (principal axes,
+The candidate search is `faramir.store.near_duplicates.close_pairs`: one inverted-file pass over all rows (principal axes,
 k-means cells, a few probed cells per row), every candidate verified by its exact cosine.
 """
 
@@ -21,12 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from store.close_pairs import VERIFY_ROWS, close_pairs, unit_rows, vectors
-from store.db import Cache
-from store.errors import QueryError
-from store.filters import Filter
-from store.neighbours import embedding_column
-from store.scores import on_head, read_columns, results
+from faramir.store.cache import Cache
+from faramir.store.near_duplicates.close_pairs import VERIFY_ROWS, close_pairs, unit_rows, vectors
+from faramir.store.errors import QueryError
+from faramir.store.filters import Filter
+from faramir.store.heads.columns import on_head, read_columns, results
+from faramir.store.vectors.nearest import embedding_column
 
 DEFAULT_THRESHOLD = 0.95
 KEEPS = ("confidence", "aesthetic", "largest")

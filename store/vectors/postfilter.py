@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from store.allow_lists import AllowList
+from faramir.store.vectors.allow_lists import AllowList
 
 # F = OVERFETCH × k·R rows fetched unfiltered (1,000 for k 10, R 5). At 1M rows the scan costs
 # about the same for 400 or 2,000; with R 10, 10 sent 7 queries in 100 back to the prefilter and

@@ -3,27 +3,27 @@ or the stock SigLIP embedding, among the rows passing a filter.
 
 The reference is a cached image (by id or by a path the cache has seen), an image file whose
 content is cached (found by its hash), or a vector. An image file the cache has never seen raises
-`NotCached`: ingesting it is stage one's job (`store.ingest`), which the caller runs, then asks
+`NotCached`: ingesting it is stage one's job (`faramir.store.ingest`), which the caller runs, then asks
 again (the `faramir similar` command does).
 """
 
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 import pyarrow as pa
 
 from faramir.files import sha256_file
-from store import schema
-from store.db import Cache, sql_str
-from store.errors import NotCached, QueryError
-from store.filters import Filter
-from store.scores import on_head, read_columns, results
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.errors import NotCached, QueryError, UnknownImage
+from faramir.store.filters import Filter
+from faramir.store.heads.columns import on_head, read_columns, results
+from faramir.store.queries.images import check_id
+from faramir.store.sql import sql_str
 
 EMBEDDINGS = tuple(schema.EMBEDDING_COLUMNS)  # "faramir", "siglip"
-_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 def embedding_column(embedding: str) -> str:
@@ -35,11 +35,11 @@ def embedding_column(embedding: str) -> str:
 
 def reference_vector(cache: Cache, ref: str, embedding: str = "faramir") -> tuple[str, np.ndarray]:
     """(id, embedding) of REF: a cached image's id, a path the cache has seen (as the file system
-    names it, or as the cache prints it: `store.schema.path_to_column`), or an image file whose
+    names it, or as the cache prints it: `faramir.store.schema.path_to_column`), or an image file whose
     content is cached under any path (found by its sha256). NotCached for an image file the cache
     has not seen; QueryError for anything else."""
     column = embedding_column(embedding)
-    if _ID.match(ref.lower()):
+    if schema.CONTENT_ID.match(ref.lower()):
         found = _vector_of(cache, ref.lower(), column)
         if found is not None:
             return ref.lower(), found
@@ -58,7 +58,7 @@ def reference_vector(cache: Cache, ref: str, embedding: str = "faramir") -> tupl
                 raise NotCached(path, f"{ref}: not in the cache yet; cache it first with "
                                       f"'faramir ingest {ref} --db {cache.uri}'")
             return digest, found
-    if _ID.match(ref.lower()):
+    if schema.CONTENT_ID.match(ref.lower()):
         raise QueryError(f"{ref}: no cached image has this id in {cache.uri}")
     raise QueryError(f"{ref}: not a cached image's id or path, nor an image file here")
 
@@ -103,10 +103,10 @@ def similar(
     filter and kept in the Cache (`Cache.allow_list`), so a long-lived process pays only the
     search. With an ANN index the search is approximate (`nprobes`, `refine_factor` tune it) and
     runs unfiltered, its candidates tested against the kept rows, with the answers of Lance's
-    prefilter (`store.postfilter`; the prefilter itself where that cannot be sure of them). Rows
+    prefilter (`faramir.store.vectors.postfilter`; the prefilter itself where that cannot be sure of them). Rows
     added since the index was built are searched exactly and merged in; `exact` bypasses the
-    index. Columns: distance (1 - cosine similarity), then as `store.top`."""
-    from store.indexes import NPROBES, REFINE_FACTOR
+    index. Columns: distance (1 - cosine similarity), then as `faramir.store.top`."""
+    from faramir.store.vectors.indexes import NPROBES, REFINE_FACTOR
 
     if k < 1:
         raise QueryError(f"k {k}: must be at least 1")
@@ -135,8 +135,8 @@ def similar(
 
 def _nearest_rows(ds, nearest: dict, allow, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
     """(`columns` of the k nearest rows passing `allow`, their exact cosine distances), unordered:
-    through `store.postfilter` where it can answer, else Lance's prefilter with the same `nearest`."""
-    from store import postfilter
+    through `faramir.store.vectors.postfilter` where it can answer, else Lance's prefilter with the same `nearest`."""
+    from faramir.store.vectors import postfilter as postfilter
 
     column, vector, k = nearest["column"], nearest["q"], nearest["k"]
     found = None if nearest.get("use_index") is False else postfilter.candidates(
@@ -149,3 +149,14 @@ def _nearest_rows(ds, nearest: dict, allow, columns: list[str]) -> tuple[pa.Tabl
     distance = cosine_distances(vector, vectors)
     best = np.argsort(distance, kind="stable")[:k]
     return ds._take_rows(ids[best].tolist(), columns=columns), distance[best]  # in order (pylance 13)
+
+
+def similar_to(image_id: str, db: str | os.PathLike | Cache | None = None, *, k: int = 24,
+               embedding: str = "faramir", filter: Filter | None = None, **filters) -> pa.Table:
+    """`similar` from a cached image named by content id only (its stored vector is the query:
+    nothing is looked up by path, no file is read). Columns as `similar` gives them."""
+    cache = Cache.open(db)
+    vector = _vector_of(cache, check_id(image_id), embedding_column(embedding))
+    if vector is None:
+        raise UnknownImage(f"{image_id}: no cached image with this id has a {embedding} embedding in {cache.uri}")
+    return similar(vector, cache, k=k, embedding=embedding, filter=filter, **filters)

@@ -1,8 +1,8 @@
 """The heads registry: which heads' scores the cache holds, listing them, removing one.
 
-A head's scores are six columns of the ``images`` table under a column prefix (store.schema);
+A head's scores are six columns of the ``images`` table under a column prefix (`faramir.store.schema`);
 the ``heads`` table maps each head name to its prefix. Scoring the cache with a head is
-`store.rescoring.rescore` (it needs torch; nothing here does).
+`faramir.store.heads.rescore.rescore` (it needs torch; nothing here does).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 
-from store import schema
-from store.db import Cache, retrying, sql_str
-from store.errors import HeadError
+from faramir.store import schema
+from faramir.store.cache import Cache, retrying
+from faramir.store.errors import HeadError
+from faramir.store.sql import sql_str
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,10 @@ from typing import TypeVar
 import pyarrow as pa
 
 from faramir.config import FaramirConfig
-from store import schema
-from store.errors import CacheError, CacheRecovered, GeneratedCache, NoCache
-from store.recovery import recover
+from faramir.store import schema
+from faramir.store.errors import CacheError, CacheRecovered, GeneratedCache, NoCache
+from faramir.store.recovery import recover
+from faramir.store.sql import sql_str
 
 T = TypeVar("T")
 RETRIES = 8  # tries of an idempotent write whose commit conflicts with another process's
@@ -55,15 +56,8 @@ def _is_uri(db: str) -> bool:
     return "://" in db
 
 
-def sql_str(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + str(value).replace("'", "''") + "'"
 
 
-def sql_in(column: str, values) -> str:
-    """`column IN ('a', 'b', ...)`; `false` for no values."""
-    values = list(values)
-    return f"{column} IN ({', '.join(sql_str(v) for v in values)})" if values else "false"
 
 
 def is_conflict(ex: BaseException) -> bool:
@@ -104,7 +98,7 @@ class Cache:
 
     def __init__(self, uri: str):
         self.uri = uri
-        self.warnings: list[str] = []  # e.g. a table opened at an older version (store.recovery)
+        self.warnings: list[str] = []  # e.g. a table opened at an older version (`faramir.store.recovery`)
         self._conn = None
         self._datasets: dict[str, object] = {}  # table name → Lance dataset (see `dataset`)
         self._allow_lists: dict[tuple, object] = {}  # (table, version, filter) → row addresses (see `allow_list`)
@@ -126,7 +120,7 @@ class Cache:
         stage one, which says so of the weights themselves).
 
         A local table whose newest version a power cut left unreadable opens at its newest whole
-        version (`store.recovery`): a `CacheRecovered` warning says so, also kept in `warnings`."""
+        version (`faramir.store.recovery`): a `CacheRecovered` warning says so, also kept in `warnings`."""
         if isinstance(db, Cache):
             return db
         uri = os.fspath(db) if db is not None else default_db()
@@ -213,7 +207,7 @@ class Cache:
         return table
 
     def _check_version(self, meta: dict[str, str]) -> None:
-        """Refuse a cache newer than this code; bring an older one up to date (`store.migrations`)."""
+        """Refuse a cache newer than this code; bring an older one up to date (`faramir.store.migrations`)."""
         version = int(meta.get("schema_version") or schema.SCHEMA_VERSION)
         if version > schema.SCHEMA_VERSION:
             raise CacheError(
@@ -221,7 +215,7 @@ class Cache:
                 f"({schema.SCHEMA_VERSION}); upgrade faramir"
             )
         if version < schema.SCHEMA_VERSION:
-            from store.migrations import migrate
+            from faramir.store.migrations import migrate
 
             migrate(self, version)
 
@@ -275,14 +269,14 @@ class Cache:
 
     def allow_list(self, ds, where: str):
         """The rows of `ds` (one version of a table, from `dataset`) passing the SQL filter `where`,
-        a `store.allow_lists.AllowList` (a bitmap of row addresses, and Lance's `row_addr_allowlist`
+        a `faramir.store.vectors.allow_lists.AllowList` (a bitmap of row addresses, and Lance's `row_addr_allowlist`
         form); the last `ALLOW_LISTS` are kept.
 
         A filtered vector search given these skips the filter: LanceDB's prefilter rebuilds the
         same set from the scalar index on every query, about 12-14 ms at a million rows. Row
         addresses hold for one table version only (a compaction moves rows), so a new version
         builds a new list."""
-        from store.allow_lists import AllowList
+        from faramir.store.vectors.allow_lists import AllowList
 
         key = (ds.uri, ds.version, where)
         found = self._allow_lists.get(key)
@@ -295,7 +289,7 @@ class Cache:
     def count_where(self, ds, where: str) -> int:
         """How many rows of `ds` (one version of a table, from `dataset`) pass the SQL filter
         `where`; kept for the dataset's latest version, so a query that checks something of
-        every row (as `store.gaps.warn_unscored` does) pays for it once per version."""
+        every row (as `faramir.store.heads.unscored.warn_unscored` does) pays for it once per version."""
         key = (ds.uri, ds.version, where)
         found = self._counts.get(key)
         if found is None:

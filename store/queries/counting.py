@@ -1,9 +1,6 @@
-"""Stage-two queries over cached scores: counts, ranking and statistics at a threshold. Nothing
-here decodes an image or runs a model, and nothing imports torch or LanceDB: Lance scans only.
-
-Every query reads one head's score columns (`store.scores`) and applies the threshold itself
-(`faramir.decision`); no threshold is ever stored.
-"""
+"""Counting the rows that pass a filter: how many, accepted and rejected at a threshold, and the
+statistics of `faramir stats` (per label, a confidence histogram, a threshold sweep). Lance scans
+only: nothing here imports torch or LanceDB."""
 
 from __future__ import annotations
 
@@ -13,16 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
-from faramir.config import LABELS
-from store.db import Cache
-from store.errors import QueryError
-from store.filters import Filter
-from store.scores import decided, on_head, read_columns, results
+from faramir.config import ACCEPT_LABELS, LABELS
+from faramir.store.cache import Cache
+from faramir.store.errors import QueryError
+from faramir.store.filters import Filter
+from faramir.store.heads.columns import decided, on_head
 
-SORTS = ("confidence", "aesthetic")  # top's sort keys (there is no scalar quality score upstream)
 DEFAULT_SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 … 0.95
 
 
@@ -31,53 +26,6 @@ def count(db: str | os.PathLike | Cache | None = None, *, filter: Filter | None 
     cache = Cache.open(db)
     f = Filter.of(filter, **filters)
     return on_head(cache, f.head, lambda p, ds: ds.count_rows(f.where(p)))
-
-
-def top(
-    db: str | os.PathLike | Cache | None = None,
-    *,
-    sort: str = "confidence",
-    descending: bool = True,
-    limit: int | None = 20,
-    filter: Filter | None = None,
-    **filters,
-) -> pa.Table:
-    """Rows passing the filter (a `Filter`, or its fields as keyword arguments), ranked by
-    confidence (the "aesthetic gradient") or aesthetic score, best first unless
-    `descending=False`; at most `limit` (None: all). Columns: see `store.scores.results`.
-
-    Confidence ties (sigmoid saturates to 1.0 in float32) are broken by the decision logit, which
-    orders the same way, then by id. Rows whose sort key is NaN come last either way."""
-    if sort not in SORTS:
-        raise QueryError(f"sort {sort!r}: use one of {', '.join(SORTS)}")
-    if limit is not None and limit < 1:
-        raise QueryError(f"limit {limit}: must be at least 1")
-    cache = Cache.open(db)
-    f = Filter.of(filter, **filters)
-    return on_head(cache, f.head, lambda p, ds: _top(ds, p, f, sort, descending, limit))
-
-
-def _top(ds, prefix: str, f: Filter, sort: str, descending: bool, limit: int | None) -> pa.Table:
-    # Two passes over one table version: the filter and the sort keys of every passing row (two
-    # float columns: 8 MB at a million rows), then the full rows of the best `limit` only.
-    decision = f"{prefix}_decision"
-    keys = [decision] if sort == "confidence" else ["aesthetic_score", decision]
-    cand = ds.to_table(columns=[*dict.fromkeys(keys), "_rowoffset"], filter=f.where(prefix))
-    sign = -1.0 if descending else 1.0
-
-    def ascending_key(column) -> np.ndarray:  # smaller first; NaN (a score that is no number) last
-        key = sign * column.to_numpy(zero_copy_only=False).astype(np.float64)
-        return np.where(np.isnan(key), np.inf, key)
-
-    first = ascending_key(cand.column(keys[0]))
-    if limit is not None and len(first) > limit:
-        kth = np.partition(first, limit - 1)[limit - 1]
-        cand = cand.filter(pa.array(first <= kth))  # the best `limit`, and any rows tied with the last
-    rows = ds.take(cand.column("_rowoffset").to_numpy(), columns=read_columns(prefix))
-    sort_keys = [np.asarray(rows.column("id").to_pylist(), dtype=str)]  # last tie-break: id
-    sort_keys += [ascending_key(rows.column(k)) for k in reversed(keys)]
-    order = np.lexsort(sort_keys)[:limit]
-    return results(rows.take(pa.array(order, pa.int64())), prefix, f.threshold)
 
 
 @dataclass(frozen=True)
@@ -138,3 +86,30 @@ def stats(
         )
 
     return on_head(cache, f.head, run)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Rows accepted and rejected at a filter's threshold (`counts`)."""
+
+    accepted: int
+    rejected: int
+    total: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def counts(db: str | os.PathLike | Cache | None = None, *, filter: Filter | None = None, **filters) -> Counts:
+    """Accepted and rejected rows at the filter's threshold among the rows passing its other
+    conditions (its accepted/rejected choice itself is ignored): what `stats` counts, by two
+    `count` queries instead of a scan of the labels."""
+    cache = Cache.open(db)
+    f = dataclasses.replace(Filter.of(filter, **filters), accepted=None)
+    found = {}
+    for side in (True, False):
+        if f.labels and all((label in ACCEPT_LABELS) != side for label in f.labels):
+            found[side] = 0  # these labels are never the label of a row on this side
+        else:
+            found[side] = count(cache, filter=dataclasses.replace(f, accepted=side))
+    return Counts(accepted=found[True], rejected=found[False], total=found[True] + found[False])

@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from store import schema
-from store.db import Cache, retrying
-from store.errors import QueryError
+from faramir.store import schema
+from faramir.store.cache import Cache, retrying
+from faramir.store.errors import QueryError
 
 ANN_MIN_ROWS = 100_000  # below this an exact filtered search takes well under 100 ms
 REINDEX_FRACTION = 0.1  # fold unindexed rows into the ANN index past this share of the table

@@ -1,5 +1,5 @@
 """Pairs of cached rows whose embeddings have cosine similarity ≥ S, found in one pass over all
-rows: the candidate search of `store.near_duplicates`.
+rows: the candidate search of `faramir.store.near_duplicates.groups`.
 
 Candidate search, an inverted-file (IVF) pass over all rows at once: LanceDB's ANN index answers
 one query in milliseconds, so a query per row would take hours at a million rows. Instead:

@@ -1,20 +1,16 @@
-"""Curator labels beside the cache: import from CSV/JSONL, list, remove; set and unset by content
-id (the gallery's writes).
+"""Curator labels beside the cache: list and remove them; set, unset and read them by content id
+(the gallery's writes and reads); the labelled rows a finetune or an evaluation uses.
 
 A label is `accept`, `reject` or one of the 30 upstream label names (stored canonically; a
-30-name label counts as accept iff it is accept-biased). Rows name an image by content id or by
-path; a path is matched through the `files` table, or by hashing the file when it is on disk.
-Rows naming images that are not cached are reported, never silently dropped.
+30-name label counts as accept iff it is accept-biased). Importing label files is
+`faramir.store.labels.files`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,116 +19,15 @@ import pyarrow.compute as pc
 
 from faramir.files import sha256_file
 from faramir.labels import canonical_label, label_is_accept
-from store import schema
-from store.db import Cache, sql_in, sql_str
-from store.errors import LabelsError
-
-_ID = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass
-class Skipped:
-    line: int  # 1-based line (CSV: counting the header) or JSONL line number
-    ref: str
-    reason: str
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.errors import LabelsError
+from faramir.store.sql import sql_in, sql_str
 
 
-@dataclass
-class ImportReport:
-    file: str
-    imported: int = 0
-    skipped: list[Skipped] = field(default_factory=list)
-
-
-def _read_rows(path: Path) -> list[tuple[int, str, str]]:
-    """(line, ref, label) from a CSV with a header (path|id|image, label) or JSON lines."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as ex:
-        raise LabelsError(f"{path}: cannot read ({ex.strerror})") from ex
-    rows = []
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as ex:
-                raise LabelsError(f"{path}:{n}: not valid JSON ({ex})") from ex
-            ref = obj.get("id") or obj.get("path") or obj.get("image")
-            rows.append((n, str(ref or ""), str(obj.get("label") or "")))
-        return rows
-    reader = csv.reader(text.splitlines())
-    header = [h.strip().lower() for h in next(reader, [])]
-    ref_col = next((header.index(c) for c in ("path", "id", "image") if c in header), None)
-    if ref_col is None or "label" not in header:
-        raise LabelsError(f"{path}: the CSV needs a header row with a 'path' (or 'id') column and a "
-                          f"'label' column, e.g. 'path,label'")
-    label_col = header.index("label")
-    for n, row in enumerate(reader, 2):
-        if not any(cell.strip() for cell in row):
-            continue
-        cells = row + [""] * (max(ref_col, label_col) + 1 - len(row))
-        rows.append((n, cells[ref_col].strip(), cells[label_col].strip()))
-    return rows
-
-
-def _path_index(cache: Cache) -> dict[str, str]:
+def path_index(cache: Cache) -> dict[str, str]:
     files = cache.read(schema.FILES, ["path", "id"])
     return dict(zip(files.column("path").to_pylist(), files.column("id").to_pylist()))
-
-
-def resolve_ref(ref: str, base: Path, paths: dict[str, str], ids: set[str]) -> tuple[str | None, str]:
-    """(content id or None, reason) for an id, or a path absolute / relative to cwd or `base`
-    (as the file system names it, or as the cache prints it: `store.schema.path_to_column`)."""
-    if _ID.match(ref.lower()):
-        return (ref.lower(), "") if ref.lower() in ids else (None, "no cached image has this id")
-    ref = schema.path_from_column(ref)
-    candidates = [Path(ref)] if os.path.isabs(ref) else [Path.cwd() / ref, base / ref]
-    for candidate in candidates:
-        full = schema.path_to_column(os.path.abspath(candidate))
-        if full in paths and paths[full] in ids:
-            return paths[full], ""
-    for candidate in candidates:
-        if candidate.is_file():
-            digest = sha256_file(candidate)
-            if digest in ids:
-                return digest, ""
-            return None, "not cached; run 'faramir ingest' on it first"
-    return None, "no such cached path, and no such file"
-
-
-def import_labels(file: str | os.PathLike, db: str | os.PathLike | Cache | None = None,
-                  source: str | None = None) -> ImportReport:
-    """Import labels; a later label for the same image replaces the earlier one."""
-    cache = Cache.open(db)
-    path = Path(file)
-    rows = _read_rows(path)
-    report = ImportReport(str(path))
-    paths, ids = _path_index(cache), cache.ids()
-    records: dict[str, dict] = {}
-    now = datetime.now(timezone.utc)
-    for line, ref, label in rows:
-        if not ref:
-            report.skipped.append(Skipped(line, ref, "no path or id"))
-            continue
-        try:
-            label = canonical_label(label)
-        except ValueError as ex:
-            report.skipped.append(Skipped(line, ref, str(ex).split("\n")[0]))
-            continue
-        content_id, reason = resolve_ref(ref, path.parent, paths, ids)
-        if content_id is None:
-            report.skipped.append(Skipped(line, ref, reason))
-            continue
-        records[content_id] = {"id": content_id, "label": label, "source": source or str(path),
-                               "imported_at": now}
-    if records:
-        data = pa.Table.from_pylist(list(records.values()), schema=schema.LABELS_SCHEMA)
-        (cache.table(schema.LABELS).merge_insert("id")
-         .when_matched_update_all().when_not_matched_insert_all().execute(data))
-    report.imported = len(records)
-    return report
 
 
 def list_labels(db: str | os.PathLike | Cache | None = None) -> pa.Table:
@@ -145,7 +40,7 @@ def list_labels(db: str | os.PathLike | Cache | None = None) -> pa.Table:
                          "source": pa.array([], pa.string()),
                          "imported_at": pa.array([], schema.TIMESTAMP)})
     first_path: dict[str, str] = {}
-    for p, i in sorted(_path_index(cache).items()):
+    for p, i in sorted(path_index(cache).items()):
         first_path.setdefault(i, p)
     labels = labels.sort_by([("imported_at", "ascending"), ("id", "ascending")])
     ids = labels.column("id").to_pylist()
@@ -170,7 +65,7 @@ def remove_labels(refs: list[str] = (), *, all: bool = False, source: str | None
     elif source is not None:
         table.delete(f"source = {sql_str(source)}")
     else:
-        paths, ids = _path_index(cache), cache.ids()
+        paths, ids = path_index(cache), cache.ids()
         targets = []
         for ref in refs:
             content_id, reason = resolve_ref(ref, Path.cwd(), paths, ids)
@@ -200,7 +95,7 @@ class LabelCounts:
 def _check_ids(cache: Cache, ids: list[str]) -> list[str]:
     """`ids` deduplicated, each a content id of a cached image (else LabelsError naming it)."""
     unique = list(dict.fromkeys(ids))
-    bad = [i for i in unique if not isinstance(i, str) or not _ID.match(i)]
+    bad = [i for i in unique if not isinstance(i, str) or not schema.CONTENT_ID.match(i)]
     if bad:
         raise LabelsError(f"{str(bad[0])[:80]!r} is not a content id (64 lowercase hex digits)")
     if not unique:
@@ -260,7 +155,7 @@ def _compact_now_and_then(cache: Cache) -> None:
 def labels_of(ids: list[str], db: str | os.PathLike | Cache | None = None) -> dict[str, str]:
     """{content id: label} for those of `ids` that have a label."""
     cache = Cache.open(db)
-    ids = [i for i in dict.fromkeys(ids) if isinstance(i, str) and _ID.match(i)]
+    ids = [i for i in dict.fromkeys(ids) if isinstance(i, str) and schema.CONTENT_ID.match(i)]
     if not ids:
         return {}
     rows = cache.read(schema.LABELS, ["id", "label"], sql_in("id", ids))
@@ -282,3 +177,23 @@ def labelled_ids(cache: Cache) -> pa.Table:
     labels = labels.filter(pc.is_in(labels.column("id"), pa.array(sorted(ids), pa.string())))
     targets = pa.array([label_is_accept(x) for x in labels.column("label").to_pylist()], pa.bool_())
     return labels.append_column("target", targets)
+
+
+def resolve_ref(ref: str, base: Path, paths: dict[str, str], ids: set[str]) -> tuple[str | None, str]:
+    """(content id or None, reason) for an id, or a path absolute / relative to cwd or `base`
+    (as the file system names it, or as the cache prints it: `faramir.store.schema.path_to_column`)."""
+    if schema.CONTENT_ID.match(ref.lower()):
+        return (ref.lower(), "") if ref.lower() in ids else (None, "no cached image has this id")
+    ref = schema.path_from_column(ref)
+    candidates = [Path(ref)] if os.path.isabs(ref) else [Path.cwd() / ref, base / ref]
+    for candidate in candidates:
+        full = schema.path_to_column(os.path.abspath(candidate))
+        if full in paths and paths[full] in ids:
+            return paths[full], ""
+    for candidate in candidates:
+        if candidate.is_file():
+            digest = sha256_file(candidate)
+            if digest in ids:
+                return digest, ""
+            return None, "not cached; run 'faramir ingest' on it first"
+    return None, "no such cached path, and no such file"

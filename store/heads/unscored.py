@@ -20,9 +20,9 @@ import warnings
 
 import pyarrow as pa
 
-from store import schema
-from store.db import Cache
-from store.errors import UnscoredRows
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.errors import UnscoredRows
 
 FILL_BATCH = 65_536  # rows scored and merged per commit
 
@@ -55,7 +55,7 @@ def fill_gaps(cache: Cache) -> int:
 
 def _fill(cache: Cache, head: dict) -> int:
     from faramir.checkpoints import head_from_bytes
-    from store.scoring import HeadScorer, head_inputs
+    from faramir.store.heads.scoring import HeadScorer, head_inputs
 
     prefix, cfg = head["prefix"], cache.config()
     scorer = HeadScorer(head_from_bytes(cache.head_checkpoint(head["name"]), cfg), FILL_BATCH)

@@ -1,6 +1,6 @@
 """Rescoring: every cached row scored with a head checkpoint, registered under a name.
 
-A head's scores are six columns of the ``images`` table under a column prefix (store.schema).
+A head's scores are six columns of the ``images`` table under a column prefix (`faramir.store.schema`).
 `rescore` never changes a prefix's columns in place:
 
 1. It writes a fresh set of columns under a new prefix. For each fragment, Lance's merge_columns
@@ -14,12 +14,12 @@ A head's scores are six columns of the ``images`` table under a column prefix (s
    reads that head's v and f columns (32 floats a row) instead of the embeddings (1,296) and
    runs only the decision layers. Its labels, v and f, which are that head's (the labels are
    functions of v), are not written again: the fragment's new fields for them are mapped onto
-   that head's data (`store.column_aliases`). That is how a finetuned head is scored: 8 bytes a
+   that head's data (`faramir.store.column_aliases`). That is how a finetuned head is scored: 8 bytes a
    row written.
 2. It points the ``heads`` row of that name at the new prefix: that one-row commit is the moment
    the new scores replace the old for every reader, who resolves name → prefix through ``heads``
    (and retries once if the columns it resolved were dropped under it).
-3. It scores every row that any registered head has not scored (`store.gaps`): under the new
+3. It scores every row that any registered head has not scored (`faramir.store.heads.unscored`): under the new
    prefix, rows an ingest appended between steps 1 and 2 (it wrote nulls there), then drops the
    old prefix's columns (metadata only: their data goes at the next compaction).
 
@@ -41,14 +41,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from faramir.checkpoints import frozen_fingerprint, head_to_bytes, load_head_checkpoint
-from store import schema
-from store.column_aliases import alias_files, keep_fields, leaf_ids, locate
-from store.db import Cache
-from store.errors import HeadError, PoolMismatch
-from store.gaps import fill_gaps
-from store.heads import HeadInfo, describe, drop_prefix
-from store.schema import HEAD_INPUTS, SCORES
-from store.scoring import SHARED, HeadScorer, decision_scores, head_inputs
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.column_aliases import alias_files, keep_fields, leaf_ids, locate
+from faramir.store.errors import HeadError, PoolMismatch
+from faramir.store.heads.registry import HeadInfo, describe, drop_prefix
+from faramir.store.heads.scoring import SHARED, HeadScorer, decision_scores, head_inputs
+from faramir.store.heads.unscored import fill_gaps
+from faramir.store.schema import HEAD_INPUTS, SCORES
 
 COMMIT_ATTEMPTS = 5  # tries of the rescore commit while an ingest keeps committing
 RESCORE_THREADS = 2  # fragments scored at once (reading one overlaps the arithmetic on another)
@@ -97,7 +97,7 @@ def rescore(
         raise HeadError(f"{name!r}: not a valid head name; use letters, digits, '.', '_' and '-' "
                         f"(at most 64, starting with a letter or digit)")
     cache = Cache.open(db)
-    table = cache.images()
+    cache.images()  # raises NoCache, saying how to make one, before anything is loaded
     cfg = cache.config()
     cache_pool = cache.get_meta("pool_fingerprint") or ""
     model, head_state, pool_fp, head_fp = load_head_checkpoint(head, cfg, known_pool=cache_pool or None)
@@ -116,7 +116,7 @@ def rescore(
     if old is not None:
         drop_prefix(cache, old["prefix"])
     if index:
-        from store.indexes import ensure_indexes
+        from faramir.store.vectors.indexes import ensure_indexes
 
         ensure_indexes(cache, heads=[name])
     return dataclasses.replace(describe(cache, record), scored_from=scored_from)
@@ -135,7 +135,7 @@ def _sharing_head(cache: Cache, frozen: str, columns: Iterable[str]) -> dict | N
 
 def _shared_columns_at(dataset, sharing: dict, todo: list) -> dict | None:
     """{fragment key: where head `sharing`'s SHARED columns are stored in that fragment} for the
-    fragments in `todo`, or None where any of them cannot be aliased (`store.column_aliases`; only
+    fragments in `todo`, or None where any of them cannot be aliased (`faramir.store.column_aliases`; only
     a table in Lance's legacy file format, which faramir never writes): then the new head is
     scored from the embeddings."""
     ids = leaf_ids(dataset.lance_schema, [f"{sharing['prefix']}_{name}" for name in SHARED])

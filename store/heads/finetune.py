@@ -1,12 +1,12 @@
-"""Finetune a head on the cached vectors of labelled images, and evaluate heads against labels.
+"""Finetune a head on the cached vectors of labelled images (`faramir finetune`).
 
-Only the head trains (upstream's recipe, in `faramir.finetune`), so the cached pooled vectors
-stay valid: a finetune is seconds of CPU, and its scores go back into the cache by `rescore`.
+Only the head's decision layers train (upstream's recipe, in `faramir.finetune`), so the cached
+pooled vectors stay valid: a finetune is seconds of CPU, and its scores go back into the cache by
+`rescore`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from faramir.metrics import DEFAULT_THRESHOLDS, best_threshold, binary_report, per_label_breakdown, threshold_sweep
-from store import schema
-from store.db import Cache, sql_in
-from store.errors import TuningError
-from store.labels import labelled_ids
-from store.scores import decided, head_prefix
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.errors import TuningError
+from faramir.store.labels.table import labelled_ids
+from faramir.store.sql import sql_in
 
 ID_CHUNK = 512  # ids per `id IN (...)` query when gathering labelled rows
 
@@ -32,7 +31,7 @@ def gather(cache: Cache, ids: list[str], columns: list[str]) -> pa.Table:
     return pa.concat_tables(parts) if parts else cache.read(schema.IMAGES, ["id", *columns], "false")
 
 
-def _labelled(cache: Cache) -> pa.Table:
+def labelled(cache: Cache) -> pa.Table:
     labels = labelled_ids(cache).sort_by("id")
     if len(labels) == 0:
         raise TuningError(f"no labelled cached images in {cache.uri}; import labels first with "
@@ -42,9 +41,9 @@ def _labelled(cache: Cache) -> pa.Table:
 
 def training_data(cache: Cache):
     """(ids, ap, ae, q, targets, labels) of every labelled cached image, in label-id order."""
-    from store.scoring import head_inputs
+    from faramir.store.heads.scoring import head_inputs
 
-    labels = _labelled(cache)
+    labels = labelled(cache)
     rows = gather(cache, labels.column("id").to_pylist(), schema.HEAD_INPUTS).sort_by("id")
     assert rows.column("id").equals(labels.column("id")), "every labelled id is cached"
     return (
@@ -139,55 +138,9 @@ def finetune(
     except FileExistsError:  # it appeared while training
         raise exists from None
     if name is not None:
-        from store.rescoring import rescore
+        from faramir.store.heads.rescore import rescore
 
         rescore(out, name, db=cache)
     return FinetuneOutcome(str(out), description, tuner.result, len(state), name)
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """A head's decisions against the curator labels (`evaluate`); `to_dict` is what is reported."""
-
-    head: str
-    threshold: float
-    n: int  # labelled cached images
-    accepted: int  # of them, predicted accept at the threshold
-    accuracy: float
-    precision: float
-    recall: float
-    f1: float
-    mcc: float
-    confusion: dict[str, int]  # tp, fp, tn, fn ("positive" = accept)
-    best: dict  # the sweep entry with the highest MCC
-    per_label: list[dict]  # faramir.metrics.per_label_breakdown, by true label
-    sweep: list[dict]  # the metrics at thresholds 0.00 … 1.00
-    confidence: np.ndarray = dataclasses.field(repr=False)  # per labelled image, by id
-    y_true: np.ndarray = dataclasses.field(repr=False)  # its label means accept
-
-    def to_dict(self) -> dict:
-        """Every field but the per-image arrays."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("confidence", "y_true")}
-
-
-def evaluate(head: str = schema.DEFAULT_HEAD, *, db: str | os.PathLike | Cache | None = None,
-             threshold: float = 0.5) -> Evaluation:
-    """A registered head's scores against the imported labels: the metrics at `threshold`, the
-    confusion matrix, a per-label breakdown, a threshold sweep and the MCC-best threshold. Each
-    image's decision and label are the query's (`store.scores.decided`)."""
-    cache = Cache.open(db)
-    prefix = head_prefix(cache, head)
-    labels = _labelled(cache)
-    cols = [f"{prefix}_confidence", f"{prefix}_accept_label", f"{prefix}_reject_label"]
-    rows = gather(cache, labels.column("id").to_pylist(), cols).sort_by("id")
-    accepted, predicted = decided(rows, prefix, threshold)
-    confidence = rows.column(cols[0]).to_numpy(zero_copy_only=False)
-    y_true = labels.column("target").to_numpy(zero_copy_only=False)
-    y_pred = accepted.fill_null(False).to_numpy(zero_copy_only=False)
-    report = binary_report(y_true, confidence, threshold)
-    sweep = threshold_sweep(y_true, confidence, DEFAULT_THRESHOLDS)
-    per_label = per_label_breakdown(np.array(labels.column("label").to_pylist(), dtype=object),
-                                    y_true, y_pred, predicted.to_numpy(zero_copy_only=False))
-    return Evaluation(head=head, **report, best=best_threshold(sweep), per_label=per_label, sweep=sweep,
-                      confidence=confidence, y_true=y_true)

@@ -1,7 +1,7 @@
 """Text search: a sentence, embedded by SigLIP's text tower, as the query of `similar` over the
 cached stock SigLIP embeddings. No image is decoded and the image side of SigLIP is never loaded.
 
-The query is `store.similar`'s: one prefiltered LanceDB vector query (cosine) over
+The query is `faramir.store.similar`'s: one prefiltered LanceDB vector query (cosine) over
 `siglip_embedding`, with the same filters, the same index settings and the same exact
 re-ranking. SigLIP's logit scale and bias only rescale the cosine, so the ranking is the cosine's.
 """
@@ -13,10 +13,10 @@ import os
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from store.db import Cache
-from store.errors import QueryError
-from store.filters import Filter
-from store.neighbours import similar
+from faramir.store.cache import Cache
+from faramir.store.errors import QueryError
+from faramir.store.filters import Filter
+from faramir.store.vectors.nearest import similar
 
 # Text vectors lie apart from the image vectors (SigLIP's modality gap), where the 1-bit IVF_RQ
 # estimate orders candidates worse than for an image query: re-rank more of them exactly.
@@ -43,7 +43,7 @@ def search(
 ) -> pa.Table:
     """The `k` cached images whose SigLIP embedding is nearest TEXT's, among the rows passing the
     filter (a `Filter`, or its fields as keyword arguments), most similar first. Columns:
-    similarity (cosine, 1 at best), then as `store.top`.
+    similarity (cosine, 1 at best), then as `faramir.store.top`.
 
     `encoder`: a loaded `faramir.text.TextEncoder` to reuse between queries (`load_encoder`); without it the text
     entry of `weights_dir` (resolved as `faramir.text_weights.resolve_text_dir` does, downloading

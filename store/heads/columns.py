@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from faramir.decision import decide
-from store import schema
-from store.db import Cache
-from store.errors import QueryError
-from store.gaps import warn_unscored
+from faramir.store import schema
+from faramir.store.cache import Cache
+from faramir.store.errors import QueryError
+from faramir.store.heads.unscored import warn_unscored
 
 T = TypeVar("T")
 

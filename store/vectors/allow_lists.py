@@ -1,5 +1,5 @@
 """The rows of one table version passing a filter, as row addresses: what Lance's prefilter takes
-(`row_addr_allowlist`) and what a post-filter tests candidates against (`store.postfilter`).
+(`row_addr_allowlist`) and what a post-filter tests candidates against (`faramir.store.vectors.postfilter`).
 
 Row addresses hold for one table version only (a compaction moves rows), so a list is built per
 (table, version, filter) and kept by the Cache (`Cache.allow_list`)."""

@@ -1,0 +1,63 @@
+"""Which rows an export writes, batch by batch: the rows passing a filter (less the near-duplicates
+a `--dedupe` leaves out), or the best ones in `top`'s order; each batch as result rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from faramir.store.cache import Cache
+from faramir.store.filters import Filter
+from faramir.store.heads.columns import read_columns, results
+from faramir.store.sql import sql_in
+
+READ_BATCH = 4096  # rows read at a time
+
+
+def dropped(cache: Cache, f: Filter, threshold: float | None, keep: str) -> set[str]:
+    from faramir.store.near_duplicates.groups import DEFAULT_THRESHOLD, non_keepers
+
+    return non_keepers(cache, f, DEFAULT_THRESHOLD if threshold is None else threshold, keep)
+
+
+def filtered_batches(ds, prefix: str, f: Filter, extra: list[str],
+                      drop: set[str] = frozenset()) -> Iterator[tuple[int, pa.Table]]:
+    """(total, result rows) per batch of the rows passing `f`, less the ids `drop`; one empty batch
+    when none do."""
+    columns, where = [*read_columns(prefix), *extra], f.where(prefix)
+    total = ds.count_rows(where) - len(drop)
+    dropped = pa.array(sorted(drop), pa.string())
+    empty = True
+    for batch in ds.to_batches(columns=columns, filter=where, batch_size=READ_BATCH):
+        rows = pa.Table.from_batches([batch])
+        if drop:
+            rows = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=dropped)))
+        if rows.num_rows:
+            empty = False
+            yield total, results(rows, prefix, f.threshold, extra=extra)
+    if empty:  # still a header / a schema
+        yield 0, results(ds.to_table(columns=columns, filter="false"), prefix, f.threshold, extra=extra)
+
+
+def ranked_batches(ds, prefix: str, f: Filter, extra: list[str], ids: list[str]) -> Iterator[tuple[int, pa.Table]]:
+    """(total, result rows) per batch of the rows `ids`, in that order."""
+    columns = [*read_columns(prefix), *extra]
+    if not ids:
+        yield 0, results(ds.to_table(columns=columns, filter="false"), prefix, f.threshold, extra=extra)
+    for lo in range(0, len(ids), READ_BATCH):
+        chunk = ids[lo:lo + READ_BATCH]
+        rows = ds.to_table(columns=columns, filter=sql_in("id", chunk))
+        order = {image_id: n for n, image_id in enumerate(chunk)}
+        rows = rows.take(pa.array(sorted(range(len(rows)), key=lambda n: order[rows.column("id")[n].as_py()])))
+        yield len(ids), results(rows, prefix, f.threshold, extra=extra)
+
+
+def marked(batches, generated: str):
+    """The batches with a `weights_generated` column (and Parquet metadata) when `generated`."""
+    for total, table in batches:
+        if generated:
+            table = table.append_column("weights_generated", pa.array([generated] * len(table), pa.string()))
+            table = table.replace_schema_metadata({"faramir.weights_generated": generated})
+        yield total, table

@@ -1,0 +1,158 @@
+"""Ranking the rows that pass a filter: `top` (the best N along the confidence gradient, or by
+aesthetic score) and `page` (the same order, one keyset page at a time: the gallery's grid).
+
+Every query reads one head's score columns (`faramir.store.heads.columns`) over one table version
+and applies the threshold itself (`faramir.decision`); no threshold is ever stored. A page reads
+the sort keys of the rows after the cursor that pass the filter (one or two float columns), then
+the full rows of the page only. Nothing here imports torch or LanceDB: Lance scans only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from faramir.decision import f32, sql_float
+from faramir.store.cache import Cache
+from faramir.store.errors import QueryError
+from faramir.store.filters import Filter
+from faramir.store.heads.columns import on_head, read_columns, results
+from faramir.store.queries.images import check_id
+from faramir.store.sql import sql_str
+
+SORTS = ("confidence", "aesthetic")  # top's sort keys (there is no scalar quality score upstream)
+
+
+def top(
+    db: str | os.PathLike | Cache | None = None,
+    *,
+    sort: str = "confidence",
+    descending: bool = True,
+    limit: int | None = 20,
+    filter: Filter | None = None,
+    **filters,
+) -> pa.Table:
+    """Rows passing the filter (a `Filter`, or its fields as keyword arguments), ranked by
+    confidence (the "aesthetic gradient") or aesthetic score, best first unless
+    `descending=False`; at most `limit` (None: all). Columns: see `faramir.store.heads.columns.results`.
+
+    Confidence ties (sigmoid saturates to 1.0 in float32) are broken by the decision logit, which
+    orders the same way, then by id. Rows whose sort key is NaN come last either way."""
+    if sort not in SORTS:
+        raise QueryError(f"sort {sort!r}: use one of {', '.join(SORTS)}")
+    if limit is not None and limit < 1:
+        raise QueryError(f"limit {limit}: must be at least 1")
+    cache = Cache.open(db)
+    f = Filter.of(filter, **filters)
+    return on_head(cache, f.head, lambda p, ds: _top(ds, p, f, sort, descending, limit))
+
+
+def _top(ds, prefix: str, f: Filter, sort: str, descending: bool, limit: int | None) -> pa.Table:
+    # Two passes over one table version: the filter and the sort keys of every passing row (two
+    # float columns: 8 MB at a million rows), then the full rows of the best `limit` only.
+    decision = f"{prefix}_decision"
+    keys = [decision] if sort == "confidence" else ["aesthetic_score", decision]
+    cand = ds.to_table(columns=[*dict.fromkeys(keys), "_rowoffset"], filter=f.where(prefix))
+    sign = -1.0 if descending else 1.0
+
+    def ascending_key(column) -> np.ndarray:  # smaller first; NaN (a score that is no number) last
+        key = sign * column.to_numpy(zero_copy_only=False).astype(np.float64)
+        return np.where(np.isnan(key), np.inf, key)
+
+    first = ascending_key(cand.column(keys[0]))
+    if limit is not None and len(first) > limit:
+        kth = np.partition(first, limit - 1)[limit - 1]
+        cand = cand.filter(pa.array(first <= kth))  # the best `limit`, and any rows tied with the last
+    rows = ds.take(cand.column("_rowoffset").to_numpy(), columns=read_columns(prefix))
+    sort_keys = [np.asarray(rows.column("id").to_pylist(), dtype=str)]  # last tie-break: id
+    sort_keys += [ascending_key(rows.column(k)) for k in reversed(keys)]
+    order = np.lexsort(sort_keys)[:limit]
+    return results(rows.take(pa.array(order, pa.int64())), prefix, f.threshold)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of result rows and the cursor of the next."""
+
+    rows: pa.Table  # as `faramir.store.queries.ranking.top` gives them (`faramir.store.heads.columns.results`)
+    next: str | None  # cursor of the next page (None: this is the last)
+
+
+def _sort_keys(prefix: str, sort: str) -> list[str]:
+    """Sort columns, most significant first, as `top` ranks (then id, ascending)."""
+    return [f"{prefix}_decision"] if sort == "confidence" else ["aesthetic_score", f"{prefix}_decision"]
+
+
+def _cursor(values: Sequence[float], image_id: str) -> str:
+    return ",".join([*(repr(f32(v)) for v in values), image_id])
+
+
+def _after(cursor: str, keys: list[str], descending: bool) -> str:
+    """The SQL condition for rows after `cursor` in the order (keys by `descending`, then id)."""
+    parts = cursor.split(",") if isinstance(cursor, str) else []
+    try:
+        if len(parts) != len(keys) + 1:
+            raise ValueError
+        values = [float(p) for p in parts[:-1]]
+        if any(np.isnan(values)):
+            raise ValueError
+        image_id = check_id(parts[-1])
+    except (ValueError, QueryError):
+        raise QueryError(f"cursor {str(cursor)[:80]!r} is not one this sort gives; start again "
+                         f"without it") from None
+    beyond = "<" if descending else ">"
+    condition = f"id > {sql_str(image_id)}"
+    for key, value in reversed(list(zip(keys, values))):
+        literal = sql_float(value) if np.isfinite(value) else f"CAST('{value}' AS DOUBLE)"  # a saturated logit
+        condition = f"({key} {beyond} {literal} OR ({key} = {literal} AND {condition}))"
+    return condition
+
+
+def page(
+    db: str | os.PathLike | Cache | None = None,
+    *,
+    sort: str = "confidence",
+    descending: bool = True,
+    after: str | None = None,
+    limit: int = 60,
+    filter: Filter | None = None,
+    **filters,
+) -> Page:
+    """One page of the rows passing the filter (a `Filter`, or its fields as keyword arguments),
+    in `top`'s order (confidence or aesthetic score, then the decision logit, then id). `after`
+    is the `next` cursor of the previous page; pages joined end to end equal `top(limit=None)`."""
+    if sort not in SORTS:
+        raise QueryError(f"sort {sort!r}: use one of {', '.join(SORTS)}")
+    if limit < 1:
+        raise QueryError(f"limit {limit}: must be at least 1")
+    cache = Cache.open(db)
+    f = Filter.of(filter, **filters)
+
+    def run(prefix: str, ds) -> Page:
+        keys = _sort_keys(prefix, sort)
+        where = f.where(prefix)
+        if after:
+            where = f"{where} AND {_after(after, keys, descending)}"
+        cand = ds.to_table(columns=[*keys, "_rowoffset"], filter=where)
+        sign = -1.0 if descending else 1.0
+        first = sign * cand.column(keys[0]).to_numpy(zero_copy_only=False).astype(np.float64)
+        more = len(first) > limit
+        if more:
+            kth = np.partition(first, limit - 1)[limit - 1]
+            cand = cand.filter(pa.array(first <= kth))  # the best `limit`, and rows tied with the last
+        rows = ds.take(cand.column("_rowoffset").to_numpy(), columns=read_columns(prefix))
+        order_keys = [np.asarray(rows.column("id").to_pylist(), dtype=str)]
+        order_keys += [sign * rows.column(k).to_numpy(zero_copy_only=False).astype(np.float64)
+                       for k in reversed(keys)]
+        rows = rows.take(pa.array(np.lexsort(order_keys)[:limit], pa.int64()))
+        cursor = None
+        if more and len(rows):
+            last = rows.slice(len(rows) - 1).to_pylist()[0]
+            cursor = _cursor([last[k] for k in keys], last["id"])
+        return Page(results(rows, prefix, f.threshold), cursor)
+
+    return on_head(cache, f.head, run)
