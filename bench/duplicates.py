@@ -4,7 +4,7 @@
     python bench/duplicates.py --rows 100000 --dir /data/bench
 
 Builds (once, then reuses) a cache of the real schema (full size: 1152-d embeddings) from
-`tests.synthetic`'s clustered generator (seed 0), then plants near-duplicates: for 1% of the rows
+`bench.synthetic`'s clustered generator (seed 0), then plants near-duplicates: for 1% of the rows
 (chosen at random, each at most once) a copy whose SigLIP and FARAMIR embeddings are rotated to an
 exact cosine with the original, drawn uniformly from
 
@@ -42,10 +42,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from faramir.cli.allocator import keep_freed_memory  # noqa: E402
-
-keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
-
 from bench.memory import peak_rss_mb  # noqa: E402
 
 SEED = 0
@@ -72,9 +68,9 @@ def build(n: int, db: Path, threshold: float) -> float | None:
     """A cache of `n` rows: n − planted from the generator, `planted` copies at known cosines."""
     import pyarrow as pa
 
+    from bench.synthetic import write_cache
     from faramir.config import FULL
     from faramir.store.cache import Cache
-    from tests.synthetic import write_cache
 
     marker = db / "bench.json"
     spec = {"rows": n, "seed": SEED, "plant_seed": PLANT_SEED, "threshold": threshold}

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic lives in the repository
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.synthetic lives in the repository
 
+from bench.synthetic import learnable_rows  # noqa: E402
 from faramir.config import FULL  # noqa: E402
 from faramir.fake_weights import random_state  # noqa: E402
 from faramir.finetune import finetune_head  # noqa: E402
 from faramir.head import FaramirHead  # noqa: E402
-from tests.synthetic import learnable_rows  # noqa: E402
 
 
 def main() -> None:

@@ -35,10 +35,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from faramir.cli.allocator import keep_freed_memory  # noqa: E402
-
-keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
-
 from bench.full_weights import DEFAULT_WEIGHTS, full_weights  # noqa: E402
 from bench.memory import children_peak_rss_mb, peak_rss_mb  # noqa: E402
 
@@ -139,11 +135,12 @@ def _deviation(db32: Path, db16: Path) -> dict[str, float]:
     import numpy as np
 
     from faramir.store.cache import Cache
+    from faramir.store.heads import registry
 
     def load(db):
         cache = Cache.open(db)
-        prefix = next(h["prefix"] for h in cache.heads() if h["name"] == "faramir-v1")
-        cols = ["id", f"{prefix}_decision", f"{prefix}_confidence", f"{prefix}_logits"]
+        head = registry.columns(cache, "faramir-v1")
+        cols = ["id", head.decision, head.confidence, head.logits]
         rows = cache.images().search().select(cols).limit(None).to_arrow().to_pylist()
         return {r["id"]: (r[cols[1]], r[cols[2]], np.array(r[cols[3]])) for r in rows}
 

@@ -32,10 +32,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from faramir.cli.allocator import keep_freed_memory  # noqa: E402
-
-keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
-
 TARGETS_MS = {"first page": 200, "next page": None, "threshold change": 150, "similar accepted": 100,
               "label write": 50}
 

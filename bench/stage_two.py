@@ -6,12 +6,14 @@
 
 Builds (once, then reuses: the cache directory carries a marker with its row count, seed and
 schema version) a cache of the real schema (full-size config: 1152-d embeddings) with N
-synthetic rows from `tests.synthetic` (seed 0), its tables compacted as `faramir ingest` leaves
+synthetic rows from `bench.synthetic` (seed 0), its tables compacted as `faramir ingest` leaves
 them (1M rows: 1 fragment, not the writer's 20), then measures each operation in a fresh
 process, reporting wall seconds, CPU seconds (user + sys) and the process's peak RSS:
 
 - rescore: every row with a new head (same pool, other weights: a new frozen part), from the
   embeddings, `faramir.store.rescore`;
+- rescore default malloc: the same with glibc's allocator as it comes (`faramir rescore` tunes it:
+  `faramir.cli.allocator`), to show what the tuning gains;
 - rescore finetuned: every row with the cache's head with new decision layers (what a finetune
   changes), scored from the head's cached v and f;
 - count: rows accepted at a new threshold, `faramir.store.count` (median over 20 thresholds);
@@ -23,7 +25,7 @@ process, reporting wall seconds, CPU seconds (user + sys) and the process's peak
 - nearest CLI: the wall time of a one-shot `faramir similar ID --accepted --k 10` subprocess
   (Python start, imports, opening the cache, the allow-list and the search), median of 5.
 
-How the synthetic embeddings are made (tests.synthetic): unit vectors around a few thousand
+How the synthetic embeddings are made (bench.synthetic): unit vectors around a few thousand
 cluster centres (min(3000, N/100), Zipf-like sizes), centres sharing a common direction (cosine
 about 0.25 between centres), rows at cosine 0.65-0.9 from their centre with noise whose variance
 decays by rank (∝ 1/rank over a random permutation of dimensions). Isotropic random vectors have
@@ -52,10 +54,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from faramir.cli.allocator import keep_freed_memory  # noqa: E402
-
-keep_freed_memory()  # as the faramir command does, before LanceDB or torch start threads
 
 from bench.memory import peak_rss_mb  # noqa: E402
 
@@ -93,15 +91,19 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
 
         Cache.open(db).images().count_rows()
         return _done(start)
-    if op in ("rescore", "rescore-finetuned"):
+    if op in ("rescore", "rescore-default-malloc", "rescore-finetuned"):
+        if op != "rescore-default-malloc":  # as `faramir rescore` does, before Lance starts threads
+            from faramir.cli.allocator import keep_freed_memory
+
+            keep_freed_memory()
         import lance  # noqa: E401, F401  (imports are the baseline's, not the operation's)
-        import lancedb
+        import lancedb  # noqa: F401  (a rescore registers its head through LanceDB)
 
         import faramir.store.heads.scoring  # noqa: F401  (torch)
         from faramir.store import rescore
 
-        checkpoint, name = ((workdir / "new-head.pth", "bench-new") if op == "rescore"
-                            else (workdir / "finetuned-head.pth", "bench-finetuned"))
+        checkpoint, name = ((workdir / "finetuned-head.pth", "bench-finetuned") if op == "rescore-finetuned"
+                            else (workdir / "new-head.pth", "bench-new"))
         start = _usage()  # the new head from the embeddings, even where an earlier run registered it
         record = rescore(checkpoint, name, db=db, index=False, reuse=op == "rescore-finetuned")
         return _done(start, rows=record.rows, scored_from=record.scored_from)
@@ -195,9 +197,9 @@ def run_child(op: str, db: Path, workdir: Path, queries: int) -> dict:
 
 
 def build(n: int, db: Path, workdir: Path) -> float | None:
+    from bench.synthetic import random_checkpoint, save_checkpoint, write_cache
     from faramir.config import FULL
     from faramir.store.schema import SCHEMA_VERSION
-    from tests.synthetic import random_checkpoint, save_checkpoint, write_cache
 
     marker = db / "bench.json"
     made = {"rows": n, "seed": SEED, "schema": SCHEMA_VERSION}
@@ -239,8 +241,9 @@ def finetuned(cache) -> dict:
     from faramir.checkpoints import head_state_from_bytes
     from faramir.config import TRAINED_PREFIXES
     from faramir.store import schema
+    from faramir.store.heads import registry
 
-    state = head_state_from_bytes(cache.head_checkpoint(schema.DEFAULT_HEAD))
+    state = head_state_from_bytes(registry.checkpoint(cache, schema.DEFAULT_HEAD))
     g = torch.Generator().manual_seed(SEED + 7)
     return {k: v * (1 + 0.1 * torch.randn(v.shape, generator=g)) if k.startswith(TRAINED_PREFIXES) else v
             for k, v in state.items()}
@@ -249,6 +252,7 @@ def finetuned(cache) -> dict:
 def ground_truth(db: Path, workdir: Path, queries: int) -> None:
     """Query vectors (rows of the cache) and their exact 10 nearest accepted rows, by brute force."""
     from faramir.store.cache import Cache
+    from faramir.store.heads import registry
 
     path = workdir / "queries.npz"
     if path.is_file():
@@ -257,7 +261,7 @@ def ground_truth(db: Path, workdir: Path, queries: int) -> None:
             return
     cache = Cache.open(db)
     ds = cache.dataset()
-    prefix = cache.head("faramir-v1")["prefix"]
+    confidence = registry.columns(cache, "faramir-v1").confidence
     n = ds.count_rows()
     rows = np.sort(np.random.default_rng(QUERY_SEED).choice(n, queries, replace=False))
     taken = ds.take(rows, columns=["id", "faramir_embedding"])
@@ -265,7 +269,7 @@ def ground_truth(db: Path, workdir: Path, queries: int) -> None:
     qn = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     best_s = np.full((queries, 10), -np.inf)
     best_id = np.empty((queries, 10), object)
-    for batch in ds.to_batches(columns=["id", "faramir_embedding", f"{prefix}_confidence"], batch_size=32768):
+    for batch in ds.to_batches(columns=["id", "faramir_embedding", confidence], batch_size=32768):
         keep = np.nonzero(batch.column(2).to_numpy() > np.float32(THRESHOLD))[0]
         x = batch.column(1).values.to_numpy().reshape(batch.num_rows, -1)[keep].astype(np.float64)
         s = qn @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T
@@ -301,7 +305,8 @@ def bench(n: int, root: Path, queries: int, exact_queries: int, log) -> dict:
     ground_truth(db, workdir, queries)
     drop_ann(db)
     results = {"rows": n, "build_s": built}
-    for op, q in (("baseline", 0), ("rescore", 0), ("rescore-finetuned", 0), ("count", 0), ("top", 0),
+    for op, q in (("baseline", 0), ("rescore", 0), ("rescore-default-malloc", 0), ("rescore-finetuned", 0),
+                  ("count", 0), ("top", 0),
                   ("nearest-exact", exact_queries), ("index", 0), ("nearest", queries), ("nearest-cli", 0)):
         results[op] = run_child(op, db, workdir, q)
         log(f"  {op}: {json.dumps(results[op])}")
@@ -315,6 +320,7 @@ def summary(r: dict) -> dict:
         "rows": r["rows"],
         "rescore_s": rs["wall_s"],
         "rescore_peak_rss_gb": rs["peak_rss_gb"],
+        "rescore_default_malloc_s": r["rescore-default-malloc"]["wall_s"],
         "rescore_finetuned_s": ft["wall_s"],
         "rescore_finetuned_peak_rss_gb": ft["peak_rss_gb"],
         "rescore_finetuned_from": ft["scored_from"],
@@ -336,15 +342,17 @@ def summary(r: dict) -> dict:
 def report(all_results: list[dict]) -> None:
     print("\nMachine:", platform.processor() or platform.machine(), f"{os.cpu_count()} cores,",
           f"load average at the end {os.getloadavg()[0]:.1f}")
-    print("| rows | rescore s (cpu s, peak RSS) | rescore finetuned s (cpu s, peak RSS) | count ms "
+    print("| rows | rescore s (cpu s, peak RSS) | same, default malloc | rescore finetuned s (cpu s, peak RSS) | count ms "
           "| top-100 label ms | nearest-10 accepted, exact: p50 / p95 ms (recall) | ANN build s "
           "| nearest-10 accepted, ANN, warm process: p50 / p95 ms (recall@10; first query ms) "
           "| `faramir similar --accepted` wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in all_results:
         rs, ft, c, t, e, ix, a, cli = (r[k] for k in ("rescore", "rescore-finetuned", "count", "top",
                                                        "nearest-exact", "index", "nearest", "nearest-cli"))
+        dm = r["rescore-default-malloc"]
         print(f"| {r['rows']:,} | {rs['wall_s']:.1f} ({rs['cpu_s']:.1f}, {rs['peak_rss_gb']:.2f} GB) "
+              f"| {dm['wall_s']:.1f} ({dm['cpu_s']:.1f}, {dm['peak_rss_gb']:.2f} GB) "
               f"| {ft['wall_s']:.2f} ({ft['cpu_s']:.2f}, {ft['peak_rss_gb']:.2f} GB) "
               f"| {1000 * c['median_s']:.0f} | {1000 * t['median_s']:.0f} "
               f"| {1000 * e['p50_s']:.0f} / {1000 * e['p95_s']:.0f} ({e['recall']:.2f}, n={e['queries']}) "

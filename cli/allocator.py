@@ -1,13 +1,12 @@
-"""The C allocator's settings for bulk columnar reads (glibc; elsewhere there is nothing to do).
+"""The C allocator's settings for bulk columnar reads (glibc; elsewhere there is nothing to do),
+for the one command shown to gain from them: `faramir rescore` reads every row's embeddings.
 
 Lance decodes every batch into freshly allocated buffers, on its own threads. With glibc's
 defaults a buffer that large is mmap'd and unmapped again, or comes from a thread's own arena,
-whose freed memory goes back to the kernel, so every batch page-faults its memory in anew.
-Reading the 1152-d FARAMIR embeddings of a million rows (4.6 GB) cost 5.5 s of system time that
-way and a rescore 13.7 s. With one arena that keeps freed memory for reuse, the same read took
-1.5 s and the rescore 9-10 s, at a lower peak RSS (bench/stage_two.py, 2-core VM). What is kept is
-bounded by the trim threshold: 512 MB (2 GB was at most a second faster, and let an ingest's peak
-RSS creep up).
+whose freed memory goes back to the kernel, so every batch page-faults its memory in anew. With
+one arena that keeps freed memory for reuse, a rescore of a million rows from their embeddings
+took 3.9-5.5 s instead of 6.8-6.9 s, at a lower peak RSS (`bench/stage_two.py`, which measures
+both; docs/performance.md). What is kept is bounded by the trim threshold: 512 MB.
 """
 
 from __future__ import annotations
@@ -36,10 +35,9 @@ _applied: bool | None = None
 def keep_freed_memory() -> bool:
     """Tune glibc's malloc for Lance's batch reads (see the module docstring); True if applied.
 
-    Process-wide, and only threads that have not allocated yet follow it: call it once at
-    process start, before LanceDB, Lance or torch start their threads (the `faramir` command
-    does). Nothing is changed off glibc or when the environment sets any of `USER_SETTINGS`:
-    the user's choice stands."""
+    Process-wide, and only threads that have not allocated yet follow it: call it before LanceDB,
+    Lance or torch start their threads (`faramir rescore` does, first thing). Nothing is changed
+    off glibc or when the environment sets any of `USER_SETTINGS`: the user's choice stands."""
     global _applied
     if _applied is None:
         _applied = False

@@ -10,11 +10,6 @@ from __future__ import annotations
 import typer
 
 from faramir.cli import assess_cmd, finetune_cmd, heads_cmd, ingest_cmd, query_cmd, search_cmd, serve_cmd, weights_cmd
-from faramir.cli.allocator import keep_freed_memory
-
-# Before any command starts LanceDB's or torch's threads: Lance's batch reads reuse freed memory
-# instead of page-faulting every batch in anew (faramir.cli.allocator; a 1M-row rescore 13.7 -> 9-10 s).
-keep_freed_memory()
 
 
 def _group(help: str) -> typer.Typer:

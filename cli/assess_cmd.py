@@ -24,6 +24,7 @@ from faramir.cli.options import (
     Workers,
 )
 from faramir.cli.output import assessment_header, assessment_line
+from faramir.config import DEFAULT_THRESHOLD
 
 
 @handle_errors
@@ -31,7 +32,7 @@ def assess(
     paths: Paths,
     recursive: Recursive = False,
     file_list: FileList = None,
-    threshold: Threshold = 0.5,
+    threshold: Threshold = DEFAULT_THRESHOLD,
     batch_size: BatchSize = 8,
     workers: Workers = None,
     device: Device = "auto",

@@ -10,6 +10,7 @@ import typer
 from faramir.cli.common import handle_errors, note, progress_bar, stderr, warn
 from faramir.cli.options import Db, ReportFormat, ReportFormatOpt, RowFormat, RowFormatOpt, Threshold
 from faramir.cli.output import emit, emit_json
+from faramir.config import DEFAULT_THRESHOLD
 
 LABEL_COLUMNS = ["id", "label", "accept", "path", "source", "imported_at"]
 
@@ -88,11 +89,8 @@ def finetune(
 
     Example: faramir finetune --base faramir-v1 --out tuned.pth --name tuned --epochs 20
     """
-    import torch
-
     from faramir.store.heads.finetune import finetune as run
 
-    torch.set_num_threads(threads)
     with progress_bar() as bar:
         task = bar.add_task("finetune", total=epochs + 1, rate="")
 
@@ -103,7 +101,7 @@ def finetune(
                 note(f"epoch {r.epoch}: {loss}val loss {r.val_loss:.4f} val MCC {r.val_mcc:.4f}")
 
         outcome = run(base, out, db=db, name=name, epochs=epochs, lr=lr, batch_size=batch_size,
-                      val_fraction=val_fraction, seed=seed, on_epoch=on_epoch, force=force)
+                      val_fraction=val_fraction, seed=seed, on_epoch=on_epoch, force=force, threads=threads)
     res = outcome.result
     note(f"Base {outcome.base}: val MCC {res.base_val_mcc:.4f}. Best epoch {res.best_epoch}: val MCC "
          f"{res.best_val_mcc:.4f} ({res.train_rows} train / {res.val_rows} val rows). "
@@ -117,7 +115,7 @@ def finetune(
 @handle_errors
 def evaluate(
     head: Annotated[str, typer.Option("--head", help="Head name in the cache.")] = "faramir-v1",
-    threshold: Threshold = 0.5,
+    threshold: Threshold = DEFAULT_THRESHOLD,
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", help="Also draw precision/recall and histograms to this PNG.")] = None,
     fmt: ReportFormatOpt = ReportFormat.table,

@@ -11,7 +11,7 @@ from faramir.cli.common import Bar, handle_errors, note
 from faramir.cli.options import Db, ListFormat, ListFormatOpt
 from faramir.cli.output import emit
 
-HEAD_COLUMNS = ["name", "rows", "fingerprint", "pool", "created_at", "source", "prefix"]
+HEAD_COLUMNS = ["name", "rows", "fingerprint", "pool", "created_at", "scored_from", "source", "prefix"]
 
 
 @handle_errors
@@ -29,11 +29,15 @@ def rescore(
 
     Refused if the checkpoint's attention pool is not the one the cache was built with.
     """
+    from faramir.cli.allocator import keep_freed_memory
+
+    keep_freed_memory()  # before Lance starts its threads: a rescore reads every embedding in batches
     from faramir.store.heads.rescore import rescore as run
 
     with Bar(f"rescore {name}") as bar:
         info = run(head, name, db=db, batch_size=batch_size, index=index, progress=bar)
-    how = f"its decision layers over head {info.scored_from}'s cached v and f; " if info.scored_from else ""
+    how = f"its decision layers over the cached v and f of {info.scored_from}, whose labels it reads; " \
+        if info.scored_from else ""
     note(f"Scored {info.rows} images with head {info.name} "
          f"({how}fingerprint {info.fingerprint[:12]}, columns {info.prefix}_*).")
 
@@ -63,4 +67,4 @@ def heads_rm(name: Annotated[str, typer.Argument(help="The head to remove.")], d
     from faramir.store.heads.registry import remove_head
 
     removed = remove_head(name, db)
-    note(f"Removed head {removed.name} and its score columns.")
+    note(f"Removed head {removed.name} and the score columns no other head reads.")

@@ -12,6 +12,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from faramir.config import DEFAULT_THRESHOLD
+
 
 def _choices(name: str, *values: str) -> type[Enum]:
     """A str enum whose members are `values`: typer shows them as the choices and checks them."""
@@ -59,7 +61,7 @@ ReportFormatOpt = Annotated[ReportFormat, typer.Option("--format", "-f", help="t
 # The filter of every query (top, stats, similar, export), in the order --help shows them.
 _FILTER_PARAMS = [
     inspect.Parameter("head", inspect.Parameter.KEYWORD_ONLY, default="faramir-v1", annotation=Head),
-    inspect.Parameter("threshold", inspect.Parameter.KEYWORD_ONLY, default=0.5, annotation=Threshold),
+    inspect.Parameter("threshold", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_THRESHOLD, annotation=Threshold),
     inspect.Parameter("accepted", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
         bool, typer.Option("--accepted", help="Only images accepted at the threshold.")]),
     inspect.Parameter("rejected", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
@@ -114,10 +116,10 @@ def make_filter(*, head, threshold, accepted, rejected, labels, min_confidence, 
 
     if accepted and rejected:
         raise typer.BadParameter("give --accepted or --rejected, not both")
-    split = tuple(x.strip() for item in labels or () for x in item.split(",") if x.strip())
-    return Filter(head=head, threshold=threshold, accepted=True if accepted else False if rejected else None,
-                  labels=split, min_confidence=min_confidence, max_confidence=max_confidence,
-                  min_aesthetic=min_aesthetic, max_aesthetic=max_aesthetic)
+    return Filter.from_options(head=head, threshold=threshold,
+                               show="accepted" if accepted else "rejected" if rejected else "all",
+                               labels=labels or (), min_confidence=min_confidence, max_confidence=max_confidence,
+                               min_aesthetic=min_aesthetic, max_aesthetic=max_aesthetic)
 
 
 def load_model(weights_dir: Optional[Path], device: str, precision: str, compile_batch: Optional[int] = None):

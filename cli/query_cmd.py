@@ -25,6 +25,7 @@ from faramir.cli.options import (
     filter_options,
 )
 from faramir.cli.output import emit, emit_json, emit_results
+from faramir.store.near_duplicates import DEFAULT_SIMILARITY
 
 ROW_COLUMNS = ["id", "path", "confidence", "accepted", "label", "aesthetic_score"]
 
@@ -155,7 +156,7 @@ def export(
     dedupe: Annotated[bool, typer.Option(
         "--dedupe", help="One image per group of near-duplicates (see 'faramir duplicates').")] = False,
     dedupe_threshold: Annotated[float, typer.Option(
-        "--dedupe-threshold", min=0.0, max=1.0, help="With --dedupe: SigLIP cosine that makes near-duplicates.")] = 0.95,
+        "--dedupe-threshold", min=0.0, max=1.0, help="With --dedupe: SigLIP cosine that makes near-duplicates.")] = DEFAULT_SIMILARITY,
     keep: Annotated[Keep, typer.Option("--keep", help="With --dedupe: confidence, aesthetic or largest.")] = Keep.confidence,
 ):
     """Export the images that pass the filters as a table or as files; never overwrites.

@@ -20,6 +20,7 @@ from faramir.cli.options import (
     filter_options,
 )
 from faramir.cli.output import emit, emit_results
+from faramir.store.near_duplicates import DEFAULT_SIMILARITY
 
 ROW_COLUMNS = ["id", "path", "confidence", "accepted", "label", "aesthetic_score"]
 GROUP_COLUMNS = ["group", "keeper", "similarity", "id", "path", "copies", "confidence", "label",
@@ -69,7 +70,7 @@ def duplicates(
     db: Db = None,
     threshold: Annotated[float, typer.Option(
         "--threshold", "-s", min=0.0, max=1.0,
-        help="Cosine similarity at or above which two images are near-duplicates.")] = 0.95,
+        help="Cosine similarity at or above which two images are near-duplicates.")] = DEFAULT_SIMILARITY,
     embedding: Annotated[Embedding, typer.Option("--embedding", help="siglip (the stock pool) or faramir.")] = Embedding.siglip,
     keep: Annotated[Keep, typer.Option("--keep", help="Keeper of each group: confidence, aesthetic or largest.")] = Keep.confidence,
     filter=None,

@@ -26,6 +26,7 @@ N_ACCEPT = 9  # accept-biased class heads
 N_REJECT = 21  # reject-biased class heads
 N_CLASSES = N_ACCEPT + N_REJECT  # gated class heads (30)
 N_FREE = 2  # ungated head units that go to the decision beside the 30 gated logits
+DEFAULT_THRESHOLD = 0.5  # upstream's: accepted iff confidence > 0.5, unless a query names another
 LABELS: tuple[str, ...] = OUTPUT_NAMES[:N_CLASSES]
 ACCEPT_LABELS: frozenset[str] = frozenset(OUTPUT_NAMES[:N_ACCEPT])
 

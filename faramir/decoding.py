@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from faramir.devices import usable_cores
 from faramir.errors import ImageLoadError
 from faramir.files import open_regular
 from faramir.preprocess import ImageFacts, decode
@@ -107,15 +108,6 @@ def _collate(items: list[Item]) -> Batch:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding is single-threaded Pillow work; leave cores to the model
-
-
-def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity (taskset, a container's cpuset), not
-    the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no affinity call on this platform
-        return os.cpu_count() or 2
 
 
 def default_workers() -> int:

@@ -9,12 +9,38 @@ float32 FMAs (measured on a 2-core Xeon VM without AMX: bf16 matmul 0.17-0.18 TF
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
 from enum import Enum
 
 import torch
 
 from faramir.errors import InputError
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, a container's cpuset), not
+    the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity call on this platform
+        return os.cpu_count() or 2
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's threads set to `n` for the block, then set back (None: left as they are). The
+    setting is process-wide, and a matrix product's last bits depend on how many threads it is
+    split over: every ingest on one machine, local or on Ray, runs its experts on
+    `usable_cores()` threads, so equal inputs give equal embeddings bit for bit."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -1,36 +1,31 @@
-"""Fetching the four weight files, and choosing the weights directory a command uses.
+"""Fetching weight files, and choosing the weights directory a command uses: one path for every
+file of a weights directory (the four image-side files here, the text tower's in
+`faramir.text_weights`), each described by a `WeightFile`.
 
-Sources (`UPSTREAM_URLS`): the three `.pth` files come over plain HTTPS from GitHub; the SigLIP
-trunk comes from the Hugging Face Hub through huggingface_hub (repo `HF_REPO_ID`, file
-`HF_FILENAME`, resolved as `{endpoint}/{repo_id}/resolve/main/{filename}`), via its cache, and is
-then hard-linked (or copied) into the weights directory.
+Sources: the three `.pth` files come over plain HTTPS from GitHub; the SigLIP trunk (and the text
+tower) from the Hugging Face Hub through huggingface_hub's cache, then hard-linked (or copied, or
+extracted) into the weights directory. Precedence per file is `fetch`'s.
 
 Environment:
 
     FARAMIR_WEIGHTS         a complete weights directory to use as is; never downloaded into.
     FARAMIR_CACHE           the default weights directory is $FARAMIR_CACHE/weights (else
                             $XDG_CACHE_HOME/faramir/weights, else ~/.cache/faramir/weights).
-    FARAMIR_WEIGHTS_MIRROR  a base URL under which all four files are found in the weights
-                            layout, e.g. http://host/w/ serving http://host/w/faramir-v1.pth,
-                            http://host/w/vit_so400m_patch14_siglip_384.webli/model.safetensors,
-                            ...; every file (the trunk too) is then fetched from it over plain
-                            HTTP(S), which is how an offline site serves its own copy. file://
-                            URLs work as well.
-    HF_ENDPOINT             the Hub endpoint for the trunk (read at each call, not only at import).
-    HF_HUB_CACHE / HF_HOME  where huggingface_hub caches the trunk; a trunk already there (say,
+    FARAMIR_WEIGHTS_MIRROR  a base URL under which every file is found in the weights layout,
+                            e.g. http://host/w/faramir-v1.pth; every file (the Hub's too) is then
+                            fetched from it over plain HTTP(S), which is how an offline site
+                            serves its own copy. file:// URLs work as well.
+    HF_ENDPOINT             the Hub endpoint (read at each call, not only at import).
+    HF_HUB_CACHE / HF_HOME  where huggingface_hub caches Hub files; a file already there (say,
                             from timm) is reused without any network access.
-
-Precedence per file: the `urls` argument; for the trunk, an explicit `hf_endpoint` argument; then
-FARAMIR_WEIGHTS_MIRROR; then upstream (for the trunk: HF_ENDPOINT, else huggingface.co).
 
 Every file is written atomically (`faramir.files.atomic_path`): bytes go to a `.part` file beside
 the target, the size is checked against Content-Length, a `.pth` must load with
-`torch.load(weights_only=True)` and the trunk must open as safetensors, and only then is the file
-renamed into place. An interrupted or
-rejected download never leaves a file that looks complete. Connections time out after
-`TIMEOUT_S`, so a machine without network fails in seconds. The library never prints: progress
-goes to `progress(file_name, bytes_done, bytes_total_or_None)`, which may be called from a worker
-thread of huggingface_hub for the trunk.
+`torch.load(weights_only=True)` and a `.safetensors` must open as one, and only then is the file
+renamed into place: an interrupted or rejected download never leaves a file that looks complete.
+Connections time out after `TIMEOUT_S`, so a machine without network fails in seconds. The library
+never prints: progress goes to `progress(file_name, bytes_done, bytes_total_or_None)`, which may
+be called from a worker thread of huggingface_hub.
 """
 
 from __future__ import annotations
@@ -41,22 +36,22 @@ import os
 import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from faramir.checkpoints import load_pth
 from faramir.errors import DownloadError, WeightsError, WeightsNotFound
 from faramir.files import atomic_path
-from faramir.locations import CACHE_ENV, WEIGHTS_ENV, default_weights_dir  # noqa: F401 (CACHE_ENV: re-exported)
-from faramir.weights import (
+from faramir.locations import (  # noqa: F401 (CACHE_ENV: re-exported)
     AESTHETIC_FILE,
     ARNIQA_FILE,
+    CACHE_ENV,
     FARAMIR_FILE,
     SIGLIP_FILE,
-    WEIGHT_FILES,
-    missing_files,
+    WEIGHTS_ENV,
+    default_weights_dir,
     missing_message,
 )
 
@@ -66,15 +61,28 @@ HF_REPO_ID = "timm/vit_so400m_patch14_siglip_384.webli"
 HF_FILENAME = "model.safetensors"
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 
-UPSTREAM_URLS: dict[str, str] = {
-    FARAMIR_FILE: "https://github.com/redhottensors/FARAMIR/raw/main/faramir-v1.pth",
-    # Informational: with no override the trunk is fetched through huggingface_hub, not urllib.
-    SIGLIP_FILE: f"{HF_DEFAULT_ENDPOINT}/{HF_REPO_ID}/resolve/main/{HF_FILENAME}",
-    ARNIQA_FILE: "https://github.com/miccunifi/ARNIQA/releases/download/weights/ARNIQA.pth",
-    AESTHETIC_FILE: (
-        "https://github.com/discus0434/aesthetic-predictor-v2-5/raw/main/models/aesthetic_predictor_v2_5.pth"
-    ),
-}
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file of a weights directory and where it comes from: a plain HTTPS `url`, or a file of
+    a Hugging Face Hub repo (`hub`: repo id, file name), fetched through huggingface_hub's cache
+    and put into place by `place(cached, target, name, source)` (default: linked or copied)."""
+
+    name: str  # its path in the weights directory
+    url: str | None = None
+    hub: tuple[str, str] | None = None
+    place: Callable[[Path, Path, str, str], None] | None = None
+
+
+IMAGE_FILES = (  # the four files every weights directory holds, from upstream
+    WeightFile(FARAMIR_FILE, url="https://github.com/redhottensors/FARAMIR/raw/main/faramir-v1.pth"),
+    WeightFile(SIGLIP_FILE, hub=(HF_REPO_ID, HF_FILENAME)),
+    WeightFile(ARNIQA_FILE, url="https://github.com/miccunifi/ARNIQA/releases/download/weights/ARNIQA.pth"),
+    WeightFile(AESTHETIC_FILE, url="https://github.com/discus0434/aesthetic-predictor-v2-5/raw/main/models/"
+                                   "aesthetic_predictor_v2_5.pth"),
+)
+UPSTREAM_URLS: dict[str, str] = {  # where each image-side file comes from, as a URL (the trunk: the Hub's)
+    f.name: f.url or f"{HF_DEFAULT_ENDPOINT}/{f.hub[0]}/resolve/main/{f.hub[1]}" for f in IMAGE_FILES}
 
 MIRROR_ENV = "FARAMIR_WEIGHTS_MIRROR"
 
@@ -100,25 +108,30 @@ def resolve_weights_dir(
     downloaded file that fails validation (say, a pickle that would run code) stays a plain
     WeightsError naming it.
     """
-    named = explicit if explicit not in (None, "") else os.environ.get(WEIGHTS_ENV) or None
-    if named is not None:
-        root = Path(named).expanduser()
-        missing = missing_files(root)
-        if missing:
-            raise WeightsNotFound(missing_message(root, missing))
-        return root
+    return resolve_dir(explicit, IMAGE_FILES, missing_message, download=download, progress=progress)
 
-    root = default_weights_dir()
-    missing = missing_files(root)
-    if missing and not download:
-        raise WeightsNotFound(missing_message(root, missing))
+
+def resolve_dir(explicit, files: Sequence[WeightFile], message: Callable[..., str], *, download: bool,
+                progress: Progress | None) -> Path:
+    """The weights directory holding `files`: `explicit`, else $FARAMIR_WEIGHTS (either must hold
+    them already: WeightsNotFound with `message(root, missing)` otherwise), else the default one,
+    where missing files are downloaded (unless not `download`)."""
+    named = explicit if explicit not in (None, "") else os.environ.get(WEIGHTS_ENV) or None
+    root = Path(named).expanduser() if named is not None else default_weights_dir()
+    missing = _missing(root, files)
+    if missing and (named is not None or not download):
+        raise WeightsNotFound(message(root, missing))
     if missing:
         try:
-            download_weights(root, progress=progress)
+            fetch(root, files, progress=progress)
         except DownloadError as ex:
-            why = _one_line(f"download failed: {ex}")
-            raise WeightsNotFound(missing_message(root, missing_files(root), why=why)) from ex
+            why = one_line(f"download failed: {ex}")
+            raise WeightsNotFound(message(root, _missing(root, files), why=why)) from ex
     return root
+
+
+def _missing(root: Path, files: Sequence[WeightFile]) -> list[str]:
+    return [f.name for f in files if not (root / f.name).is_file()]
 
 
 # ---------------------------------------------------------------------------- downloading
@@ -132,40 +145,59 @@ def download_weights(
     hf_endpoint: str | None = None,
     only_missing: bool = True,
 ) -> list[Path]:
-    """Fetch the weight files into `dest_dir` (WEIGHT_FILES layout); return the paths written.
+    """Fetch the four weight files into `dest_dir` (WEIGHT_FILES layout); see `fetch`."""
+    return fetch(dest_dir, IMAGE_FILES, progress=progress, urls=urls, hf_endpoint=hf_endpoint,
+                 only_missing=only_missing)
 
-    With `only_missing` (the default) files already present are left alone; otherwise all four
-    are fetched again and replaced atomically. Stops at the first failure, keeping the files
-    completed so far, so a later call resumes with what is still missing. Raises DownloadError
-    (a WeightsError) for fetch failures and WeightsError for a file that fails validation.
+
+def fetch(
+    dest_dir: str | os.PathLike[str],
+    files: Sequence[WeightFile],
+    *,
+    progress: Progress | None = None,
+    urls: Mapping[str, str] | None = None,
+    hf_endpoint: str | None = None,
+    only_missing: bool = True,
+) -> list[Path]:
+    """Fetch `files` into `dest_dir`; return the paths written.
+
+    Each from, first found: `urls` (file → URL); the Hub at `hf_endpoint`, when given, for a Hub
+    file; FARAMIR_WEIGHTS_MIRROR (the weights layout under it); the file's own source (its URL,
+    or the Hub at HF_ENDPOINT, else huggingface.co). With `only_missing` (the default) files
+    already present are left alone; otherwise all are fetched again and replaced atomically.
+    Stops at the first failure, keeping the files completed so far, so a later call resumes with
+    what is still missing. Raises DownloadError (a WeightsError) for fetch failures and
+    WeightsError for a file that fails validation.
     """
     root = Path(dest_dir).expanduser()
-    names = missing_files(root) if only_missing else list(WEIGHT_FILES)
+    missing = set(_missing(root, files))
     written: list[Path] = []
-    for name in names:
-        target = root / name
+    for file in files:
+        if only_missing and file.name not in missing:
+            continue
+        target = root / file.name
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as ex:
-            raise DownloadError(f"{target}: cannot create its directory ({_describe(ex)})") from ex
-        url = _plain_url(name, urls or {}, hub_requested=hf_endpoint is not None)
+            raise DownloadError(f"{target}: cannot create its directory ({describe(ex)})") from ex
+        url = _plain_url(file, urls or {}, hub_requested=hf_endpoint is not None)
         if url is None:
-            _fetch_from_hub(name, target, progress, hf_endpoint, force=not only_missing)
+            _fetch_from_hub(file, target, progress, hf_endpoint, force=not only_missing)
         else:
-            _fetch_url(name, url, target, progress)
+            _fetch_url(file.name, url, target, progress)
         written.append(target)
     return written
 
 
-def _plain_url(name: str, urls: Mapping[str, str], *, hub_requested: bool) -> str | None:
-    """The URL to fetch `name` from with urllib, or None when it goes through huggingface_hub."""
-    if name in urls:
-        return urls[name]
-    if name == SIGLIP_FILE and hub_requested:  # an explicit hf_endpoint outranks the mirror env var
+def _plain_url(file: WeightFile, urls: Mapping[str, str], *, hub_requested: bool) -> str | None:
+    """The URL to fetch `file` from with urllib, or None when it goes through huggingface_hub."""
+    if file.name in urls:
+        return urls[file.name]
+    if file.hub is not None and hub_requested:  # an explicit hf_endpoint outranks the mirror env var
         return None
     if mirror := os.environ.get(MIRROR_ENV):
-        return f"{mirror.rstrip('/')}/{quote(name)}"
-    return None if name == SIGLIP_FILE else UPSTREAM_URLS[name]
+        return f"{mirror.rstrip('/')}/{quote(file.name)}"
+    return file.url
 
 
 def _fetch_url(name: str, url: str, target: Path, progress: Progress | None) -> None:
@@ -183,7 +215,7 @@ def _fetch_url(name: str, url: str, target: Path, progress: Progress | None) -> 
     except (OSError, http.client.HTTPException, ValueError) as ex:
         if isinstance(ex, urllib.error.HTTPError):
             ex.close()  # an HTTPError holds the open error response
-        raise DownloadError(f"{name}: download from {url} failed: {_describe(ex)}") from ex
+        raise DownloadError(f"{name}: download from {url} failed: {describe(ex)}") from ex
 
 
 def _content_length(response: Any) -> int | None:
@@ -204,14 +236,13 @@ def _copy_stream(src: Any, out: BinaryIO, name: str, total: int | None, progress
     return done
 
 
-def _fetch_from_hub(
-    name: str, target: Path, progress: Progress | None, endpoint: str | None, *, force: bool,
-    repo_id: str = HF_REPO_ID, filename: str = HF_FILENAME, place: Callable[..., None] | None = None,
-) -> None:
-    """Get a Hub file (default: the trunk) through huggingface_hub's cache, then put it into place
-    with `place(cached, target, name, source)` (default: link or copy it)."""
+def _fetch_from_hub(file: WeightFile, target: Path, progress: Progress | None, endpoint: str | None, *,
+                    force: bool) -> None:
+    """Get a Hub file through huggingface_hub's cache, then put it into place (`file.place`,
+    default: link or copy it)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 
+    name, (repo_id, filename) = file.name, file.hub
     # huggingface_hub reads HF_ENDPOINT once at import; read it per call so the env var always counts.
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
     source = hf_hub_url(repo_id, filename, endpoint=endpoint)
@@ -236,8 +267,8 @@ def _fetch_from_hub(
                 **kwargs,
             )
     except Exception as ex:  # huggingface_hub raises httpx, OSError and its own families alike
-        raise DownloadError(f"{name}: download from {source} via huggingface_hub failed: {_describe(ex)}") from ex
-    (place or _place_cached)(Path(cached), target, name, source)
+        raise DownloadError(f"{name}: download from {source} via huggingface_hub failed: {describe(ex)}") from ex
+    (file.place or _place_cached)(Path(cached), target, name, source)
     if not reports:  # served from the cache: still tell the caller the file is complete
         size = target.stat().st_size
         _report(progress, name, size, size)
@@ -315,7 +346,7 @@ def _place_cached(cached: Path, target: Path, name: str, source: str) -> None:
                 shutil.copyfile(blob, part)
             _validate(part, target, name, source)
     except OSError as ex:
-        raise DownloadError(f"{name}: cannot copy {blob} into {target.parent}: {_describe(ex)}") from ex
+        raise DownloadError(f"{name}: cannot copy {blob} into {target.parent}: {describe(ex)}") from ex
 
 
 # ---------------------------------------------------------------------------- validation
@@ -324,6 +355,8 @@ def _place_cached(cached: Path, target: Path, name: str, source: str) -> None:
 def _validate(part: Path, target: Path, name: str, source: str) -> None:
     """A finished `.part` file must load: a `.pth` as plain tensors (no code runs), a
     `.safetensors` as one, a `.json` as JSON. Otherwise WeightsError naming `target` and where it came from."""
+    from faramir.checkpoints import load_pth  # torch: only once a file has come
+
     try:
         if name.endswith(".pth"):
             load_pth(part)
@@ -334,17 +367,17 @@ def _validate(part: Path, target: Path, name: str, source: str) -> None:
                 with safe_open(str(part), framework="pt") as f:
                     f.keys()
             except Exception as ex:
-                raise WeightsError(f"{part}: not a readable safetensors file ({_describe(ex)})") from ex
+                raise WeightsError(f"{part}: not a readable safetensors file ({describe(ex)})") from ex
         elif name.endswith(".json"):
             import json
 
             try:
                 json.loads(part.read_text(encoding="utf-8"))
             except (OSError, ValueError) as ex:
-                raise WeightsError(f"{part}: not a readable JSON file ({_describe(ex)})") from ex
+                raise WeightsError(f"{part}: not a readable JSON file ({describe(ex)})") from ex
     except WeightsError as ex:
         reason = str(ex).removeprefix(f"{part}: ")
-        raise WeightsError(_one_line(f"{target}: downloaded from {source} but rejected: {reason}")) from ex
+        raise WeightsError(one_line(f"{target}: downloaded from {source} but rejected: {reason}")) from ex
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -355,21 +388,21 @@ def _report(progress: Progress | None, name: str, done: int, total: int | None) 
         progress(name, done, total)
 
 
-def _describe(ex: BaseException) -> str:
+def describe(ex: BaseException) -> str:
     """A short one-line reason for a fetch failure."""
     if isinstance(ex, urllib.error.HTTPError):
         return f"HTTP {ex.code} {ex.reason}"
     if isinstance(ex, urllib.error.URLError):
         reason = ex.reason
-        return _describe(reason) if isinstance(reason, BaseException) else _one_line(str(reason))
+        return describe(reason) if isinstance(reason, BaseException) else one_line(str(reason))
     if isinstance(ex, TimeoutError):
         return f"timed out after {TIMEOUT_S:g} s"
     text = str(ex).strip().splitlines()[0] if str(ex).strip() else ""
     if not text and ex.__cause__ is not None:
-        return _describe(ex.__cause__)
-    return _one_line(f"{type(ex).__name__}: {text}" if text else type(ex).__name__)
+        return describe(ex.__cause__)
+    return one_line(f"{type(ex).__name__}: {text}" if text else type(ex).__name__)
 
 
-def _one_line(text: str, limit: int = 400) -> str:
+def one_line(text: str, limit: int = 400) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"

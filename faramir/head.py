@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from faramir.config import FULL, N_ACCEPT, N_CLASSES, FaramirConfig
+from faramir.config import DEFAULT_THRESHOLD, FULL, N_ACCEPT, N_CLASSES, FaramirConfig
 from faramir.decision import decide
 
 
@@ -181,7 +181,7 @@ def side_labels(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return outputs[:, :N_ACCEPT].argmax(dim=-1), N_ACCEPT + outputs[:, N_ACCEPT:N_CLASSES].argmax(dim=-1)
 
 
-def assess_outputs(outputs: torch.Tensor, threshold: float = 0.5):
+def assess_outputs(outputs: torch.Tensor, threshold: float = DEFAULT_THRESHOLD):
     """Upstream's rule on (B, 31) logits: (accepted (B,), label index (B,), confidence (B,))."""
     p = outputs[:, -1].sigmoid()
     accepted, label = decide(p, *side_labels(outputs), threshold)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from faramir.config import ACCEPT_LABELS, OUTPUT_NAMES
+from faramir.config import ACCEPT_LABELS, DEFAULT_THRESHOLD, OUTPUT_NAMES
 
 __all__ = [
     "DEFAULT_THRESHOLDS", "accuracy", "best_threshold", "binary_report", "confusion", "f1", "mcc",
@@ -138,7 +138,7 @@ def _threshold_in(conf: np.ndarray, threshold) -> np.ndarray:
     return np.asarray(threshold, dtype=conf.dtype)
 
 
-def binary_report(y_true, confidence, threshold: float = 0.5) -> dict:
+def binary_report(y_true, confidence, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """All metrics at one threshold (accept iff confidence > threshold).
 
     Keys: threshold, n, accepted (predicted positive count), accuracy, precision, recall, f1,
@@ -175,10 +175,10 @@ def threshold_sweep(y_true, confidence, thresholds: Sequence[float] | np.ndarray
 
 
 def best_threshold(sweep: Sequence[dict]) -> dict:
-    """The sweep entry with the highest MCC; ties go to the threshold closest to 0.5 (then the lower)."""
+    """The sweep entry with the highest MCC; ties go to the threshold closest to the default (then the lower)."""
     if not sweep:
         raise ValueError("empty sweep: no thresholds to choose from")
-    return min(sweep, key=lambda r: (-r["mcc"], abs(r["threshold"] - 0.5), r["threshold"]))
+    return min(sweep, key=lambda r: (-r["mcc"], abs(r["threshold"] - DEFAULT_THRESHOLD), r["threshold"]))
 
 
 def _label_rank(order: dict[str, int], name: str):

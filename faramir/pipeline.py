@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from faramir.config import OUTPUT_NAMES
+from faramir.config import DEFAULT_THRESHOLD, OUTPUT_NAMES
 from faramir.decision import tsv_line
 from faramir.decoding import iter_batches
 from faramir.head import assess_outputs
@@ -38,7 +38,7 @@ class Failure:
 def assess(
     model,
     sources: Sequence[Source],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     batch_size: int = 8,
     workers: int | None = None,
     precision: str | None = None,

@@ -159,39 +159,28 @@ def download_text_weights(
     hf_endpoint: str | None = None,
     only_missing: bool = True,
 ) -> list[Path]:
-    """Fetch the text entry into `dest_dir`; return the paths written. As `download_weights`:
-    `urls` (file → URL) first, then FARAMIR_WEIGHTS_MIRROR (this layout under it), else the Hub
-    through huggingface_hub's cache (`hf_endpoint`, else HF_ENDPOINT, else huggingface.co); each
-    file validated and renamed into place atomically."""
-    from urllib.parse import quote
+    """Fetch the text entry into `dest_dir`; return the paths written. As `download_weights`
+    (`faramir.download.fetch`): `urls` (file → URL) first, then the Hub at `hf_endpoint`, then
+    FARAMIR_WEIGHTS_MIRROR (this layout under it), else the Hub through huggingface_hub's cache;
+    each file validated and renamed into place atomically."""
+    from faramir.download import fetch
 
-    from faramir.download import MIRROR_ENV, _describe, _fetch_from_hub, _fetch_url
+    return fetch(dest_dir, _weight_files(), progress=progress, urls=urls, hf_endpoint=hf_endpoint,
+                 only_missing=only_missing)
 
-    root = Path(dest_dir).expanduser()
-    names = missing_text_files(root) if only_missing else list(TEXT_FILES)
-    written: list[Path] = []
-    for name in names:
-        target = root / name
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as ex:
-            raise DownloadError(f"{target}: cannot create its directory ({_describe(ex)})") from ex
-        mirror = os.environ.get(MIRROR_ENV) if hf_endpoint is None else None
-        url = (urls or {}).get(name) or (f"{mirror.rstrip('/')}/{quote(name)}" if mirror else None)
-        if url is not None:
-            _fetch_url(name, url, target, progress)
-        else:
-            repo_id, filename = HUB_FILES[name]
-            place = _place_extracted if name == TEXT_MODEL_FILE else None
-            _fetch_from_hub(name, target, progress, hf_endpoint, force=not only_missing,
-                            repo_id=repo_id, filename=filename, place=place)
-        written.append(target)
-    return written
+
+def _weight_files():
+    """The text entry's files as `faramir.download.WeightFile`s: from the Hub, the tower
+    extracted from the whole model's file."""
+    from faramir.download import WeightFile
+
+    return tuple(WeightFile(name, hub=HUB_FILES[name], place=_place_extracted if name == TEXT_MODEL_FILE else None)
+                 for name in TEXT_FILES)
 
 
 def _place_extracted(cached: Path, target: Path, name: str, source: str) -> None:
     """`place` for the Hub's whole-model file: write only its text tower into place."""
-    from faramir.download import _describe, _one_line
+    from faramir.download import describe, one_line
     from faramir.files import atomic_path
 
     try:
@@ -199,9 +188,9 @@ def _place_extracted(cached: Path, target: Path, name: str, source: str) -> None
             extract_text_tower(cached, part, source)
     except WeightsError as ex:
         reason = str(ex).removeprefix(f"{cached}: ")
-        raise WeightsError(_one_line(f"{target}: downloaded from {source} but rejected: {reason}")) from ex
+        raise WeightsError(one_line(f"{target}: downloaded from {source} but rejected: {reason}")) from ex
     except OSError as ex:
-        raise DownloadError(f"{name}: cannot write {target}: {_describe(ex)}") from ex
+        raise DownloadError(f"{name}: cannot write {target}: {describe(ex)}") from ex
 
 
 def resolve_text_dir(explicit: str | os.PathLike | None = None, *, download: bool = True,
@@ -210,19 +199,6 @@ def resolve_text_dir(explicit: str | os.PathLike | None = None, *, download: boo
     $FARAMIR_WEIGHTS (either must already hold the entry), else the default directory, where
     a missing entry is downloaded (unless `download` is False). The image-side files are not
     needed."""
-    from faramir.locations import WEIGHTS_ENV, default_weights_dir
+    from faramir.download import resolve_dir
 
-    named = explicit if explicit not in (None, "") else os.environ.get(WEIGHTS_ENV) or None
-    root = Path(named).expanduser() if named is not None else default_weights_dir()
-    missing = missing_text_files(root)
-    if missing and (named is not None or not download):
-        raise WeightsNotFound(missing_text_message(root, missing))
-    if missing:
-        from faramir.download import _one_line
-
-        try:
-            download_text_weights(root, progress=progress)
-        except DownloadError as ex:
-            why = _one_line(f"download failed: {ex}")
-            raise WeightsNotFound(missing_text_message(root, missing_text_files(root), why=why)) from ex
-    return root
+    return resolve_dir(explicit, _weight_files(), missing_text_message, download=download, progress=progress)

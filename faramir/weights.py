@@ -1,11 +1,5 @@
-"""The weights directory: four files in their upstream formats, loaded strictly.
-
-Layout (exactly these paths under one directory):
-
-    faramir-v1.pth                                         FARAMIR: attn_pool.*, norm.*, head.*
-    vit_so400m_patch14_siglip_384.webli/model.safetensors  SigLIP trunk, timm keys
-    ARNIQA.pth                                             model.*, projector.*
-    aesthetic_predictor_v2_5.pth                           scoring_head.*
+"""The weights directory (its layout: `faramir.locations`): four files in their upstream formats,
+loaded strictly.
 
 Every `.pth` is read with `torch.load(weights_only=True)`; keys and shapes must match exactly.
 Generated (fake) weights carry their config and seed in the safetensors metadata, which is how
@@ -28,37 +22,19 @@ from faramir.checkpoints import as_float32, check_state_dict, load_pth, shapes_o
 from faramir.config import FULL, PREPROCESS_VERSION, FaramirConfig
 from faramir.digests import cached_file_digest, remembered_digest, tensor_digest
 from faramir.errors import WeightsError, WeightsNotFound
-
-FARAMIR_FILE = "faramir-v1.pth"
-SIGLIP_FILE = "vit_so400m_patch14_siglip_384.webli/model.safetensors"
-ARNIQA_FILE = "ARNIQA.pth"
-AESTHETIC_FILE = "aesthetic_predictor_v2_5.pth"
-WEIGHT_FILES = (FARAMIR_FILE, SIGLIP_FILE, ARNIQA_FILE, AESTHETIC_FILE)
-
-SOURCES = {  # where each file comes from, for messages and the downloader
-    FARAMIR_FILE: "github.com/redhottensors/FARAMIR (repository root)",
-    SIGLIP_FILE: "huggingface.co/timm/vit_so400m_patch14_siglip_384.webli",
-    ARNIQA_FILE: "github.com/miccunifi/ARNIQA (release 'weights')",
-    AESTHETIC_FILE: "github.com/discus0434/aesthetic-predictor-v2-5 (models/)",
-}
+from faramir.locations import (  # noqa: F401 (the layout, re-exported: weights and their directory go together)
+    AESTHETIC_FILE,
+    ARNIQA_FILE,
+    FARAMIR_FILE,
+    SIGLIP_FILE,
+    SOURCES,
+    WEIGHT_FILES,
+    missing_files,
+    missing_message,
+)
 
 META_CONFIG = "faramir.config"  # safetensors metadata: FaramirConfig JSON of generated weights
 META_GENERATED = "faramir.generated"  # safetensors metadata: how fake weights were made
-
-
-def missing_files(weights_dir: str | os.PathLike) -> list[str]:
-    root = Path(weights_dir)
-    return [name for name in WEIGHT_FILES if not (root / name).is_file()]
-
-
-def missing_message(weights_dir: str | os.PathLike, missing: list[str], why: str = "") -> str:
-    listing = "; ".join(f"{name} (from {SOURCES[name]})" for name in missing)
-    reason = f" ({why})" if why else ""
-    return (
-        f"FARAMIR weights missing in {weights_dir}{reason}: {listing}. Put them there, or pass "
-        f"--weights-dir DIR / set FARAMIR_WEIGHTS to a directory holding all four, or run "
-        f"'faramir weights download --to DIR' on a machine with network access."
-    )
 
 
 def read_generated_info(weights_dir: str | os.PathLike) -> tuple[FaramirConfig, str | None]:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 
-from faramir.config import ACCEPT_LABELS, LABELS
+from faramir.config import ACCEPT_LABELS, DEFAULT_THRESHOLD, LABELS
 from faramir.errors import FaramirError
 from faramir.gallery import thumbnails
 from faramir.gallery.jobs import Jobs
@@ -24,6 +24,7 @@ from faramir.gallery.text import TextSearch
 from faramir.store import schema
 from faramir.store.cache import Cache
 from faramir.store.filters import Filter
+from faramir.store.heads import registry
 from faramir.store.heads.compare import disagreements
 from faramir.store.labels.table import label_counts, labels_of, set_labels, unset_labels
 from faramir.store.queries import counting, images, ranking
@@ -66,16 +67,15 @@ def gallery(request: Request) -> Gallery:
 
 def view(
     head: str = Query(schema.DEFAULT_HEAD, min_length=1, max_length=64),
-    threshold: float = Query(0.5, ge=0.0, le=1.0, allow_inf_nan=False),
+    threshold: float = Query(DEFAULT_THRESHOLD, ge=0.0, le=1.0, allow_inf_nan=False),
     show: Literal["all", "accepted", "rejected"] = "all",
     label: list[str] = Query([]),
     min_aesthetic: float | None = Query(None, allow_inf_nan=False),
     max_aesthetic: float | None = Query(None, allow_inf_nan=False),
 ) -> Filter:
     """The filter of the current view (checked as every query checks it: a bad one is a 400)."""
-    return Filter(head=head, threshold=threshold, accepted={"all": None, "accepted": True, "rejected": False}[show],
-                  labels=tuple(x for item in label for x in item.split(",") if x),
-                  min_aesthetic=min_aesthetic, max_aesthetic=max_aesthetic)
+    return Filter.from_options(head=head, threshold=threshold, show=show, labels=label,
+                               min_aesthetic=min_aesthetic, max_aesthetic=max_aesthetic)
 
 
 def content_id(image_id: str) -> str:
@@ -104,7 +104,7 @@ def info(g: Gallery = Depends(gallery)):
     return {
         "db": g.cache.uri,
         "rows": images.row_count(g.cache),
-        "heads": [h["name"] for h in g.cache.heads()],
+        "heads": [h["name"] for h in registry.heads(g.cache)],
         "default_head": schema.DEFAULT_HEAD,
         "labels": list(LABELS),
         "accept_labels": [x for x in LABELS if x in ACCEPT_LABELS],
@@ -135,7 +135,7 @@ def counts(f: Filter = Depends(view), g: Gallery = Depends(gallery)):
 
 @router.get("/image/{image_id}")
 def detail(image_id: str = Depends(content_id), g: Gallery = Depends(gallery),
-           threshold: float = Query(0.5, ge=0.0, le=1.0, allow_inf_nan=False)):
+           threshold: float = Query(DEFAULT_THRESHOLD, ge=0.0, le=1.0, allow_inf_nan=False)):
     return images.detail(image_id, g.cache, threshold=threshold).to_dict() | \
         {"curated": labels_of([image_id], g.cache).get(image_id)}
 
@@ -177,7 +177,7 @@ def text_search(
 def compare(
     a: str = Query(..., min_length=1, max_length=64),
     b: str = Query(..., min_length=1, max_length=64),
-    threshold: float = Query(0.5, ge=0.0, le=1.0, allow_inf_nan=False),
+    threshold: float = Query(DEFAULT_THRESHOLD, ge=0.0, le=1.0, allow_inf_nan=False),
     offset: int = Query(0, ge=0),
     limit: int = Query(60, ge=1, le=PAGE_LIMIT),
     g: Gallery = Depends(gallery),
@@ -257,9 +257,9 @@ def start_finetune(
     base: str = Body(schema.DEFAULT_HEAD, embed=True, min_length=1, max_length=64),
     name: str | None = Body(None, embed=True, max_length=64),
     epochs: int = Body(20, embed=True),
-    threshold: float = Body(0.5, embed=True, allow_inf_nan=False),
+    threshold: float = Body(DEFAULT_THRESHOLD, embed=True, allow_inf_nan=False),
     g: Gallery = Depends(gallery),
 ):
-    g.cache.head(base)  # refuses an unknown base with the list of heads
-    job = g.jobs.start(base, name or None, epochs, threshold, {h["name"] for h in g.cache.heads()})
+    registry.head(g.cache, base)  # refuses an unknown base with the list of heads
+    job = g.jobs.start(base, name or None, epochs, threshold, {h["name"] for h in registry.heads(g.cache)})
     return job.public()

@@ -1,5 +1,5 @@
-"""Opening the cache: its tables, meta record and schema version, the heads registry, and the SQL
-literal helpers every query uses.
+"""Opening the cache: its tables, meta record and schema version, and what a long-lived process keeps
+per table version (`Cache.kept`).
 
 Reads go through Lance datasets (`Cache.dataset`, `Cache.read`); writes through LanceDB tables
 (`Cache.table`, `Cache.images`), whose connection is made on first use. A stage-two command that
@@ -20,7 +20,6 @@ import random
 import time
 import warnings
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,7 +29,6 @@ from faramir.config import FaramirConfig
 from faramir.store import schema
 from faramir.store.errors import CacheError, CacheRecovered, GeneratedCache, NoCache
 from faramir.store.recovery import recover
-from faramir.store.sql import sql_str
 
 T = TypeVar("T")
 RETRIES = 8  # tries of an idempotent write whose commit conflicts with another process's
@@ -40,8 +38,11 @@ TABLE_KEYS = {  # every table but images, with its primary key
     schema.META: "key", schema.FILES: "path", schema.FAILURES: "path", schema.HEADS: "name",
     schema.LABELS: "id",
 }
-HEAD_COLUMNS = [f.name for f in schema.HEADS_SCHEMA if f.name != "checkpoint"]
-ALLOW_LISTS = 16  # filters whose allow-lists a Cache keeps (up to 1 MB each at a million rows)
+KEPT = {  # what a Cache keeps per table version (`Cache.kept`): kind → how many entries at most
+    "allow_list": 16,  # the rows a filter passes (up to 1 MB each at a million rows)
+    "count": 64,  # how many rows a filter passes
+    "head": 64,  # a heads table record
+}
 
 
 def default_db() -> str:
@@ -101,9 +102,7 @@ class Cache:
         self.warnings: list[str] = []  # e.g. a table opened at an older version (`faramir.store.recovery`)
         self._conn = None
         self._datasets: dict[str, object] = {}  # table name → Lance dataset (see `dataset`)
-        self._allow_lists: dict[tuple, object] = {}  # (table, version, filter) → row addresses (see `allow_list`)
-        self._head_records: dict = {}  # "version" and head name → its rows (see `head`)
-        self._counts: dict[tuple, int] = {}  # (table, version, filter) → rows (see `count_where`)
+        self._kept: dict[str, dict] = {kind: {} for kind in KEPT}  # see `kept`
 
     def __repr__(self) -> str:
         return f"Cache({self.uri!r})"
@@ -267,10 +266,22 @@ class Cache:
         self._datasets[name] = ds
         return ds
 
+    def kept(self, kind: str, ds, key, make: Callable[[], T]) -> T:
+        """`make()`, kept for one version of a table (`ds`, from `dataset`) and `key`; the newest
+        `KEPT[kind]` of each kind stay. For what every query asks again and again of one table
+        version: the rows a filter passes, how many there are, a head's record."""
+        full = (ds.uri, ds.version, key)
+        found = self._kept[kind].get(full)
+        if found is None:
+            found = make()
+            kept = list(self._kept[kind].items())[1 - KEPT[kind]:]  # the newest; one step, for threads
+            self._kept[kind] = {**dict(kept), full: found}
+        return found
+
     def allow_list(self, ds, where: str):
         """The rows of `ds` (one version of a table, from `dataset`) passing the SQL filter `where`,
-        a `faramir.store.vectors.allow_lists.AllowList` (a bitmap of row addresses, and Lance's `row_addr_allowlist`
-        form); the last `ALLOW_LISTS` are kept.
+        a `faramir.store.vectors.allow_lists.AllowList` (a bitmap of row addresses, and Lance's
+        `row_addr_allowlist` form).
 
         A filtered vector search given these skips the filter: LanceDB's prefilter rebuilds the
         same set from the scalar index on every query, about 12-14 ms at a million rows. Row
@@ -278,24 +289,13 @@ class Cache:
         builds a new list."""
         from faramir.store.vectors.allow_lists import AllowList
 
-        key = (ds.uri, ds.version, where)
-        found = self._allow_lists.get(key)
-        if found is None:
-            found = AllowList.of(ds, where)
-            kept = list(self._allow_lists.items())[1 - ALLOW_LISTS:]  # the newest; one step, for threads
-            self._allow_lists = {**dict(kept), key: found}
-        return found
+        return self.kept("allow_list", ds, where, lambda: AllowList.of(ds, where))
 
     def count_where(self, ds, where: str) -> int:
         """How many rows of `ds` (one version of a table, from `dataset`) pass the SQL filter
-        `where`; kept for the dataset's latest version, so a query that checks something of
-        every row (as `faramir.store.heads.unscored.warn_unscored` does) pays for it once per version."""
-        key = (ds.uri, ds.version, where)
-        found = self._counts.get(key)
-        if found is None:
-            found = ds.count_rows(where)
-            self._counts = {k: v for k, v in self._counts.items() if k[:2] == key[:2]} | {key: found}
-        return found
+        `where` (a query that checks something of every row, as
+        `faramir.store.heads.unscored.warn_unscored` does, pays for it once per version)."""
+        return self.kept("count", ds, where, lambda: ds.count_rows(where))
 
     def read(self, name: str, columns: list[str] | None = None, where: str | None = None) -> pa.Table:
         """Only `columns` (None: all) of the rows of table `name` matching `where` (SQL)."""
@@ -337,52 +337,6 @@ class Cache:
                              f"(a power cut can lose the newest version of its meta table); run 'faramir "
                              f"ingest PATH --db {self.uri}' with the weights it was built with to restore it")
         return None
-
-    # -- heads -----------------------------------------------------------------------------
-
-    def heads(self) -> list[dict]:
-        """Registered heads (without checkpoint bytes), oldest first."""
-        rows = self.read(schema.HEADS, HEAD_COLUMNS).to_pylist()
-        return sorted(rows, key=lambda r: r["created_at"])
-
-    def head(self, name: str) -> dict:
-        """The record of head `name` (without checkpoint bytes): every query resolves its head
-        through this, so it is kept per version of the heads table (reading it took 1-4 ms,
-        a fifth of a nearest-neighbour search; a rescore's switch makes a new version)."""
-        ds = self.dataset(schema.HEADS)
-        if self._head_records.get("version") != ds.version:
-            self._head_records = {"version": ds.version}
-        rows = self._head_records.get(name)
-        if rows is None:
-            rows = self._head_records[name] = ds.to_table(
-                columns=HEAD_COLUMNS, filter=f"name = {sql_str(name)}").to_pylist()
-        if rows:
-            return dict(rows[0])
-        known = ", ".join(h["name"] for h in self.heads()) or "none"
-        raise CacheError(f"no head named {name!r} in {self.uri} (known: {known}); "
-                         f"score one with 'faramir rescore --head FILE --name {name}'")
-
-    def head_checkpoint(self, name: str) -> bytes:
-        """The safetensors bytes (norm.* + head.*) stored with head `name`."""
-        self.head(name)  # raises with the list of known heads
-        return self.read(schema.HEADS, ["checkpoint"], f"name = {sql_str(name)}").column("checkpoint")[0].as_py()
-
-    def put_head(self, *, name: str, prefix: str, fingerprint: str, pool_fingerprint: str, source: str,
-                 checkpoint: bytes, replace: bool = True) -> dict:
-        """Register head `name` (its scores live in the `prefix`_* columns) in one commit, the
-        moment its scores become the ones every reader sees. With `replace` false an existing
-        head of that name stays. Returns the record (without checkpoint bytes)."""
-        from faramir.checkpoints import frozen_fingerprint, head_state_from_bytes
-
-        record = {"name": name, "prefix": prefix, "fingerprint": fingerprint,
-                  "pool_fingerprint": pool_fingerprint, "source": source,
-                  "created_at": datetime.now(timezone.utc), "checkpoint": checkpoint,
-                  "frozen_fingerprint": frozen_fingerprint(head_state_from_bytes(checkpoint))}
-        merge = self.table(schema.HEADS).merge_insert("name")
-        if replace:
-            merge = merge.when_matched_update_all()
-        merge.when_not_matched_insert_all().execute(pa.Table.from_pylist([record], schema=schema.HEADS_SCHEMA))
-        return {k: v for k, v in record.items() if k != "checkpoint"}
 
 
 _SCHEMAS = {

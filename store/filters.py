@@ -12,11 +12,15 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from faramir.config import ACCEPT_LABELS, LABELS
+from faramir.config import ACCEPT_LABELS, DEFAULT_THRESHOLD, LABELS
 from faramir.decision import accepted_sql, decide, f32, sql_float
 from faramir.store import schema
 from faramir.store.errors import QueryError
+from faramir.store.schema import HeadColumns
 from faramir.store.sql import sql_in
+
+
+SHOWS = ("all", "accepted", "rejected")  # which side of the threshold a face shows
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,7 @@ class Filter:
     """Which rows a query keeps, judged by one head at one threshold. Ranges are inclusive."""
 
     head: str = schema.DEFAULT_HEAD  # registered head whose scores are read
-    threshold: float = 0.5  # accepted iff confidence > threshold
+    threshold: float = DEFAULT_THRESHOLD  # accepted iff confidence > threshold
     accepted: bool | None = None  # True: accepted only; False: rejected only; None: both
     labels: tuple[str, ...] = ()  # any of these labels (each as the label at this threshold)
     min_confidence: float | None = None
@@ -59,6 +63,21 @@ class Filter:
                 raise QueryError(f"{lo.replace('_', ' ')} {a} is above {hi.replace('_', ' ')} {b}")
 
     @classmethod
+    def from_options(cls, *, head: str = schema.DEFAULT_HEAD, threshold: float = DEFAULT_THRESHOLD,
+                     show: str = "all", labels: Sequence[str] = (), min_confidence: float | None = None,
+                     max_confidence: float | None = None, min_aesthetic: float | None = None,
+                     max_aesthetic: float | None = None) -> Filter:
+        """The Filter of a face's options, as the CLI's flags and the gallery's address give
+        them: `show` is all, accepted or rejected; each of `labels` may name several labels,
+        comma-separated."""
+        if show not in SHOWS:
+            raise QueryError(f"show {show!r}: use one of {', '.join(SHOWS)}")
+        return cls(head=head, threshold=threshold, accepted={"all": None, "accepted": True, "rejected": False}[show],
+                   labels=tuple(x.strip() for item in labels or () for x in item.split(",") if x.strip()),
+                   min_confidence=min_confidence, max_confidence=max_confidence,
+                   min_aesthetic=min_aesthetic, max_aesthetic=max_aesthetic)
+
+    @classmethod
     def of(cls, filter: Filter | None = None, **filters) -> Filter:
         """`filter` as given, or a Filter of these keyword arguments (the fields above)."""
         if filter is not None:
@@ -70,9 +89,9 @@ class Filter:
             raise TypeError(f"unknown filter argument(s) {', '.join(unknown)}; use {', '.join(FILTER_FIELDS)}")
         return cls(**filters)
 
-    def where(self, prefix: str) -> str:
-        """The SQL condition over the head's columns (`prefix`_confidence, ...)."""
-        conf = f"{prefix}_confidence"
+    def where(self, cols: HeadColumns) -> str:
+        """The SQL condition over the head's columns."""
+        conf = cols.confidence
         parts = []
         if self.accepted is not None:
             parts.append(accepted_sql(conf, self.threshold, self.accepted))
@@ -83,10 +102,10 @@ class Filter:
             accept = [x for x in self.labels if x in ACCEPT_LABELS]
             reject = [x for x in self.labels if x not in ACCEPT_LABELS]
             if accept:
-                sides.append(f"({accepted_sql(conf, self.threshold)} AND {sql_in(f'{prefix}_accept_label', accept)})")
+                sides.append(f"({accepted_sql(conf, self.threshold)} AND {sql_in(cols.accept_label, accept)})")
             if reject:
                 sides.append(f"({accepted_sql(conf, self.threshold, False)} AND "
-                             f"{sql_in(f'{prefix}_reject_label', reject)})")
+                             f"{sql_in(cols.reject_label, reject)})")
             parts.append("(" + " OR ".join(sides) + ")")
         # A lower bound alone would keep NaN (SQL orders it above every number): bound it above too.
         max_confidence = 1.0 if self.min_confidence is not None and self.max_confidence is None else self.max_confidence

@@ -1,54 +1,18 @@
-"""The feature cache's tables and columns (schema version 3).
+"""The feature cache's tables and columns (schema version 4), described once: here, in code.
 
-One LanceDB database (a local folder or an object-store URI) holds these tables:
+One LanceDB database (a local folder or an object-store URI) holds six tables: ``images`` (one
+row per unique image content, `images_schema`), ``files`` (one row per path, for incremental
+ingest), ``failures`` (one row per unreadable path), ``heads`` (one row per named head),
+``labels`` (curator labels) and ``meta`` (key/value strings). Each field's comment below says
+what it holds.
 
-``images``: one row per unique image content.
-    id                   string, not null  sha256 of the file bytes (hex); the primary key
-    paths                list<string>      every path the content was seen at (absolute)
-    size                 int64             bytes
-    mtime_ns             int64             modification time of the path last seen
-    width, height        int32             pixels as stored (EXIF orientation ignored, as upstream)
-    format               string            Pillow format name (JPEG, PNG, ...)
-    mode                 string            Pillow mode of the file (RGB, RGBA, P, LA, ...)
-    faramir_embedding    fixed_size_list<float32>[D]    FARAMIR attention pool (head input)
-    siglip_embedding     fixed_size_list<float32>[D]    stock SigLIP attention pool
-    aesthetic_features   fixed_size_list<float32>[16]   aesthetic v2.5 features (head input)
-    aesthetic_score      float32           aesthetic v2.5 score, about 1-10
-    quality_features     fixed_size_list<float32>[128]  ARNIQA features (head input)
-    experts_fingerprint  string            weights + preprocessing that made the row
-    precision            string            fp32 or bf16
-    ingested_at          timestamp[us, UTC]
-  plus, for every head registered in ``heads``, score columns named with its column prefix P:
-    P_decision           float32           decision logit d
-    P_confidence         float32           sigmoid(d)
-    P_accept_label       string            best accept-side label (argmax of v[0:9])
-    P_reject_label       string            best reject-side label (9 + argmax of v[9:30])
-    P_logits             fixed_size_list<float32>[30]   gated class logits v
-    P_free               fixed_size_list<float32>[2]    free units f (with v, the decision's input)
-  Thresholds are never stored: accepted = P_confidence > T, label = the accept or reject label.
-  A head scored before schema version 2 has no P_free column (its rows are scored as before).
-
-``files``: one row per path, for incremental ingest (unchanged path + size + mtime: not read).
-    path string not null (primary key), id string, size int64, mtime_ns int64, seen_at timestamp
-
-``failures``: one row per unreadable path.
-    path string not null (primary key), size int64, mtime_ns int64, reason string, failed_at timestamp
-
-``heads``: one row per named head.
-    name string not null (primary key), prefix string, fingerprint string (norm.* + head.*),
-    pool_fingerprint string (attn_pool.* of its checkpoint, or "" for a head-only file),
-    source string (file it came from), created_at timestamp,
-    checkpoint binary (safetensors bytes of norm.* + head.*, so ingest can score new rows),
-    frozen_fingerprint string (norm.* + head.* outside the layers a finetune trains: heads that
-    share it share v and f, so rescoring one needs only the other's P_logits and P_free, and its
-    P_accept_label, P_reject_label, P_logits and P_free read the other's data: see
-    `faramir.store.column_aliases`)
-
-``labels``: curator labels for finetuning and evaluation.
-    id string not null (primary key), label string, source string, imported_at timestamp
-
-``meta``: key/value strings: schema_version, config (FaramirConfig JSON), experts_fingerprint,
-    pool_fingerprint, weights_generated (non-empty when the cache was built with fake weights).
+A head's scores are six columns of ``images`` (`SCORE_TYPES`) named with a column prefix P:
+P_decision, P_confidence, and its labels, class logits and free units. Thresholds are never
+stored: accepted = confidence > T, label = the accept or reject label. A head scored from another
+head's v and f (a finetune of it: the two share every layer a finetune leaves alone) stores only
+its decision and confidence; its labels, v and f are the other head's, read from that head's
+columns (`HeadColumns`: the registry records where). A head scored before schema version 2 has no
+P_free column.
 
 Paths (``images.paths``, ``files.path``, ``failures.path``) are absolute, and stored losslessly as
 valid UTF-8 text (`path_to_column`, `path_from_column`). Linux file names are bytes, which need
@@ -64,29 +28,23 @@ not be UTF-8 (Python keeps such bytes as surrogate escapes, which Arrow's string
 The unenforced primary key of every table is declared in its schema (`PRIMARY_KEY`), so that
 processes creating a cache at the same moment pass LanceDB identical schemas.
 
-Versions: `SCHEMA_VERSION` is stored in ``meta``; `faramir.store.cache.Cache.open` refuses a cache whose
-version is newer, with a message to upgrade faramir, and migrates an older one (`faramir.store.migrations`):
-
-- 1 → 2 added ``heads.frozen_fingerprint`` (computed for existing heads from their checkpoint)
-  and the P_free columns (written for heads scored from then on).
-- 2 → 3 (paths that are not UTF-8 as ``file:`` URIs): an older cache cannot hold such a path (its
-  ingest failed on them) and its paths are absolute, so every stored path already means the same
-  under version 3: only the version is raised, so that an older faramir refuses a cache whose
-  ``file:`` paths it would take literally. Older versions recorded the experts fingerprint with
-  the trunk's file bytes; ingest recognises such a cache (`faramir.weights.file_bytes_experts_fingerprint`).
+Versions: `SCHEMA_VERSION` is stored in ``meta``; `faramir.store.cache.Cache.open` refuses a
+cache whose version is newer, with a message to upgrade faramir, and migrates an older one
+(`faramir.store.migrations`, which says what each step changed).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
 
 import pyarrow as pa
 
 from faramir.config import N_CLASSES, N_FREE, FaramirConfig
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 IMAGES = "images"
 FILES = "files"
@@ -116,22 +74,24 @@ def _vec(n: int) -> pa.DataType:
 
 
 def images_schema(cfg: FaramirConfig, head_prefixes: list[str] = ()) -> pa.Schema:
+    """The ``images`` table for embeddings of `cfg`'s widths, with the six score columns of each
+    of `head_prefixes`."""
     fields = [
-        pa.field("id", pa.string(), nullable=False, metadata=PRIMARY_KEY),
-        pa.field("paths", pa.list_(pa.string())),
-        pa.field("size", pa.int64()),
-        pa.field("mtime_ns", pa.int64()),
-        pa.field("width", pa.int32()),
+        pa.field("id", pa.string(), nullable=False, metadata=PRIMARY_KEY),  # sha256 of the file bytes (hex)
+        pa.field("paths", pa.list_(pa.string())),  # every path the content was seen at (absolute)
+        pa.field("size", pa.int64()),  # bytes
+        pa.field("mtime_ns", pa.int64()),  # modification time of the path last seen
+        pa.field("width", pa.int32()),  # pixels as stored (EXIF orientation ignored, as upstream)
         pa.field("height", pa.int32()),
-        pa.field("format", pa.string()),
-        pa.field("mode", pa.string()),
-        pa.field("faramir_embedding", _vec(cfg.backbone_dim)),
-        pa.field("siglip_embedding", _vec(cfg.backbone_dim)),
-        pa.field("aesthetic_features", _vec(cfg.aesthetic_dim)),
-        pa.field("aesthetic_score", pa.float32()),
-        pa.field("quality_features", _vec(cfg.quality_dim)),
-        pa.field("experts_fingerprint", pa.string()),
-        pa.field("precision", pa.string()),
+        pa.field("format", pa.string()),  # Pillow's format name (JPEG, PNG, ...)
+        pa.field("mode", pa.string()),  # Pillow's mode of the file (RGB, RGBA, P, LA, ...)
+        pa.field("faramir_embedding", _vec(cfg.backbone_dim)),  # FARAMIR attention pool (head input)
+        pa.field("siglip_embedding", _vec(cfg.backbone_dim)),  # stock SigLIP attention pool
+        pa.field("aesthetic_features", _vec(cfg.aesthetic_dim)),  # aesthetic v2.5 features (head input)
+        pa.field("aesthetic_score", pa.float32()),  # aesthetic v2.5 score, about 1-10
+        pa.field("quality_features", _vec(cfg.quality_dim)),  # ARNIQA features (head input)
+        pa.field("experts_fingerprint", pa.string()),  # the weights and preprocessing that made the row
+        pa.field("precision", pa.string()),  # fp32 or bf16
         pa.field("ingested_at", TIMESTAMP),
     ]
     for prefix in head_prefixes:
@@ -140,14 +100,57 @@ def images_schema(cfg: FaramirConfig, head_prefixes: list[str] = ()) -> pa.Schem
 
 
 SCORE_TYPES = {  # a head's score columns, in order: P_decision, P_confidence, ...
-    "decision": pa.float32(),
-    "confidence": pa.float32(),
-    "accept_label": pa.string(),
-    "reject_label": pa.string(),
-    "logits": _vec(N_CLASSES),
-    "free": _vec(N_FREE),
+    "decision": pa.float32(),  # decision logit d
+    "confidence": pa.float32(),  # sigmoid(d)
+    "accept_label": pa.string(),  # best accept-side label (argmax of v[0:9])
+    "reject_label": pa.string(),  # best reject-side label (9 + argmax of v[9:30])
+    "logits": _vec(N_CLASSES),  # gated class logits v
+    "free": _vec(N_FREE),  # free units f (with v, the decision layers' input)
 }
 SCORES = tuple(SCORE_TYPES)
+OWN_SCORES = SCORES[:2]  # a head's own: its decision and confidence
+SHARED_SCORES = SCORES[2:]  # functions of v and f: shared by heads whose frozen parts are equal
+
+
+@dataclass(frozen=True)
+class HeadColumns:
+    """Where one registered head's six score columns are: its decision and confidence under its
+    own `prefix`; its labels, v and f under `shared` (its own prefix, or that of the head whose
+    v and f it was scored from)."""
+
+    prefix: str
+    shared: str
+
+    @classmethod
+    def of(cls, record: dict) -> HeadColumns:
+        """The columns of a ``heads`` record."""
+        return cls(record["prefix"], record.get("shared_prefix") or record["prefix"])
+
+    def column(self, score: str) -> str:
+        """The column of one of `SCORES` ("decision", "logits", ...)."""
+        return f"{self.prefix if score in OWN_SCORES else self.shared}_{score}"
+
+    @property
+    def names(self) -> list[str]:
+        """All six, in `SCORES` order."""
+        return [self.column(score) for score in SCORES]
+
+    @property
+    def own(self) -> list[str]:
+        """The columns this head writes when it shares another head's v and f: the decision and
+        confidence only; else all six."""
+        return [f"{self.prefix}_{s}" for s in (OWN_SCORES if self.shares else SCORES)]
+
+    @property
+    def shares(self) -> bool:
+        return self.shared != self.prefix
+
+    decision = property(lambda self: self.column("decision"))
+    confidence = property(lambda self: self.column("confidence"))
+    accept_label = property(lambda self: self.column("accept_label"))
+    reject_label = property(lambda self: self.column("reject_label"))
+    logits = property(lambda self: self.column("logits"))
+    free = property(lambda self: self.column("free"))
 
 
 def score_fields(prefix: str) -> list[pa.Field]:
@@ -162,46 +165,46 @@ def is_score_column(name: str) -> bool:
     return name.startswith("s_") and name.endswith(_SCORE_SUFFIXES)
 
 
-def score_column_names(prefix: str) -> list[str]:
-    """The six score columns of the head whose column prefix is `prefix`."""
-    return [f.name for f in score_fields(prefix)]
-
-
-FILES_SCHEMA = pa.schema([
+FILES_SCHEMA = pa.schema([  # for incremental ingest: an unchanged path + size + mtime is not read
     pa.field("path", pa.string(), nullable=False, metadata=PRIMARY_KEY),
-    pa.field("id", pa.string()),
+    pa.field("id", pa.string()),  # the content read there
     pa.field("size", pa.int64()),
     pa.field("mtime_ns", pa.int64()),
     pa.field("seen_at", TIMESTAMP),
 ])
 
-FAILURES_SCHEMA = pa.schema([
+FAILURES_SCHEMA = pa.schema([  # unreadable paths, retried once they change
     pa.field("path", pa.string(), nullable=False, metadata=PRIMARY_KEY),
     pa.field("size", pa.int64()),
     pa.field("mtime_ns", pa.int64()),
-    pa.field("reason", pa.string()),
+    pa.field("reason", pa.string()),  # one line, with the fix
     pa.field("failed_at", TIMESTAMP),
 ])
 
 HEADS_SCHEMA = pa.schema([
     pa.field("name", pa.string(), nullable=False, metadata=PRIMARY_KEY),
-    pa.field("prefix", pa.string()),
-    pa.field("fingerprint", pa.string()),
-    pa.field("pool_fingerprint", pa.string()),
-    pa.field("source", pa.string()),
+    pa.field("prefix", pa.string()),  # its score columns' prefix (a rescore gets a new one)
+    pa.field("fingerprint", pa.string()),  # sha256 of its norm.* + head.* tensors
+    pa.field("pool_fingerprint", pa.string()),  # its checkpoint's attn_pool.*, "" for a head-only file
+    pa.field("source", pa.string()),  # the checkpoint file it came from
     pa.field("created_at", TIMESTAMP),
-    pa.field("checkpoint", pa.binary()),
-    pa.field("frozen_fingerprint", pa.string()),  # schema version 2; last, where the migration adds it
+    pa.field("checkpoint", pa.binary()),  # safetensors bytes of norm.* + head.*, so ingest can score new rows
+    # norm.* + head.* outside the layers a finetune trains: heads sharing it share v and f (version 2)
+    pa.field("frozen_fingerprint", pa.string()),
+    # the prefix its labels, v and f are read under: another head's, for a head scored from that
+    # head's v and f; null: its own (version 4). Fields are last where a migration adds them.
+    pa.field("shared_prefix", pa.string()),
 ])
 
-LABELS_SCHEMA = pa.schema([
+LABELS_SCHEMA = pa.schema([  # curator labels, for finetuning and evaluation
     pa.field("id", pa.string(), nullable=False, metadata=PRIMARY_KEY),
-    pa.field("label", pa.string()),
-    pa.field("source", pa.string()),
+    pa.field("label", pa.string()),  # accept, reject or one of the 30 label names
+    pa.field("source", pa.string()),  # the file imported, or "gallery"
     pa.field("imported_at", TIMESTAMP),
 ])
 
-META_SCHEMA = pa.schema([
+META_SCHEMA = pa.schema([  # schema_version, config (FaramirConfig JSON), experts_fingerprint,
+    # pool_fingerprint, weights_generated (non-empty when the cache was built from generated weights)
     pa.field("key", pa.string(), nullable=False, metadata=PRIMARY_KEY),
     pa.field("value", pa.string()),
 ])

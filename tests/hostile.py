@@ -3,7 +3,7 @@ not a plain RGB image, and the special files a recursive walk can meet.
 
 `write_hostile_corpus(dest)` returns which files are good (each must end up cached, by content)
 and which are bad (each must be listed by `faramir failures` with a one-line reason). Used by
-tests/test_chaos.py and bench/chaos.py.
+tests/test_chaos.py and tests/chaos/run.py.
 """
 
 from __future__ import annotations

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from bench.synthetic import Generator, image_rows, random_checkpoint, save_checkpoint, write_cache
 from faramir.checkpoints import head_to_bytes, split_faramir_checkpoint
 from faramir.config import ACCEPT_LABELS, LABELS, N_CLASSES, N_FREE, TINY
 from faramir.digests import tensor_digest
 from faramir.store import schema
 from faramir.store.cache import Cache
-from tests.synthetic import Generator, image_rows, random_checkpoint, save_checkpoint, write_cache
+from faramir.store.heads import registry
+from faramir.store.schema import HeadColumns
 
 ACCEPT = [x for x in LABELS if x in ACCEPT_LABELS]
 REJECT = [x for x in LABELS if x not in ACCEPT_LABELS]
@@ -64,8 +66,8 @@ def hand_cache(db, confidence, accept_label, reject_label, aesthetic=None, seed:
                    weights_generated="hand-made rows")
     table = cache.create_images(TINY, [prefix])
     table.add(rows.select(schema.images_schema(TINY, [prefix]).names))
-    cache.put_head(name=head, prefix=prefix, fingerprint=tensor_digest(head_state),
-                   pool_fingerprint=tensor_digest(pool), source="hand", checkpoint=head_to_bytes(head_state))
+    registry.register(cache, name=head, columns=HeadColumns(prefix, prefix), fingerprint=tensor_digest(head_state),
+                      pool_fingerprint=tensor_digest(pool), source="hand", checkpoint=head_to_bytes(head_state))
     return cache
 
 

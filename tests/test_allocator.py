@@ -1,4 +1,5 @@
-"""faramir.cli.allocator: glibc's malloc tuned for Lance's batch reads, unless the user chose otherwise."""
+"""faramir.cli.allocator: glibc's malloc tuned for Lance's batch reads by `faramir rescore` alone, unless
+the user chose otherwise."""
 
 from __future__ import annotations
 
@@ -28,10 +29,17 @@ def test_applied_once_on_glibc_unless_the_environment_sets_malloc():
     assert _probe(MALLOC_ARENA_MAX="4") == "False False"  # the user's setting stands
 
 
-def test_the_faramir_command_applies_it_before_any_command_runs():
-    out = subprocess.run([sys.executable, "-c", "import faramir.cli.app, faramir.cli.allocator as a; print(a._applied)"],
-                         cwd=REPO, capture_output=True, text=True, check=True)
-    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" \
-        and not any(k in os.environ for k in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_",
-                                              "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"))
-    assert out.stdout.strip() == str(expected)
+INVOKE = ("from typer.testing import CliRunner; from faramir.cli.app import app; "
+          "import faramir.cli.allocator as a; CliRunner().invoke(app, {args!r}); print(a._applied)")
+
+
+@pytest.mark.parametrize("args, applied", [
+    (["rescore", "--head", "h.pth", "--name", "n", "--db", "no-cache-here"], True),  # reads every embedding
+    (["top", "--db", "no-cache-here"], None),  # any other command leaves the allocator alone
+])
+def test_only_faramir_rescore_changes_the_allocator(args, applied):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", INVOKE.format(args=args)], cwd=REPO, env=clean,
+                         capture_output=True, text=True, check=True)
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert out.stdout.strip() == str(applied if glibc or applied is None else False)

@@ -1,7 +1,7 @@
-"""The fault-injection harness (bench/chaos.py) in its short form: a kill of each writing command
+"""The fault-injection harness (tests/chaos/run.py) in its short form: a kill of each writing command
 then a rerun, a few races of two writers with a reader looping, the hostile collection, and the
 storage faults; each scenario must leave the cache whole. The full run (>= 100 kills, every pair
-20 times) is `python bench/chaos.py`; README "Reliability" has its figures.
+20 times) is `python -m tests.chaos`; README "Reliability" has its figures.
 
 The harness forks every command from one process that has imported torch and LanceDB but used
 neither, so it runs as its own process here (this one has used both). About a minute on 2 idle cores."""
@@ -24,7 +24,7 @@ def report(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("chaos")
     out = tmp / "report.json"
     env = {**os.environ, "HOME": str(tmp / "home"), "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "bench/chaos.py", "--quick", "--json", str(out), "--keep", str(tmp / "work")],
+    done = subprocess.run([sys.executable, "-m", "tests.chaos", "--quick", "--json", str(out), "--keep", str(tmp / "work")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from faramir.cli.app import app
 from faramir.store import schema
 from faramir.store.cache import Cache
+from faramir.store.heads import registry
 from faramir.store.heads.rescore import rescore
 from faramir.store.ingestion import ingest, ingest_all
 from faramir.store.queries.counting import count
@@ -70,7 +71,7 @@ def test_processes_creating_one_new_cache_together_all_succeed(tmp_path):
 
 
 def test_tables_are_made_one_process_at_a_time(tmp_path):
-    """Lance turns a second concurrent create of a table into an overwrite of the first's (bench/chaos.py
+    """Lance turns a second concurrent create of a table into an overwrite of the first's (tests/chaos/run.py
     saw it fail the first's next write): creation waits for the lock another process holds."""
     import fcntl
     import threading
@@ -115,7 +116,7 @@ def test_two_ingests_of_one_folder_into_a_new_cache(tmp_path, tiny_weights):
     assert len(rows) == len({r["id"] for r in rows}) == 16
     assert sorted(p for r in rows for p in r["paths"]) == sorted(os.path.abspath(p) for p in imgs.iterdir())
     assert cache.read(schema.FILES).num_rows == 16
-    assert len(cache.heads()) == 1 and count(cache) == 16
+    assert len(registry.heads(cache)) == 1 and count(cache) == 16
 
 
 def test_an_ingest_counts_only_what_it_committed(tmp_path, tiny_model):
@@ -152,7 +153,7 @@ def test_a_copy_committed_by_another_run_counts_as_a_duplicate(tmp_path, tiny_mo
 
 def _unscored(cache: Cache) -> dict[str, int]:
     ds = cache.dataset(schema.IMAGES)
-    return {h["name"]: ds.count_rows(f"{h['prefix']}_confidence IS NULL") for h in cache.heads()}
+    return {h["name"]: ds.count_rows(f"{h['prefix']}_confidence IS NULL") for h in registry.heads(cache)}
 
 
 def test_rows_an_ingest_commits_after_a_rescore_registered_its_head_are_scored(tmp_path, tiny_model):
@@ -171,7 +172,7 @@ def test_rows_an_ingest_commits_after_a_rescore_registered_its_head_are_scored(t
 
 def test_an_ingest_commits_while_a_rescore_has_added_columns_but_not_yet_registered_its_head(tmp_path, tiny_model):
     """A rescore adds its columns, then registers its head: rows an ingest commits in between have
-    no scores there yet (bench/chaos.py: LanceDB refused such rows as "variable length vectors")."""
+    no scores there yet (tests/chaos/run.py: LanceDB refused such rows as "variable length vectors")."""
     db = tmp_path / "db"
     ingest_all([write_images(tmp_path / "a", 4)[0].parent], db=db, model=tiny_model, workers=0)
     cache = Cache.open(db)

@@ -14,11 +14,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from faramir.cli.app import app
-from faramir.store.near_duplicates import close_pairs as close_pairs
-from faramir.store.near_duplicates.groups import duplicates
 from faramir.store.errors import QueryError
 from faramir.store.exports import export
 from faramir.store.filters import Filter
+from faramir.store.heads import registry
+from faramir.store.near_duplicates import close_pairs as close_pairs
+from faramir.store.near_duplicates.groups import duplicates
 from faramir.store.queries.counting import count
 from tests.stage2_helpers import tiny_cache
 
@@ -32,7 +33,8 @@ def synth(tmp_path_factory):
 
 def exact_groups(cache, threshold, embedding="siglip", **filters) -> set[frozenset[str]]:
     """Connected components (≥ 2 rows) of all pairs at cosine ≥ threshold, by brute force."""
-    prefix = cache.head("faramir-v1")["prefix"]
+    cols = registry.columns(cache, "faramir-v1")
+    prefix = cols.prefix
     t = cache.images().to_arrow()
     f = Filter.of(**filters)
     keep = f.keep(t[f"{prefix}_confidence"].to_numpy(), t[f"{prefix}_accept_label"].to_pylist(),

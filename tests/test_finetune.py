@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.synthetic import learnable_rows
 from faramir.checkpoints import check_state_dict, save_state_dict, shapes_of
 from faramir.config import ACCEPT_LABELS, FULL, LABELS, TINY
 from faramir.fake_weights import random_state
@@ -13,7 +14,6 @@ from faramir.finetune import TRAINED_PREFIXES, Finetuner, finetune_head, split_i
 from faramir.head import FaramirHead
 from faramir.labels import label_to_target, labels_to_targets
 from faramir.metrics import mcc
-from tests.synthetic import learnable_rows
 
 
 def _head(cfg, seed: int) -> tuple[FaramirHead, dict[str, torch.Tensor]]:

@@ -299,9 +299,9 @@ def test_finetune_from_the_page_registers_scores_and_evaluates_a_head(cache, gal
     job = client.post("/api/finetune", json={"base": HEAD, "epochs": 3, "threshold": 0.5}, headers=writes(app)).json()
     assert job["name"] == f"{HEAD}-curated-1" and job["state"] == "training"
     busy = client.post("/api/finetune", json={"base": HEAD, "epochs": 3}, headers=writes(app))
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 900  # a hang guard, not a speed check
     while job["state"] not in ("done", "failed"):
-        assert time.monotonic() < deadline, job
+        assert time.monotonic() < deadline, f"the finetune job never ended: {job}"
         assert client.get("/api/counts", params={"head": HEAD}).status_code == 200  # the page stays served
         time.sleep(0.2)
         job = client.get(f"/api/finetune/{job['id']}").json()

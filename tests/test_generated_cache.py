@@ -10,11 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from bench.synthetic import GENERATED, row_id
 from faramir.cli.app import app
 from faramir.config import TINY
 from faramir.store import schema
+from faramir.store.heads import registry
 from tests.stage2_helpers import head_file, tiny_cache
-from tests.synthetic import GENERATED, row_id
 
 runner = CliRunner()
 
@@ -88,4 +89,4 @@ def test_a_cache_from_real_weights_says_nothing(tmp_path):
     assert result.exit_code == 0 and _warnings(result) == [] and "Warning" not in result.stderr
     store.export(tmp_path / "out.csv", cache)
     assert "weights_generated" not in (tmp_path / "out.csv").read_text().splitlines()[0]
-    assert cache.config() == TINY and schema.DEFAULT_HEAD in {h["name"] for h in cache.heads()}
+    assert cache.config() == TINY and schema.DEFAULT_HEAD in {h["name"] for h in registry.heads(cache)}

@@ -1,5 +1,5 @@
 """Index builds racing each other: two processes building the same missing index both finish
-(bench/chaos.py: a rescore or `faramir index` lost its CreateIndex commit to another's and crashed)."""
+(tests/chaos/run.py: a rescore or `faramir index` lost its CreateIndex commit to another's and crashed)."""
 
 from __future__ import annotations
 

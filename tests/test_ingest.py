@@ -16,6 +16,7 @@ from faramir.cli.app import app
 from faramir.store import schema
 from faramir.store.cache import Cache
 from faramir.store.errors import ExpertsMismatch
+from faramir.store.heads import registry
 from faramir.store.ingestion import IngestPlan, IngestProgress, IngestSummary, driver, ingest, ingest_all
 from faramir.store.ingestion.failures import failures
 from tests.conftest import write_images
@@ -205,7 +206,7 @@ def test_cached_scores_equal_assess_jsonl(tmp_path, tiny_weights, tiny_model):
     assessed = {sha(r["path"]): r for r in map(json.loads, result.stdout.splitlines())}
 
     cache = Cache.open(db)
-    (head,) = cache.heads()
+    (head,) = registry.heads(cache)
     assert head["name"] == schema.DEFAULT_HEAD == "faramir-v1"
     assert head["fingerprint"] == tiny_model.info.head_fingerprint
     p = head["prefix"]
@@ -281,7 +282,8 @@ def test_ingest_indexes_the_filter_columns_and_keeps_them_current(tmp_path, tiny
 
     db = tmp_path / "db"
     first = ingest_all([write_images(tmp_path / "a", 4)[0].parent], db=db, model=tiny_model, workers=0)
-    prefix = Cache.open(db).head(schema.DEFAULT_HEAD)["prefix"]
+    cols = registry.columns(Cache.open(db), schema.DEFAULT_HEAD)
+    prefix = cols.prefix
     wanted = {"id", "aesthetic_score", f"{prefix}_confidence", f"{prefix}_accept_label", f"{prefix}_reject_label"}
     assert set(first.indexed) == wanted
     indexes = {ix["column"]: ix for ix in list_indexes(db)}

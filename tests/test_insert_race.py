@@ -1,5 +1,5 @@
 """Two writers committing the same new content leave one row, even with the id index in place
-(found by bench/chaos.py: two ingests started together duplicated an image about once in 20)."""
+(found by tests/chaos/run.py: two ingests started together duplicated an image about once in 20)."""
 
 from __future__ import annotations
 

@@ -14,18 +14,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from bench.synthetic import row_id
 from faramir.cli.app import app
 from faramir.config import LABELS
 from faramir.store.errors import CacheError, ExportError, QueryError
 from faramir.store.exports import export
 from faramir.store.filters import Filter
+from faramir.store.heads import registry
 from faramir.store.queries.counting import count, stats
 from faramir.store.queries.ranking import top
 from faramir.store.vectors import nearest as neighbours
 from faramir.store.vectors.indexes import ensure_indexes, index, list_indexes
 from faramir.store.vectors.nearest import cosine_distances, similar
 from tests.stage2_helpers import ACCEPT, REJECT, boundary_confidences, errors, hand_cache, tiny_cache
-from tests.synthetic import row_id
 
 runner = CliRunner()
 THRESHOLDS = (0.0, 0.1, 0.25, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -147,11 +148,11 @@ def synth(tmp_path_factory):
 
 def exact_neighbours(cache, vector, k, embedding="faramir", **filters):
     """Brute force in NumPy over the rows the filter keeps: (ids, distances), nearest first."""
-    prefix = cache.head("faramir-v1")["prefix"]
+    cols = registry.columns(cache, "faramir-v1")
     t = cache.images().to_arrow()
     f = Filter.of(**filters)
-    keep = f.keep(t[f"{prefix}_confidence"].to_numpy(), t[f"{prefix}_accept_label"].to_pylist(),
-                  t[f"{prefix}_reject_label"].to_pylist(), t["aesthetic_score"].to_numpy())
+    keep = f.keep(t[cols.confidence].to_numpy(), t[cols.accept_label].to_pylist(),
+                  t[cols.reject_label].to_pylist(), t["aesthetic_score"].to_numpy())
     col = f"{embedding}_embedding"
     x = t[col].combine_chunks().values.to_numpy().reshape(len(t), -1).astype(np.float64)[keep]
     ids = np.array(t["id"].to_pylist())[keep]
@@ -211,9 +212,9 @@ def test_ann_index_is_used_and_rows_added_after_it_are_still_found(tmp_path):
     cache = tiny_cache(tmp_path / "db", n=3000)
     built = index(cache)
     kinds = {ix["column"]: ix["type"] for ix in built}
-    prefix = cache.head("faramir-v1")["prefix"]
-    assert kinds["faramir_embedding"].upper().startswith("IVF") and kinds[f"{prefix}_confidence"] == "BTree"
-    assert kinds[f"{prefix}_accept_label"] == "Bitmap" and kinds["id"] == "BTree"
+    cols = registry.columns(cache, "faramir-v1")
+    assert kinds["faramir_embedding"].upper().startswith("IVF") and kinds[cols.confidence] == "BTree"
+    assert kinds[cols.accept_label] == "Bitmap" and kinds["id"] == "BTree"
     ref = row_id(0, 42)
     want_ids, _ = exact_neighbours(cache, vector_of(cache, ref), 10, accepted=True)
     got = similar(ref, cache, k=10, accepted=True).column("id").to_pylist()
@@ -225,11 +226,11 @@ def test_ann_index_is_used_and_rows_added_after_it_are_still_found(tmp_path):
     table.add(clone)
     stale = {ix["column"]: ix["unindexed_rows"] for ix in list_indexes(cache)}
     assert stale["faramir_embedding"] == 1
-    got = similar(ref, cache, k=2, accepted=True).to_pylist() if row[f"{prefix}_confidence"][0].as_py() > 0.5 \
+    got = similar(ref, cache, k=2, accepted=True).to_pylist() if row[cols.confidence][0].as_py() > 0.5 \
         else similar(ref, cache, k=2).to_pylist()
     assert {r["id"] for r in got} == {ref, "f" * 64} and all(r["distance"] == 0.0 for r in got)
     ensure_indexes(cache)  # a single row is below the reindex fraction: nothing to do for the ANN
-    assert {ix["column"]: ix["unindexed_rows"] for ix in list_indexes(cache)}[f"{prefix}_confidence"] == 0
+    assert {ix["column"]: ix["unindexed_rows"] for ix in list_indexes(cache)}[cols.confidence] == 0
 
 
 def test_similar_equals_lancedbs_prefiltered_query_as_the_table_changes(tmp_path):
@@ -240,7 +241,7 @@ def test_similar_equals_lancedbs_prefiltered_query_as_the_table_changes(tmp_path
 
     cache = tiny_cache(tmp_path / "db", n=3000)
     index(cache)
-    prefix = cache.head("faramir-v1")["prefix"]
+    cols = registry.columns(cache, "faramir-v1")
     refs = [row_id(0, i) for i in (3, 42, 777, 2500)]
     filters = [{"accepted": True}, {"accepted": False, "threshold": 0.3},
                {"labels": ["2d_human", "3d_wireframe", "text"]}, {"min_aesthetic": 5.5},
@@ -249,7 +250,7 @@ def test_similar_equals_lancedbs_prefiltered_query_as_the_table_changes(tmp_path
     def prefiltered(vector, exact, **f):
         nearest = {"column": "faramir_embedding", "q": vector, "k": 10, "metric": "cosine"}
         nearest.update({"use_index": False} if exact else {"nprobes": NPROBES, "refine_factor": REFINE_FACTOR})
-        rows = cache.images().to_lance().to_table(nearest=nearest, filter=Filter.of(**f).where(prefix),
+        rows = cache.images().to_lance().to_table(nearest=nearest, filter=Filter.of(**f).where(cols),
                                                   prefilter=True, columns=["id"])
         return sorted(rows.column("id").to_pylist())
 
@@ -263,7 +264,7 @@ def test_similar_equals_lancedbs_prefiltered_query_as_the_table_changes(tmp_path
 
     check()
     ds = cache.dataset()
-    where = Filter.of(accepted=True).where(prefix)
+    where = Filter.of(accepted=True).where(cols)
     assert cache.allow_list(ds, where) is cache.allow_list(ds, where)  # kept, not rebuilt
     table = cache.images()
     clones = table.search().where(f"id IN ({', '.join(repr(r) for r in refs)})").to_arrow()
@@ -457,11 +458,11 @@ def test_the_post_filter_answers_as_the_prefilter_or_leaves_it_the_query(tmp_pat
     from faramir.store.vectors.indexes import NPROBES, REFINE_FACTOR
 
     cache = tiny_cache(tmp_path / "db", n=3000)
-    prefix = cache.head("faramir-v1")["prefix"]
+    cols = registry.columns(cache, "faramir-v1")
     columns = ["id", "faramir_embedding"]
 
     def answered(ref, **f):
-        ds, where = cache.dataset(), Filter.of(**f).where(prefix)
+        ds, where = cache.dataset(), Filter.of(**f).where(cols)
         vector = vector_of(cache, ref).astype(np.float32)
         found = postfilter.candidates(ds, "faramir_embedding", vector, 10, NPROBES, REFINE_FACTOR,
                                       cache.allow_list(ds, where))

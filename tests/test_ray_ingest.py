@@ -22,6 +22,7 @@ pytest.importorskip("lance_ray", reason="lance-ray is not installed (pip install
 from faramir.cli.app import app  # noqa: E402
 from faramir.store import schema  # noqa: E402
 from faramir.store.cache import Cache  # noqa: E402
+from faramir.store.heads import registry
 from faramir.store.heads.rescore import rescore  # noqa: E402
 from faramir.store.ingestion import ingest, ingest_all  # noqa: E402
 from faramir.store.ingestion.write import EMBEDDING_FIELDS  # noqa: E402
@@ -59,9 +60,11 @@ def table_rows(db, name: str, columns: list[str]) -> list[dict]:
 
 
 def assert_same_images(ours: pa.Table, reference: pa.Table, prefixes: list[str]) -> None:
-    """The same rows: ids, paths, embeddings bit for bit, and every head's scores. Scores agree to
-    float32 rounding only: a head's batched matmul rounds a row's last bit differently with the
-    rows batched with it, and the local ingest scores a commit chunk at a time, Ray a fragment."""
+    """The same rows: ids, paths, embeddings bit for bit, and every head's scores. The embeddings
+    are equal because both ingests run the experts on the same batches with the same number of
+    threads (`faramir.devices.torch_threads`: a matrix product's last bits depend on both, and a
+    process's thread count is whatever its last setter left). Scores agree to float32 rounding
+    only: the local ingest scores a commit chunk at a time, Ray a fragment."""
     assert ours.column("id").to_pylist() == reference.column("id").to_pylist()
     assert [sorted(p) for p in ours.column("paths").to_pylist()] == \
         [sorted(p) for p in reference.column("paths").to_pylist()]
@@ -89,7 +92,7 @@ def test_ray_ingest_gives_the_local_rows_and_reruns_read_only_what_changed(tmp_p
     for db in (local_db, ray_db):
         ingest_all([tmp_path / "first"], db=db, model=tiny_model, workers=0)
         rescore(head_file(tmp_path / "second.pth", seed=5, head_only=True), "second", db=db)
-    prefixes = [h["prefix"] for h in Cache.open(local_db).heads()]
+    prefixes = [h["prefix"] for h in registry.heads(Cache.open(local_db))]
     assert len(prefixes) == 2
 
     imgs = tmp_path / "imgs"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from bench.synthetic import row_id
 from faramir.checkpoints import load_head_checkpoint
 from faramir.cli.app import app
 from faramir.config import TINY
@@ -20,6 +21,7 @@ from faramir.errors import WeightsError
 from faramir.store import schema
 from faramir.store.cache import Cache
 from faramir.store.errors import HeadError, NotCached, PoolMismatch
+from faramir.store.heads import registry
 from faramir.store.heads import rescore as rescoring
 from faramir.store.heads.registry import list_heads, remove_head
 from faramir.store.heads.rescore import rescore
@@ -28,7 +30,6 @@ from faramir.store.queries.ranking import top
 from faramir.store.vectors.indexes import index, list_indexes
 from faramir.weights import FARAMIR_FILE
 from tests.stage2_helpers import errors, head_file, tiny_cache
-from tests.synthetic import row_id
 
 runner = CliRunner()
 EMBEDDING_FIELDS = ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features")
@@ -36,13 +37,13 @@ EMBEDDING_FIELDS = ("faramir_embedding", "siglip_embedding", "aesthetic_features
 
 def scores_of(cache, name):
     """{id: (decision, confidence, accept_label, reject_label, logits)} under head `name`."""
-    p = cache.head(name)["prefix"]
+    c = registry.columns(cache, name)
     t = cache.images().to_arrow()
     return {
         i: (d, c, a, r, tuple(v))
-        for i, d, c, a, r, v in zip(t["id"].to_pylist(), t[f"{p}_decision"].to_pylist(),
-                                    t[f"{p}_confidence"].to_pylist(), t[f"{p}_accept_label"].to_pylist(),
-                                    t[f"{p}_reject_label"].to_pylist(), t[f"{p}_logits"].to_pylist())
+        for i, d, c, a, r, v in zip(t["id"].to_pylist(), t[c.decision].to_pylist(),
+                                    t[c.confidence].to_pylist(), t[c.accept_label].to_pylist(),
+                                    t[c.reject_label].to_pylist(), t[c.logits].to_pylist())
     }
 
 
@@ -105,9 +106,9 @@ def test_rescoring_the_cache_equals_faramir_assess(ingested, tiny_weights):
             np.testing.assert_allclose(row["confidence"], want["confidence"], rtol=0, atol=1e-6)
             np.testing.assert_allclose(row["decision"], want["logits"][30], rtol=1e-5, atol=1e-6)
     cache = Cache.open(db)
-    p = cache.head("again")["prefix"]
+    c = registry.columns(cache, "again")
     t = cache.images().to_arrow()
-    for path, logits in zip(t["paths"].to_pylist(), t[f"{p}_logits"].to_pylist()):
+    for path, logits in zip(t["paths"].to_pylist(), t[c.logits].to_pylist()):
         np.testing.assert_allclose(logits, assessed[path[0]]["logits"][:30], rtol=1e-5, atol=1e-6)
 
 
@@ -185,7 +186,7 @@ def test_rescoring_adds_column_files_and_leaves_the_embedding_files_alone(cache,
     after = data_files(cache)
     assert set(after) == set(before) and len(before) == 2  # same fragments: row ids and indexes stay
     new_ids = {f.id() for f in cache.images().to_lance().lance_schema.fields()
-               if f.name().startswith(cache.head("new")["prefix"])}
+               if f.name().startswith(registry.head(cache, "new")["prefix"])}
     for fragment, files in before.items():
         assert after[fragment][:len(files)] == files  # every old data file still in place, unchanged
         added = after[fragment][len(files):]
@@ -200,7 +201,7 @@ def test_rescoring_adds_column_files_and_leaves_the_embedding_files_alone(cache,
 def test_rescoring_an_existing_name_swaps_it_atomically(cache, tmp_path, monkeypatch):
     first, second = head_file(tmp_path / "a.pth", seed=5), head_file(tmp_path / "b.pth", seed=6)
     rescore(first, "curated", db=cache)
-    old_prefix = cache.head("curated")["prefix"]
+    old_prefix = registry.head(cache, "curated")["prefix"]
     before = scores_of(cache, "curated")
 
     # A crash after the new columns are written but before the heads row moves: nothing changes
@@ -215,11 +216,11 @@ def test_rescoring_an_existing_name_swaps_it_atomically(cache, tmp_path, monkeyp
     with pytest.raises(RuntimeError):
         rescore(second, "curated", db=cache)
     monkeypatch.undo()
-    assert cache.head("curated")["prefix"] == old_prefix and scores_of(cache, "curated") == before
+    assert registry.head(cache, "curated")["prefix"] == old_prefix and scores_of(cache, "curated") == before
     assert_scores_equal(cache, "curated", first)
 
     record = rescore(second, "curated", db=cache)
-    assert record.prefix not in (old_prefix,) and cache.head("curated")["prefix"] == record.prefix
+    assert record.prefix not in (old_prefix,) and registry.head(cache, "curated")["prefix"] == record.prefix
     assert_scores_equal(cache, "curated", second)
     names = cache.images().schema.names
     assert not any(n.startswith(old_prefix + "_") for n in names)  # the old columns are gone
@@ -268,7 +269,7 @@ def test_the_vector_index_survives_a_rescore(cache, tmp_path):
     rescore(head_file(tmp_path / "h.pth", seed=5), "new", db=cache)
     kept = {ix["column"]: ix for ix in list_indexes(cache)}
     assert kept["faramir_embedding"]["indexed_rows"] == 600 and kept["faramir_embedding"]["unindexed_rows"] == 0
-    prefix = cache.head("new")["prefix"]
+    prefix = registry.head(cache, "new")["prefix"]
     assert kept[f"{prefix}_confidence"]["type"] == "BTree"  # the new head's filter columns are indexed
 
 

@@ -1,6 +1,7 @@
 """Rescoring a finetuned head from its base's cached v and f: the same scores as from the
-embeddings, on real finetune output; the embeddings path for any other head; caches from before
-schema version 2 keep working."""
+embeddings, on real finetune output; only its decision and confidence are written, its labels, v
+and f read from the base's columns through the registry, and they outlive the base; the
+embeddings path for any other head; caches from before schema version 2 keep working."""
 
 from __future__ import annotations
 
@@ -12,24 +13,25 @@ import pyarrow as pa
 import pytest
 import torch
 
+from bench.synthetic import save_checkpoint
 from faramir.checkpoints import frozen_fingerprint, head_state_from_bytes, load_head_checkpoint, load_pth
 from faramir.config import LABELS, TINY, TRAINED_PREFIXES
 from faramir.store import schema
 from faramir.store.cache import Cache
 from faramir.store.errors import CacheError
+from faramir.store.heads import registry
 from faramir.store.heads.finetune import finetune
-from faramir.store.heads.registry import remove_head
+from faramir.store.heads.registry import list_heads, remove_head
 from faramir.store.heads.rescore import rescore
-from faramir.store.heads.scoring import SHARED, head_outputs, vectors
+from faramir.store.heads.scoring import head_outputs, vectors
+from faramir.store.heads.unscored import fill_gaps
 from faramir.store.ingestion import ingest_all
 from faramir.store.labels.files import import_labels
 from faramir.store.queries.images import detail
 from faramir.store.queries.ranking import top
-from faramir.store.schema import SCORES
 from faramir.weights import FARAMIR_FILE
 from tests.conftest import write_images
 from tests.stage2_helpers import head_file, tiny_cache
-from tests.synthetic import save_checkpoint
 
 HEAD_INPUTS = ["faramir_embedding", "aesthetic_features", "quality_features"]
 LABEL_NAMES = ["3d_realism", "2d_bad", "accept", "reject", "text", "2d_anime", "degraded", "ui"]
@@ -37,17 +39,16 @@ LABEL_NAMES = ["3d_realism", "2d_bad", "accept", "reject", "text", "2d_anime", "
 
 def columns_of(cache: Cache, name: str) -> dict[str, np.ndarray]:
     """Head `name`'s score columns by id order: decision, confidence, labels, logits, free."""
-    p = cache.head(name)["prefix"]
-    t = cache.read(schema.IMAGES, ["id", *(f"{p}_{s}" for s in ("decision", "confidence", "accept_label",
-                                                              "reject_label", "logits", "free"))]).sort_by("id")
+    c = registry.columns(cache, name)
+    t = cache.read(schema.IMAGES, ["id", *c.names]).sort_by("id")
     return {
         "id": np.asarray(t["id"].to_pylist()),
-        "decision": t[f"{p}_decision"].to_numpy(),
-        "confidence": t[f"{p}_confidence"].to_numpy(),
-        "accept_label": np.asarray(t[f"{p}_accept_label"].to_pylist()),
-        "reject_label": np.asarray(t[f"{p}_reject_label"].to_pylist()),
-        "logits": vectors(t[f"{p}_logits"], 30),
-        "free": vectors(t[f"{p}_free"], 2),
+        "decision": t[c.decision].to_numpy(),
+        "confidence": t[c.confidence].to_numpy(),
+        "accept_label": np.asarray(t[c.accept_label].to_pylist()),
+        "reject_label": np.asarray(t[c.reject_label].to_pylist()),
+        "logits": vectors(t[c.logits], 30),
+        "free": vectors(t[c.free], 2),
     }
 
 
@@ -121,7 +122,7 @@ def test_a_finetuned_head_scored_from_its_bases_v_and_f_equals_the_embeddings_pa
                [(r["id"], r["accepted"], r["label"]) for r in full_rows]
 
     # A copy of a cached image adds a path to its row, which Lance writes in place (a new file for
-    # the paths column of that fragment): the new head's columns mapped onto the base's keep theirs.
+    # the paths column of that fragment): both heads' scores stay as they were.
     first = cache.read(schema.IMAGES, ["paths"]).column("paths")[0][0].as_py()
     copy = tmp_path / "copy.png"
     shutil.copyfile(first, copy)
@@ -137,8 +138,8 @@ def test_finetune_with_a_name_scores_from_the_base(tuned, tiny_weights, tmp_path
                        val_fraction=0.25, lr=0.01)
     assert outcome.scored_as == "again"
     cache = Cache.open(db)
-    record = cache.head("again")
-    assert record["frozen_fingerprint"] == cache.head("faramir-v1")["frozen_fingerprint"]
+    record = registry.head(cache, "again")
+    assert record["frozen_fingerprint"] == registry.head(cache, "faramir-v1")["frozen_fingerprint"]
     assert_same_answers(columns_of(cache, "again"), by_hand(cache, tmp_path / "again.pth"))
 
 
@@ -147,7 +148,7 @@ def test_finetune_with_a_name_scores_from_the_base(tuned, tiny_weights, tmp_path
 
 def decision_only_variant(cache: Cache, path, seed: int, base: str = "faramir-v1"):
     """The checkpoint of the cache's head `base` with new values in the decision layers only."""
-    state = head_state_from_bytes(cache.head_checkpoint(base))
+    state = head_state_from_bytes(registry.checkpoint(cache, base))
     g = torch.Generator().manual_seed(seed)
     state = {k: (torch.randn(v.shape, generator=g) if k.startswith(TRAINED_PREFIXES) else v)
              for k, v in state.items()}
@@ -171,7 +172,7 @@ def test_only_a_head_with_a_registered_frozen_part_skips_the_embeddings(cache, t
         rescore(head_file(tmp_path / "third.pth", seed=6), "third", db=cache)
     record = rescore(variant, "variant", db=cache)
     assert record.scored_from == "faramir-v1" and record.rows == 600
-    assert cache.head("variant")["frozen_fingerprint"] == frozen_fingerprint(load_pth(variant))
+    assert registry.head(cache, "variant")["frozen_fingerprint"] == frozen_fingerprint(load_pth(variant))
     got = columns_of(cache, "variant")
     base = columns_of(cache, "faramir-v1")
     assert np.array_equal(got["logits"], base["logits"]) and np.array_equal(got["free"], base["free"])
@@ -191,17 +192,11 @@ def test_rows_the_shared_head_has_not_scored_send_the_rescore_to_the_embeddings(
     assert_same_answers(columns_of(cache, "variant"), by_hand(cache, variant))
 
 
-# -- the shared columns: the base's data, not copies ---------------------------------------------
+# -- the shared columns: the base's, read through the registry ----------------------------------
 
 
-def stored_at(cache: Cache, name: str) -> list[dict[str, tuple[str, int]]]:
-    """Per fragment, where head `name`'s score columns are stored: {column: (data file, index)}."""
-    ds = cache.images().to_lance()
-    prefix = cache.head(name)["prefix"]
-    ids = {ds.lance_schema.field(f"{prefix}_{column}").id(): column for column in SCORES}
-    return [{ids[f]: (data.path, c) for data in fragment.metadata.files
-             for f, c in zip(data.fields, data.column_indices) if f in ids}
-            for fragment in ds.get_fragments()]
+def score_columns_in(cache: Cache) -> set[str]:
+    return {c for c in cache.images().schema.names if schema.is_score_column(c)}
 
 
 def assert_equal_columns(got: dict, want: dict):
@@ -210,32 +205,64 @@ def assert_equal_columns(got: dict, want: dict):
 
 
 @pytest.mark.filterwarnings("ignore:optimize.cleanup_older_than=0.")
-def test_a_finetuned_heads_shared_columns_are_its_bases_data_and_outlive_the_base(cache, tmp_path):
+def test_a_finetuned_head_writes_its_decision_only_and_its_bases_columns_outlive_the_base(cache, tmp_path,
+                                                                                         tiny_weights):
     a = head_file(tmp_path / "a.pth", seed=5)
     rescore(a, "a", db=cache)
     b = decision_only_variant(cache, tmp_path / "b.pth", seed=3, base="a")
     assert rescore(b, "b", db=cache).scored_from == "a"
-    fragments = list(zip(stored_at(cache, "a"), stored_at(cache, "b")))
-    assert len(fragments) == 2
-    for of_a, of_b in fragments:
-        assert all(of_b[column] == of_a[column] for column in SHARED)  # the same column of the same file
-        own = {of_b["decision"][0], of_b["confidence"][0]}
-        assert len(own) == 1 and not own & {path for path, _ in of_a.values()}  # a file of its own
+    of_a, of_b = registry.columns(cache, "a"), registry.columns(cache, "b")
+    assert of_b.shared == of_a.prefix != of_b.prefix
+    assert {c for c in score_columns_in(cache) if c.startswith(of_b.prefix + "_")} == \
+        {of_b.decision, of_b.confidence}  # 8 bytes a row: the rest is a's
     want = columns_of(cache, "b")
     assert_same_answers(want, by_hand(cache, b))
     assert not np.array_equal(want["decision"], columns_of(cache, "a")["decision"])
 
-    remove_head("a", db=cache)  # drops a's columns; the data of b's stays where it is
+    remove_head("a", db=cache)  # drops a's decision and confidence; its v, f and labels stay for b
     with pytest.raises(CacheError, match="no head named 'a'"):
-        cache.head("a")
-    cache.images().to_lance().cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+        registry.head(cache, "a")
+    assert {of_a.decision, of_a.confidence}.isdisjoint(score_columns_in(cache))
+    assert {of_a.logits, of_a.free, of_a.accept_label, of_a.reject_label} <= score_columns_in(cache)
+    assert [h.scored_from for h in list_heads(cache) if h.name == "b"] == \
+        [f"a head since removed or rescored ({of_a.prefix}_*)"]
+    cache.images().optimize(cleanup_older_than=timedelta(0))  # compaction and cleanup keep them
     assert_equal_columns(columns_of(Cache.open(cache.uri), "b"), want)
 
-    cache.images().optimize(cleanup_older_than=timedelta(0))  # compaction writes b's columns out
-    assert len(stored_at(cache, "b")) == 1 and len({path for path, _ in stored_at(cache, "b")[0].values()}) == 1
-    assert_equal_columns(columns_of(Cache.open(cache.uri), "b"), want)
-    rows = top(cache.uri, head="b", threshold=0.5, limit=None).to_pylist()
-    assert len(rows) == 600 and {r["label"] for r in rows} <= set(LABELS)
+    # New rows get b's scores, and the v and f it reads, though no head of their own writes them.
+    new = cache.images().search().limit(5).to_arrow()
+    new = new.set_column(0, "id", pa.array([f"{n:064x}" for n in range(5)]))
+    cache.images().add(new.drop_columns([c for c in new.column_names if schema.is_score_column(c)]))
+    assert fill_gaps(cache) >= 5
+    assert_same_answers(columns_of(cache, "b"), by_hand(cache, b))
+
+    # A rescore of b reads the same v and f again; removing b at last drops them.
+    assert rescore(b, "b", db=cache).scored_from == f"a head since removed or rescored ({of_a.prefix}_*)"
+    remove_head("b", db=cache)
+    assert not {c for c in score_columns_in(cache) if c.startswith((of_a.prefix + "_", of_b.prefix + "_"))}
+    assert len(top(cache.uri, limit=None)) == 605
+
+
+def test_a_head_whose_shared_columns_go_while_it_is_scored_is_scored_from_the_embeddings(cache, tmp_path,
+                                                                                        monkeypatch):
+    a = head_file(tmp_path / "a.pth", seed=5)
+    rescore(a, "a", db=cache)
+    b = decision_only_variant(cache, tmp_path / "b.pth", seed=3, base="a")
+    register = registry.register
+    removed = []
+
+    def after_a_concurrent_removal(*args, **kwargs):  # `heads rm a` lands between scoring and registering
+        if not removed:
+            removed.append(remove_head("a", db=cache))
+        return register(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "register", after_a_concurrent_removal)
+    record = rescore(b, "b", db=cache)
+    assert removed and record.scored_from is None and record.rows == 600
+    assert not registry.columns(cache, "b").shares
+    assert_same_answers(columns_of(cache, "b"), by_hand(cache, b))
+    assert {c for c in score_columns_in(cache) if c.startswith("s_b_")} == \
+        set(registry.columns(cache, "b").names)  # the first try's columns are gone
 
 
 # -- caches made before schema version 2 ----------------------------------------------------------
@@ -258,11 +285,11 @@ def test_a_schema_1_cache_is_migrated_and_keeps_working(tuned, tiny_weights, tmp
     as_schema_1(db)
 
     cache = Cache.open(db)  # migrates: frozen fingerprints from the stored checkpoints
-    assert cache.get_meta("schema_version") == str(schema.SCHEMA_VERSION) == "3"
-    for head in cache.heads():
-        stored = cache.head_checkpoint(head["name"])
+    assert cache.get_meta("schema_version") == str(schema.SCHEMA_VERSION) == "4"
+    for head in registry.heads(cache):
+        stored = registry.checkpoint(cache, head["name"])
         assert head["frozen_fingerprint"] == frozen_fingerprint(head_state_from_bytes(stored))
-    assert Cache.open(db).get_meta("schema_version") == "3"  # a second open finds nothing to do
+    assert Cache.open(db).get_meta("schema_version") == "4"  # a second open finds nothing to do
 
     # faramir-v1 has no f column: the finetuned head is scored from the embeddings, and gets one.
     first = rescore(out, "tuned", db=cache)
@@ -280,5 +307,5 @@ def test_a_schema_1_cache_is_migrated_and_keeps_working(tuned, tiny_weights, tmp
         rows = top(db, head=name, limit=None).to_pylist()
         assert len(rows) == 43 and all(r["confidence"] is not None for r in rows)
     shown = detail(rows[0]["id"], db)
-    assert [s["head"] for s in shown.scores] == [h["name"] for h in cache.heads()]
+    assert [s["head"] for s in shown.scores] == [h["name"] for h in registry.heads(cache)]
     assert {"faramir-v1", "tuned", "variant"} <= {s["head"] for s in shown.scores}

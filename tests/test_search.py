@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("open_clip", reason="the text extra is not installed")
 
+from bench.synthetic import write_cache  # noqa: E402
 from faramir.cli.app import app  # noqa: E402
 from faramir.config import FULL  # noqa: E402
 from faramir.errors import WeightsNotFound  # noqa: E402
@@ -20,7 +21,6 @@ from faramir.store.filters import Filter  # noqa: E402
 from faramir.store.vectors.text import search  # noqa: E402
 from faramir.text_weights import TEXT_MODEL_FILE, load_text_encoder  # noqa: E402
 from tests.stage2_helpers import tiny_cache  # noqa: E402
-from tests.synthetic import write_cache  # noqa: E402
 from tests.test_query import exact_neighbours  # noqa: E402
 
 runner = CliRunner()

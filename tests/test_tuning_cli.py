@@ -62,9 +62,11 @@ def test_labels_import_reports_what_it_skipped(cache, labelled):
 def test_finetune_writes_upstream_format_changing_only_the_decision_layers(cache, labelled, tiny_weights, tmp_path):
     db, _ = cache
     out = tmp_path / "tuned.pth"
+    threads = torch.get_num_threads()
     result = cli("finetune", "--db", db, "--base", "faramir-v1", "--out", out, "--name", "tuned",
-                 "--epochs", "3", "--seed", "1", "--val-fraction", "0.25", "--lr", "0.01")
+                 "--epochs", "3", "--seed", "1", "--val-fraction", "0.25", "--lr", "0.01", "--threads", "1")
     assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == threads  # --threads is the training's, not the process's from then on
     assert "Scored the cache as head 'tuned'." in result.stderr
     base = torch.load(tiny_weights / FARAMIR_FILE, weights_only=True)
     tuned = torch.load(out, weights_only=True)

@@ -95,15 +95,15 @@ def export(
 
     generated = cache.get_meta("weights_generated") or ""
 
-    def run(prefix: str, ds) -> ExportResult:
+    def run(cols, ds) -> ExportResult:
         drop = dropped(cache, f, dedupe_threshold, keep) if dedupe else set()
         if ranked:
             wanted = None if limit is None else limit + len(drop)
             ids = top(cache, sort=sort or "confidence", descending=descending, limit=wanted,
                       filter=f).column("id").to_pylist()
-            batches = ranked_batches(ds, prefix, f, extra, [i for i in ids if i not in drop][:limit])
+            batches = ranked_batches(ds, cols, f, extra, [i for i in ids if i not in drop][:limit])
         else:
-            batches = filtered_batches(ds, prefix, f, extra, drop)
+            batches = filtered_batches(ds, cols, f, extra, drop)
         if fmt == "files":
             write_files(batches, dest, link, by_label, result, progress)
         else:

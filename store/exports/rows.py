@@ -11,22 +11,24 @@ import pyarrow.compute as pc
 from faramir.store.cache import Cache
 from faramir.store.filters import Filter
 from faramir.store.heads.columns import read_columns, results
+from faramir.store.schema import HeadColumns
 from faramir.store.sql import sql_in
 
 READ_BATCH = 4096  # rows read at a time
 
 
 def dropped(cache: Cache, f: Filter, threshold: float | None, keep: str) -> set[str]:
-    from faramir.store.near_duplicates.groups import DEFAULT_THRESHOLD, non_keepers
+    from faramir.store.near_duplicates import DEFAULT_SIMILARITY
+    from faramir.store.near_duplicates.groups import non_keepers
 
-    return non_keepers(cache, f, DEFAULT_THRESHOLD if threshold is None else threshold, keep)
+    return non_keepers(cache, f, DEFAULT_SIMILARITY if threshold is None else threshold, keep)
 
 
-def filtered_batches(ds, prefix: str, f: Filter, extra: list[str],
+def filtered_batches(ds, cols: HeadColumns, f: Filter, extra: list[str],
                       drop: set[str] = frozenset()) -> Iterator[tuple[int, pa.Table]]:
     """(total, result rows) per batch of the rows passing `f`, less the ids `drop`; one empty batch
     when none do."""
-    columns, where = [*read_columns(prefix), *extra], f.where(prefix)
+    columns, where = [*read_columns(cols), *extra], f.where(cols)
     total = ds.count_rows(where) - len(drop)
     dropped = pa.array(sorted(drop), pa.string())
     empty = True
@@ -36,22 +38,22 @@ def filtered_batches(ds, prefix: str, f: Filter, extra: list[str],
             rows = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=dropped)))
         if rows.num_rows:
             empty = False
-            yield total, results(rows, prefix, f.threshold, extra=extra)
+            yield total, results(rows, cols, f.threshold, extra=extra)
     if empty:  # still a header / a schema
-        yield 0, results(ds.to_table(columns=columns, filter="false"), prefix, f.threshold, extra=extra)
+        yield 0, results(ds.to_table(columns=columns, filter="false"), cols, f.threshold, extra=extra)
 
 
-def ranked_batches(ds, prefix: str, f: Filter, extra: list[str], ids: list[str]) -> Iterator[tuple[int, pa.Table]]:
+def ranked_batches(ds, cols: HeadColumns, f: Filter, extra: list[str], ids: list[str]) -> Iterator[tuple[int, pa.Table]]:
     """(total, result rows) per batch of the rows `ids`, in that order."""
-    columns = [*read_columns(prefix), *extra]
+    columns = [*read_columns(cols), *extra]
     if not ids:
-        yield 0, results(ds.to_table(columns=columns, filter="false"), prefix, f.threshold, extra=extra)
+        yield 0, results(ds.to_table(columns=columns, filter="false"), cols, f.threshold, extra=extra)
     for lo in range(0, len(ids), READ_BATCH):
         chunk = ids[lo:lo + READ_BATCH]
         rows = ds.to_table(columns=columns, filter=sql_in("id", chunk))
         order = {image_id: n for n, image_id in enumerate(chunk)}
         rows = rows.take(pa.array(sorted(range(len(rows)), key=lambda n: order[rows.column("id")[n].as_py()])))
-        yield len(ids), results(rows, prefix, f.threshold, extra=extra)
+        yield len(ids), results(rows, cols, f.threshold, extra=extra)
 
 
 def marked(batches, generated: str):

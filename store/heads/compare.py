@@ -11,11 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from faramir.config import DEFAULT_THRESHOLD
 from faramir.decision import accepted_sql, decide
 from faramir.store.cache import Cache
 from faramir.store.errors import QueryError
 from faramir.store.filters import Filter
-from faramir.store.heads.columns import head_prefix, on_head
+from faramir.store.heads.columns import head_columns, on_head
+from faramir.store.schema import HeadColumns
 
 
 @dataclass(frozen=True)
@@ -32,16 +34,16 @@ class Disagreements:
         return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "rows": self.rows.to_pylist()}
 
 
-def _disagreeing(rows: pa.Table, gap: np.ndarray, prefixes: dict[str, str], threshold: float) -> pa.Table:
+def _disagreeing(rows: pa.Table, gap: np.ndarray, heads: dict[str, HeadColumns], threshold: float) -> pa.Table:
     """Raw rows of two heads' columns → id, path, paths, aesthetic_score, gap, then confidence,
     accepted and label under each head (suffixes _a and _b)."""
     paths = rows.column("paths")
     columns = {"id": rows.column("id"),
                "path": pc.list_element(paths, 0) if len(rows) else pa.array([], pa.string()),
                "paths": paths, "aesthetic_score": rows.column("aesthetic_score"), "gap": pa.array(gap, pa.float64())}
-    for suffix, p in prefixes.items():
-        confidence = rows.column(f"{p}_confidence")
-        accepted, label = decide(confidence, rows.column(f"{p}_accept_label"), rows.column(f"{p}_reject_label"),
+    for suffix, cols in heads.items():
+        confidence = rows.column(cols.confidence)
+        accepted, label = decide(confidence, rows.column(cols.accept_label), rows.column(cols.reject_label),
                                  threshold)
         columns.update({f"confidence_{suffix}": confidence, f"accepted_{suffix}": accepted, f"label_{suffix}": label})
     return pa.table(columns)
@@ -52,7 +54,7 @@ def disagreements(
     head_b: str,
     db: str | os.PathLike | Cache | None = None,
     *,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     offset: int = 0,
     limit: int = 60,
 ) -> Disagreements:
@@ -66,10 +68,10 @@ def disagreements(
         raise QueryError(f"compare two different heads (both are {head_a!r})")
     threshold = Filter(threshold=threshold).threshold  # checked as every query checks it
     cache = Cache.open(db)
-    prefix_b = head_prefix(cache, head_b)
+    cols_b = head_columns(cache, head_b)
 
-    def run(prefix_a: str, ds) -> Disagreements:
-        a, b = f"{prefix_a}_confidence", f"{prefix_b}_confidence"
+    def run(cols_a: HeadColumns, ds) -> Disagreements:
+        a, b = cols_a.confidence, cols_b.confidence
         where = (f"(({accepted_sql(a, threshold)} AND {accepted_sql(b, threshold, False)}) OR "
                  f"({accepted_sql(a, threshold, False)} AND {accepted_sql(b, threshold)}))")
         cand = ds.to_table(columns=[a, b, "_rowoffset"], filter=where)
@@ -78,10 +80,10 @@ def disagreements(
         offsets = cand.column("_rowoffset").to_numpy()
         order = np.lexsort((offsets, -gap))[offset:offset + limit]
         columns = ["id", "paths", "aesthetic_score"]
-        for p in (prefix_a, prefix_b):
-            columns += [f"{p}_confidence", f"{p}_accept_label", f"{p}_reject_label"]
+        for cols in (cols_a, cols_b):
+            columns += [cols.confidence, cols.accept_label, cols.reject_label]
         rows = ds.take(offsets[order], columns=columns)
         return Disagreements(head_a, head_b, threshold, len(gap),
-                             _disagreeing(rows, gap[order], {"a": prefix_a, "b": prefix_b}, threshold))
+                             _disagreeing(rows, gap[order], {"a": cols_a, "b": cols_b}, threshold))
 
     return on_head(cache, head_a, run)

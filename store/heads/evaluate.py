@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from faramir.config import DEFAULT_THRESHOLD
 from faramir.metrics import DEFAULT_THRESHOLDS, best_threshold, binary_report, per_label_breakdown, threshold_sweep
 from faramir.store import schema
 from faramir.store.cache import Cache
-from faramir.store.heads.columns import decided, head_prefix
+from faramir.store.heads.columns import decided, head_columns
 from faramir.store.heads.finetune import gather, labelled
 
 
@@ -43,16 +44,16 @@ class Evaluation:
 
 
 def evaluate(head: str = schema.DEFAULT_HEAD, *, db: str | os.PathLike | Cache | None = None,
-             threshold: float = 0.5) -> Evaluation:
+             threshold: float = DEFAULT_THRESHOLD) -> Evaluation:
     """A registered head's scores against the imported labels: the metrics at `threshold`, the
     confusion matrix, a per-label breakdown, a threshold sweep and the MCC-best threshold. Each
     image's decision and label are the query's (`faramir.store.heads.columns.decided`)."""
     cache = Cache.open(db)
-    prefix = head_prefix(cache, head)
+    head_cols = head_columns(cache, head)
     labels = labelled(cache)
-    cols = [f"{prefix}_confidence", f"{prefix}_accept_label", f"{prefix}_reject_label"]
+    cols = [head_cols.confidence, head_cols.accept_label, head_cols.reject_label]
     rows = gather(cache, labels.column("id").to_pylist(), cols).sort_by("id")
-    accepted, predicted = decided(rows, prefix, threshold)
+    accepted, predicted = decided(rows, head_cols, threshold)
     confidence = rows.column(cols[0]).to_numpy(zero_copy_only=False)
     y_true = labels.column("target").to_numpy(zero_copy_only=False)
     y_pred = accepted.fill_null(False).to_numpy(zero_copy_only=False)

@@ -18,6 +18,7 @@ import pyarrow as pa
 from faramir.store import schema
 from faramir.store.cache import Cache
 from faramir.store.errors import TuningError
+from faramir.store.heads import registry
 from faramir.store.labels.table import labelled_ids
 from faramir.store.sql import sql_in
 
@@ -66,7 +67,7 @@ def base_checkpoint(cache: Cache, base: str) -> tuple[dict, str]:
         state = load_pth(base)
         load_head_checkpoint(base, cfg)  # strict key/shape check
         return state, f"file {base}"
-    record = cache.head(base)  # raises with the list of known heads
+    record = registry.head(cache, base)  # raises with the list of known heads
     source = record.get("source") or ""
     if source and Path(source).is_file():
         try:
@@ -75,7 +76,7 @@ def base_checkpoint(cache: Cache, base: str) -> tuple[dict, str]:
                 return load_pth(source), f"head {base!r} ({source})"
         except Exception:
             pass  # fall back to the copy stored in the cache
-    state = head_from_bytes(cache.head_checkpoint(base), cfg).state_dict()
+    state = head_from_bytes(registry.checkpoint(cache, base), cfg).state_dict()
     return {k: v.clone() for k, v in state.items()}, f"head {base!r} (head-only copy in the cache)"
 
 
@@ -103,14 +104,17 @@ def finetune(
     seed: int = 0,
     on_epoch: Callable | None = None,
     force: bool = False,
+    threads: int | None = None,
 ) -> FinetuneOutcome:
     """Finetune `base` (a registered head name or a checkpoint file) on the labelled cached images,
     keep the best epoch by validation MCC, write `out` in upstream's key format, and (with `name`)
     score the cache with it. `on_epoch` sees every epoch's report (epoch 0: the base head). An
-    existing `out` is refused, before any training, unless `force`."""
+    existing `out` is refused, before any training, unless `force`. `threads`: torch's threads
+    while training (None: as they are; 1 is fastest for this small head)."""
     import torch
 
     from faramir.checkpoints import save_state_dict, split_faramir_checkpoint, trained_state_dict
+    from faramir.devices import torch_threads
     from faramir.finetune import Finetuner
     from faramir.head import FaramirHead
 
@@ -129,9 +133,10 @@ def finetune(
                           batch_size=batch_size, val_fraction=val_fraction, seed=seed)
     except ValueError as ex:
         raise TuningError(str(ex).split("\n")[0]) from ex
-    for report in tuner.run():
-        if on_epoch is not None:
-            on_epoch(report)
+    with torch_threads(threads):
+        for report in tuner.run():
+            if on_epoch is not None:
+                on_epoch(report)
     state = trained_state_dict(base_state, head)
     try:
         save_state_dict(state, out, overwrite=force)

@@ -17,7 +17,7 @@ import torch
 
 from faramir.config import LABELS, N_CLASSES
 from faramir.head import FaramirHead, side_labels
-from faramir.store.schema import SCORES
+from faramir.store.schema import HeadColumns
 
 _LABEL_ARRAY = pa.array(LABELS, pa.string())
 
@@ -68,9 +68,6 @@ def decision_arrays(d: torch.Tensor) -> dict[str, pa.Array]:
             "confidence": pa.array(d.sigmoid().numpy(), pa.float32())}  # torch's sigmoid, as assess uses
 
 
-SHARED = SCORES[2:]  # what heads with one frozen part share: the labels (functions of v), v and f
-
-
 @torch.inference_mode()
 def decision_scores(head: FaramirHead, logits: pa.Array, free: pa.Array) -> dict[str, pa.Array]:
     """The decision and confidence columns of `head` from another head's logits and free columns,
@@ -106,14 +103,14 @@ class HeadScorer:
         """The six score columns (unprefixed names) for these rows."""
         return score_arrays(*self.outputs(ap, ae, q))
 
-    def score_columns(self, prefix: str, ap, ae, q) -> dict[str, pa.Array]:
-        """{"P_decision": ..., ...}: the score columns under column prefix P."""
-        return {f"{prefix}_{k}": v for k, v in self.score_arrays(ap, ae, q).items()}
+    def score_columns(self, cols: HeadColumns, ap, ae, q) -> dict[str, pa.Array]:
+        """{column name: values}: the six score columns, named as `cols` places them."""
+        return {cols.column(k): v for k, v in self.score_arrays(ap, ae, q).items()}
 
 
-def score_columns(prefix: str, head: FaramirHead, ap, ae, q) -> dict[str, pa.Array]:
-    """{"P_decision": ..., ...} for one head over (N, D), (N, 16), (N, 128) float32 arrays."""
-    return HeadScorer(head, len(ap)).score_columns(prefix, ap, ae, q)
+def score_columns(cols: HeadColumns, head: FaramirHead, ap, ae, q) -> dict[str, pa.Array]:
+    """{column name: values} of one head over (N, D), (N, 16), (N, 128) float32 arrays."""
+    return HeadScorer(head, len(ap)).score_columns(cols, ap, ae, q)
 
 
 def _tensor(values: np.ndarray) -> torch.Tensor:

@@ -107,12 +107,12 @@ class Experts:
                  compile_batch: int | None = None):
         import torch
 
-        from faramir.devices import resolve_device
+        from faramir.devices import resolve_device, usable_cores
         from faramir.weights import load_model
 
         dev = resolve_device(device)
         if dev.type == "cpu":  # the node's cores, as a local ingest uses them (Ray would set 1)
-            torch.set_num_threads(len(os.sched_getaffinity(0)))
+            torch.set_num_threads(usable_cores())
         self.model = load_model(weights_dir, dev, precision)
         if self.model.info.experts_fingerprint != fingerprint:
             raise ExpertsMismatch(

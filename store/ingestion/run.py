@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from faramir.decoding import Batch, Item, iter_batches
+from faramir.devices import torch_threads, usable_cores
 from faramir.store.ingestion.events import FailedFile, IngestProgress
 from faramir.store.ingestion.plan import Plan
 from faramir.store.ingestion.write import EMBEDDING_FIELDS, Chunk, Writer, image_row
@@ -74,6 +75,14 @@ class Run:
             self.plan.to_read, batch_size, workers, known=self.known.__contains__,
             pin_memory=self.model.device.type == "cuda", res=(cfg.backbone_res, cfg.quality_res),
         ))
+        # The experts on this machine's cores, as a Ray model actor runs them (`torch_threads`).
+        with torch_threads(usable_cores() if self.model.device.type == "cpu" else None):
+            yield from self._run(batches)
+        yield self._progress([])
+
+    def _run(self, batches: Iterator[Batch]) -> Iterator[IngestProgress]:
+        """Each batch launched on the device while the previous one is written down; committed in
+        chunks, and on the way out however it ends (an interrupt keeps what was computed)."""
         pending: _Pending | None = None
         finished = False
         try:
@@ -97,7 +106,6 @@ class Run:
                     self._commit_if_due(force=True)
             finally:
                 self.writer.close()
-        yield self._progress([])
 
     def _progress(self, warned: list[str]) -> IngestProgress:
         c = self.counts

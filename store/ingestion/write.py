@@ -33,7 +33,9 @@ from faramir.checkpoints import head_from_bytes, head_to_bytes
 from faramir.store import schema
 from faramir.store.cache import RETRIES, Cache, ensure_primary_key, is_conflict, retrying
 from faramir.store.errors import ExpertsMismatch
+from faramir.store.heads import registry
 from faramir.store.heads.scoring import HeadScorer, fixed_size_list
+from faramir.store.schema import HeadColumns
 from faramir.store.sql import sql_in
 from faramir.weights import FARAMIR_FILE
 
@@ -46,10 +48,10 @@ FACT_COLUMNS = ("id", "paths", "size", "mtime_ns", "width", "height", "format", 
                 "experts_fingerprint", "precision")
 
 
-def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, HeadScorer]]:
+def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, Scorer]]:
     """Check the cache was built with these experts (or claim an empty one: the first of several
     processes claiming it at once wins, the others are checked against it), make sure the images
-    table exists, and return its schema and the heads that score new rows (prefix → scorer)."""
+    table exists, and return its schema and the heads that score new rows (`scorers_for`)."""
     info = model.info
     if not cache.get_meta("experts_fingerprint"):
         _check_experts(cache, info, _rows_fingerprint(cache))  # a claim a power cut lost: the rows say
@@ -58,16 +60,16 @@ def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, HeadScorer]]:
     if _check_experts(cache, info, cache.get_meta("experts_fingerprint")):
         cache.set_meta(experts_fingerprint=info.experts_fingerprint)  # recorded the old way: relabelled
     if not cache.has_images():
-        registered = cache.heads()
+        registered = registry.heads(cache)
         if not any(h["name"] == schema.DEFAULT_HEAD for h in registered):
-            cache.put_head(
-                name=schema.DEFAULT_HEAD,
-                prefix=schema.new_prefix(schema.DEFAULT_HEAD, {h["prefix"] for h in registered}),
+            prefix = schema.new_prefix(schema.DEFAULT_HEAD, {h["prefix"] for h in registered})
+            registry.register(
+                cache, name=schema.DEFAULT_HEAD, columns=HeadColumns(prefix, prefix),
                 fingerprint=info.head_fingerprint, pool_fingerprint=info.pool_fingerprint,
                 source=str(Path(info.weights_dir) / FARAMIR_FILE),
                 checkpoint=head_to_bytes({k: v.detach().cpu() for k, v in model.head.state_dict().items()}),
                 replace=False)
-        cache.create_images(info.config, [h["prefix"] for h in cache.heads()])
+        cache.create_images(info.config, [h["prefix"] for h in registry.heads(cache)])
     images = cache.images()
     ensure_primary_key(images, "id")
     return images.schema, scorers_for(cache, images.schema, {})
@@ -94,18 +96,27 @@ def _check_experts(cache: Cache, info, built_with: str | None) -> bool:
     )
 
 
-def scorers_for(cache: Cache, images_schema: pa.Schema, have: dict[str, HeadScorer]) -> dict[str, HeadScorer]:
-    """A scorer (prefix → HeadScorer) for every registered head whose columns `images_schema`
-    holds; those in `have` are reused. A head's columns are committed all at once; one scored
-    before schema version 2 has no P_free column, and its new rows get none (`images_table`
-    writes the columns there are)."""
+@dataclass
+class Scorer:
+    """A registered head scoring new rows: where its columns are, and the head."""
+
+    columns: HeadColumns
+    head: HeadScorer
+
+
+def scorers_for(cache: Cache, images_schema: pa.Schema, have: dict[str, Scorer]) -> dict[str, Scorer]:
+    """A scorer (by its prefix) for every registered head whose columns `images_schema` holds;
+    those in `have` are reused. A head's columns are committed all at once; one scored before
+    schema version 2 has no P_free column, and its new rows get none (`images_table` writes the
+    columns there are)."""
     names = set(images_schema.names)
     scorers = {}
-    for row in cache.heads():
-        prefix = row["prefix"]
-        if f"{prefix}_confidence" in names:
-            scorers[prefix] = have.get(prefix) or HeadScorer(
-                head_from_bytes(cache.head_checkpoint(row["name"]), cache.config()), 1)
+    for record in registry.heads(cache):
+        cols = HeadColumns.of(record)
+        if {cols.confidence, cols.logits} <= names:
+            known = have.get(cols.prefix)
+            scorers[cols.prefix] = known if known is not None and known.columns == cols else Scorer(
+                cols, HeadScorer(head_from_bytes(registry.checkpoint(cache, record["name"]), cache.config()), 1))
     return scorers
 
 
@@ -118,7 +129,7 @@ def image_row(it, fingerprint: str, precision: str) -> dict:
     }
 
 
-def images_table(images_schema: pa.Schema, scorers: dict[str, HeadScorer], rows: list[dict],
+def images_table(images_schema: pa.Schema, scorers: dict[str, Scorer], rows: list[dict],
                  arrays: dict[str, list[np.ndarray]], now: datetime) -> pa.Table:
     """New images as rows of the images table: `image_row`s, the experts' outputs (per
     `EMBEDDING_FIELDS` name, a list of per-batch arrays), and every registered head's scores."""
@@ -131,8 +142,8 @@ def images_table(images_schema: pa.Schema, scorers: dict[str, HeadScorer], rows:
     cols["aesthetic_score"] = pa.array(arrays["aesthetic_score"], pa.float32())
     for name in ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features"):
         cols[name] = fixed_size_list(arrays[name])
-    for prefix, scorer in scorers.items():
-        cols.update(scorer.score_columns(prefix, arrays["faramir_embedding"], arrays["aesthetic_features"],
+    for scorer in scorers.values():  # heads reading one head's v and f write the same values there
+        cols.update(scorer.head.score_columns(scorer.columns, arrays["faramir_embedding"], arrays["aesthetic_features"],
                                          arrays["quality_features"]))
     return pa.Table.from_arrays(
         [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in images_schema], schema=images_schema,
@@ -157,7 +168,7 @@ def insert_new(images, rows: pa.Table) -> int:
 
     The merge is not planned on the id index: Lance 13 checks a merge planned on a scalar index
     against the version it read, not against rows another writer committed since, so two ingests
-    committing the same new content both inserted it (bench/chaos.py found it; without the index,
+    committing the same new content both inserted it (tests/chaos/run.py found it; without the index,
     the primary-key check sees the conflict and retries). The price is a scan of the id column
     per commit, and a commit holds up to 1,024 files."""
     result = images.merge_insert("id").use_index(False).when_not_matched_insert_all().execute(rows)
@@ -189,7 +200,7 @@ class Writer(threading.Thread):
     """Commits chunks in order while the model computes the next ones. A bounded queue keeps
     memory flat: when writing falls behind, the model thread waits."""
 
-    def __init__(self, cache: Cache, images_schema: pa.Schema, scorers: dict[str, HeadScorer]):
+    def __init__(self, cache: Cache, images_schema: pa.Schema, scorers: dict[str, Scorer]):
         super().__init__(name="faramir-ingest-writer", daemon=True)
         self.cache = cache
         self.images_schema = images_schema

@@ -22,13 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from faramir.store.cache import Cache
-from faramir.store.near_duplicates.close_pairs import VERIFY_ROWS, close_pairs, unit_rows, vectors
 from faramir.store.errors import QueryError
 from faramir.store.filters import Filter
 from faramir.store.heads.columns import on_head, read_columns, results
+from faramir.store.near_duplicates import DEFAULT_SIMILARITY
+from faramir.store.near_duplicates.close_pairs import VERIFY_ROWS, close_pairs, unit_rows, vectors
+from faramir.store.schema import HeadColumns
 from faramir.store.vectors.nearest import embedding_column
 
-DEFAULT_THRESHOLD = 0.95
 KEEPS = ("confidence", "aesthetic", "largest")
 FACT_COLUMNS = ["width", "height", "size"]
 
@@ -50,7 +51,7 @@ class DuplicateGroups:
 def duplicates(
     db: str | os.PathLike | Cache | None = None,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float = DEFAULT_SIMILARITY,
     embedding: str = "siglip",
     keep: str = "confidence",
     progress: Callable[[int, int], None] | None = None,
@@ -72,17 +73,17 @@ def duplicates(
     cache = Cache.open(db)
     f = Filter.of(filter, **filters)
 
-    def run(prefix: str, ds) -> DuplicateGroups:
-        pairs = close_pairs(ds, column, f.where(prefix), threshold, progress)
+    def run(cols: HeadColumns, ds) -> DuplicateGroups:
+        pairs = close_pairs(ds, column, f.where(cols), threshold, progress)
         members = _components(len(pairs.offsets), pairs.edges, pairs.multi_path)
-        table = _group_table(ds, prefix, f.threshold, column, pairs.offsets, members, keep)
+        table = _group_table(ds, cols, f.threshold, column, pairs.offsets, members, keep)
         return DuplicateGroups(table, threshold, embedding, rows=len(pairs.offsets), groups=len(members),
                                candidates=pairs.candidates, edges=len(pairs.edges), cut=pairs.cut)
 
     return on_head(cache, f.head, run)
 
 
-def non_keepers(cache: Cache, f: Filter, threshold: float = DEFAULT_THRESHOLD, keep: str = "confidence") -> set[str]:
+def non_keepers(cache: Cache, f: Filter, threshold: float = DEFAULT_SIMILARITY, keep: str = "confidence") -> set[str]:
     """Ids of the near-duplicates that are not their group's keeper, among the rows passing `f`:
     what an export of one image per group leaves out."""
     table = duplicates(cache, threshold=threshold, keep=keep, filter=f).table
@@ -114,17 +115,17 @@ def _components(n: int, edges: np.ndarray, multi_path: np.ndarray) -> list[np.nd
     return [g for g in np.split(involved, cuts) if len(g)]
 
 
-def _group_table(ds, prefix: str, threshold: float, column: str, offsets: np.ndarray,
+def _group_table(ds, cols: HeadColumns, threshold: float, column: str, offsets: np.ndarray,
                  members: list[np.ndarray], keep: str) -> pa.Table:
     """The result rows: each group's keeper first, then its members by similarity to it."""
-    columns = [*read_columns(prefix), *FACT_COLUMNS]
+    columns = [*read_columns(cols), *FACT_COLUMNS]
     if not members:
         empty = ds.take(np.zeros(0, np.int64), columns=columns)
-        return _with_group(results(empty, prefix, threshold, extra=FACT_COLUMNS), [], [], [])
+        return _with_group(results(empty, cols, threshold, extra=FACT_COLUMNS), [], [], [])
     flat = np.concatenate(members)
     group_of = np.concatenate([np.full(len(g), n) for n, g in enumerate(members)])
     rows = ds.take(offsets[flat], columns=columns)
-    keepers = _keepers(rows, prefix, group_of, len(members), keep)
+    keepers = _keepers(rows, cols, group_of, len(members), keep)
     similarity = _similarity_to_keeper(ds, column, offsets[flat], group_of, keepers)
     n_paths = pc.list_value_length(rows.column("paths")).to_numpy(zero_copy_only=False)
     size = np.bincount(group_of, minlength=len(members))
@@ -138,7 +139,7 @@ def _group_table(ds, prefix: str, threshold: float, column: str, offsets: np.nda
     is_keeper = np.zeros(len(flat), bool)
     is_keeper[keepers] = True
     order = np.lexsort((ids.astype(str), -similarity, ~is_keeper, group_number[group_of]))
-    table = results(rows.take(pa.array(order)), prefix, threshold, extra=FACT_COLUMNS)
+    table = results(rows.take(pa.array(order)), cols, threshold, extra=FACT_COLUMNS)
     return _with_group(table, group_number[group_of][order], is_keeper[order], similarity[order])
 
 
@@ -150,10 +151,10 @@ def _with_group(table: pa.Table, group, keeper, similarity) -> pa.Table:
     return table
 
 
-def _keepers(rows: pa.Table, prefix: str, group_of: np.ndarray, groups: int, keep: str) -> np.ndarray:
+def _keepers(rows: pa.Table, cols: HeadColumns, group_of: np.ndarray, groups: int, keep: str) -> np.ndarray:
     """Row index (into `rows`) of each group's keeper: the best by `keep`, ties broken by the
     decision logit (confidence saturates at 1 in float32), then the smallest id."""
-    decision = rows.column(f"{prefix}_decision").to_numpy(zero_copy_only=False).astype(np.float64)
+    decision = rows.column(cols.decision).to_numpy(zero_copy_only=False).astype(np.float64)
     if keep == "confidence":
         keys = [decision]
     elif keep == "aesthetic":

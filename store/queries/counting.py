@@ -17,6 +17,7 @@ from faramir.store.cache import Cache
 from faramir.store.errors import QueryError
 from faramir.store.filters import Filter
 from faramir.store.heads.columns import decided, on_head
+from faramir.store.schema import HeadColumns
 
 DEFAULT_SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 … 0.95
 
@@ -64,10 +65,10 @@ def stats(
         if not 0.0 <= t <= 1.0:
             raise QueryError(f"sweep threshold {t}: must be between 0 and 1")
 
-    def run(prefix: str, ds) -> Stats:
-        cols = [f"{prefix}_confidence", f"{prefix}_accept_label", f"{prefix}_reject_label"]
-        rows = ds.to_table(columns=cols, filter=f.where(prefix))
-        accepted, label = decided(rows, prefix, f.threshold)
+    def run(head: HeadColumns, ds) -> Stats:
+        cols = [head.confidence, head.accept_label, head.reject_label]
+        rows = ds.to_table(columns=cols, filter=f.where(head))
+        accepted, label = decided(rows, head, f.threshold)
         conf = rows.column(cols[0]).to_numpy()
         n_accepted = pc.sum(accepted).as_py() or 0
         counts = pc.value_counts(label)

@@ -7,12 +7,14 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from faramir.config import N_ACCEPT, OUTPUT_NAMES
+from faramir.config import DEFAULT_THRESHOLD, N_ACCEPT, OUTPUT_NAMES
 from faramir.decision import decide
 from faramir.store import schema
 from faramir.store.cache import Cache
 from faramir.store.errors import QueryError, UnknownImage
 from faramir.store.filters import Filter
+from faramir.store.heads import registry
+from faramir.store.schema import HeadColumns
 from faramir.store.sql import sql_str
 
 FACT_COLUMNS = ("size", "mtime_ns", "width", "height", "format", "mode")
@@ -69,27 +71,28 @@ def paths(image_id: str, db: str | os.PathLike | Cache | None = None) -> list[st
     return list(_row(Cache.open(db), image_id, ["paths"])["paths"] or [])
 
 
-def detail(image_id: str, db: str | os.PathLike | Cache | None = None, *, threshold: float = 0.5) -> ImageDetail:
+def detail(image_id: str, db: str | os.PathLike | Cache | None = None, *, threshold: float = DEFAULT_THRESHOLD) -> ImageDetail:
     """Everything the cache knows about one image: its paths and file facts, the aesthetic score,
     and under every registered head that scored it the confidence, the decision at `threshold`,
     the label and all 31 logits (30 class logits in upstream order, then the decision logit)."""
     threshold = Filter(threshold=threshold).threshold  # checked as every query checks it
     cache = Cache.open(db)
     names = cache.dataset(schema.IMAGES).schema.names
-    heads = [(h["name"], h["prefix"]) for h in cache.heads() if f"{h['prefix']}_confidence" in names]
+    heads = [(h["name"], cols) for h in registry.heads(cache)
+             if {(cols := HeadColumns.of(h)).confidence, cols.logits} <= set(names)]
     columns = ["id", "paths", "aesthetic_score", *FACT_COLUMNS]
-    for _, prefix in heads:  # a head scored before schema version 2 has no P_free column
-        columns += [c for c in schema.score_column_names(prefix) if c in names]
+    for _, cols in heads:  # a head scored before schema version 2 has no P_free column
+        columns += [c for c in cols.names if c in names and c not in columns]
     row = _row(cache, image_id, columns)
     scores = []
-    for name, prefix in heads:
-        confidence = row[f"{prefix}_confidence"]
+    for name, cols in heads:
+        confidence = row[cols.confidence]
         if confidence is None:
             continue  # not scored by this head yet
-        accepted, label = decide(confidence, row[f"{prefix}_accept_label"], row[f"{prefix}_reject_label"],
+        accepted, label = decide(confidence, row[cols.accept_label], row[cols.reject_label],
                                  threshold)
         scores.append({"head": name, "confidence": confidence, "accepted": bool(accepted), "label": label,
-                       "logits": [*row[f"{prefix}_logits"], row[f"{prefix}_decision"]]})
+                       "logits": [*row[cols.logits], row[cols.decision]]})
     return ImageDetail(
         id=row["id"], paths=list(row["paths"] or []), aesthetic_score=row["aesthetic_score"],
         **{k: row[k] for k in FACT_COLUMNS}, threshold=threshold, logit_names=list(OUTPUT_NAMES),

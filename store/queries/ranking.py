@@ -22,6 +22,7 @@ from faramir.store.errors import QueryError
 from faramir.store.filters import Filter
 from faramir.store.heads.columns import on_head, read_columns, results
 from faramir.store.queries.images import check_id
+from faramir.store.schema import HeadColumns
 from faramir.store.sql import sql_str
 
 SORTS = ("confidence", "aesthetic")  # top's sort keys (there is no scalar quality score upstream)
@@ -51,12 +52,12 @@ def top(
     return on_head(cache, f.head, lambda p, ds: _top(ds, p, f, sort, descending, limit))
 
 
-def _top(ds, prefix: str, f: Filter, sort: str, descending: bool, limit: int | None) -> pa.Table:
+def _top(ds, cols: HeadColumns, f: Filter, sort: str, descending: bool, limit: int | None) -> pa.Table:
     # Two passes over one table version: the filter and the sort keys of every passing row (two
     # float columns: 8 MB at a million rows), then the full rows of the best `limit` only.
-    decision = f"{prefix}_decision"
+    decision = cols.decision
     keys = [decision] if sort == "confidence" else ["aesthetic_score", decision]
-    cand = ds.to_table(columns=[*dict.fromkeys(keys), "_rowoffset"], filter=f.where(prefix))
+    cand = ds.to_table(columns=[*dict.fromkeys(keys), "_rowoffset"], filter=f.where(cols))
     sign = -1.0 if descending else 1.0
 
     def ascending_key(column) -> np.ndarray:  # smaller first; NaN (a score that is no number) last
@@ -67,11 +68,11 @@ def _top(ds, prefix: str, f: Filter, sort: str, descending: bool, limit: int | N
     if limit is not None and len(first) > limit:
         kth = np.partition(first, limit - 1)[limit - 1]
         cand = cand.filter(pa.array(first <= kth))  # the best `limit`, and any rows tied with the last
-    rows = ds.take(cand.column("_rowoffset").to_numpy(), columns=read_columns(prefix))
+    rows = ds.take(cand.column("_rowoffset").to_numpy(), columns=read_columns(cols))
     sort_keys = [np.asarray(rows.column("id").to_pylist(), dtype=str)]  # last tie-break: id
     sort_keys += [ascending_key(rows.column(k)) for k in reversed(keys)]
     order = np.lexsort(sort_keys)[:limit]
-    return results(rows.take(pa.array(order, pa.int64())), prefix, f.threshold)
+    return results(rows.take(pa.array(order, pa.int64())), cols, f.threshold)
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,9 @@ class Page:
     next: str | None  # cursor of the next page (None: this is the last)
 
 
-def _sort_keys(prefix: str, sort: str) -> list[str]:
+def _sort_keys(cols: HeadColumns, sort: str) -> list[str]:
     """Sort columns, most significant first, as `top` ranks (then id, ascending)."""
-    return [f"{prefix}_decision"] if sort == "confidence" else ["aesthetic_score", f"{prefix}_decision"]
+    return [cols.decision] if sort == "confidence" else ["aesthetic_score", cols.decision]
 
 
 def _cursor(values: Sequence[float], image_id: str) -> str:
@@ -132,9 +133,9 @@ def page(
     cache = Cache.open(db)
     f = Filter.of(filter, **filters)
 
-    def run(prefix: str, ds) -> Page:
-        keys = _sort_keys(prefix, sort)
-        where = f.where(prefix)
+    def run(cols: HeadColumns, ds) -> Page:
+        keys = _sort_keys(cols, sort)
+        where = f.where(cols)
         if after:
             where = f"{where} AND {_after(after, keys, descending)}"
         cand = ds.to_table(columns=[*keys, "_rowoffset"], filter=where)
@@ -144,7 +145,7 @@ def page(
         if more:
             kth = np.partition(first, limit - 1)[limit - 1]
             cand = cand.filter(pa.array(first <= kth))  # the best `limit`, and rows tied with the last
-        rows = ds.take(cand.column("_rowoffset").to_numpy(), columns=read_columns(prefix))
+        rows = ds.take(cand.column("_rowoffset").to_numpy(), columns=read_columns(cols))
         order_keys = [np.asarray(rows.column("id").to_pylist(), dtype=str)]
         order_keys += [sign * rows.column(k).to_numpy(zero_copy_only=False).astype(np.float64)
                        for k in reversed(keys)]
@@ -153,6 +154,6 @@ def page(
         if more and len(rows):
             last = rows.slice(len(rows) - 1).to_pylist()[0]
             cursor = _cursor([last[k] for k in keys], last["id"])
-        return Page(results(rows, prefix, f.threshold), cursor)
+        return Page(results(rows, cols, f.threshold), cursor)
 
     return on_head(cache, f.head, run)

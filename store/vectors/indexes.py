@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from faramir.store import schema
 from faramir.store.cache import Cache, retrying
 from faramir.store.errors import QueryError
+from faramir.store.heads import registry
+from faramir.store.schema import HeadColumns
 
 ANN_MIN_ROWS = 100_000  # below this an exact filtered search takes well under 100 ms
 REINDEX_FRACTION = 0.1  # fold unindexed rows into the ANN index past this share of the table
@@ -40,12 +42,12 @@ def ann_config(num_rows: int):
     return IvfRq(distance_type="cosine", num_partitions=max(1, num_rows // ROWS_PER_PARTITION))
 
 
-def scalar_indexes(prefix: str | None) -> list[tuple[str, str]]:
-    """(column, BTREE or BITMAP) for the filter columns of one head (None: head-independent ones)."""
-    if prefix is None:
+def scalar_indexes(cols: HeadColumns | None) -> list[tuple[str, str]]:
+    """(column, BTREE or BITMAP) for the filter columns of one head (None: head-independent ones).
+    Heads reading one head's labels share that head's label indexes."""
+    if cols is None:
         return [("id", "BTREE"), ("aesthetic_score", "BTREE")]
-    return [(f"{prefix}_confidence", "BTREE"), (f"{prefix}_accept_label", "BITMAP"),
-            (f"{prefix}_reject_label", "BITMAP")]
+    return [(cols.confidence, "BTREE"), (cols.accept_label, "BITMAP"), (cols.reject_label, "BITMAP")]
 
 
 def _indexed_columns(table) -> dict[str, object]:
@@ -86,7 +88,7 @@ def ensure_indexes(
 
 def _ensure_indexes(cache: Cache, heads: Iterable[str] | None, embeddings: Iterable[str], min_rows: int) -> list[str]:
     table = cache.images()  # the latest version
-    registered = {h["name"]: h["prefix"] for h in cache.heads()}
+    registered = {h["name"]: HeadColumns.of(h) for h in registry.heads(cache)}
     names = registered if heads is None else [h for h in heads if h in registered]
     wanted = scalar_indexes(None)
     for name in names:

@@ -21,6 +21,7 @@ from faramir.store.errors import NotCached, QueryError, UnknownImage
 from faramir.store.filters import Filter
 from faramir.store.heads.columns import on_head, read_columns, results
 from faramir.store.queries.images import check_id
+from faramir.store.schema import HeadColumns
 from faramir.store.sql import sql_str
 
 EMBEDDINGS = tuple(schema.EMBEDDING_COLUMNS)  # "faramir", "siglip"
@@ -118,17 +119,17 @@ def similar(
     else:
         _, vector = reference_vector(cache, ref, embedding)
 
-    def run(prefix: str, ds) -> pa.Table:
+    def run(cols: HeadColumns, ds) -> pa.Table:
         nearest = {"column": column, "q": vector, "k": k, "metric": "cosine"}
         if exact:
             nearest["use_index"] = False
         else:
             nearest["nprobes"] = nprobes or NPROBES
             nearest["refine_factor"] = refine_factor or REFINE_FACTOR
-        rows, distance = _nearest_rows(ds, nearest, cache.allow_list(ds, f.where(prefix)), read_columns(prefix))
+        rows, distance = _nearest_rows(ds, nearest, cache.allow_list(ds, f.where(cols)), read_columns(cols))
         order = np.argsort(distance, kind="stable")  # the engine's order, exact ties aside
         rows = rows.append_column("distance", pa.array(distance))
-        return results(rows.take(pa.array(order, pa.int64())), prefix, f.threshold, first=["distance"])
+        return results(rows.take(pa.array(order, pa.int64())), cols, f.threshold, first=["distance"])
 
     return on_head(cache, f.head, run)
 

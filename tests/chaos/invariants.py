@@ -117,7 +117,7 @@ def check_heads(tables: dict, expect: dict) -> list[str]:
     cfg = FaramirConfig.from_json(config)
     inputs = head_inputs(images, cfg)
     for row in heads.to_pylist():
-        cols = schema.score_column_names(row["prefix"])
+        cols = schema.HeadColumns.of(row).names
         absent = [c for c in cols if c not in images.column_names]
         if absent:
             out.append(f"gap: head {row['name']!r}: columns {absent} absent")

@@ -1,4 +1,4 @@
-"""bench/chaos.py's hostile collection and storage faults.
+"""tests/chaos/run.py's hostile collection and storage faults.
 
 hostile  `ingest -r` over tests/hostile.py's collection (when run as root, without the capability
          to read any file, so the mode-000 file is unreadable): the run finishes, every good file is cached, every bad one
@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bench import chaos_commands as cmds
+from tests.chaos import commands as cmds
 
 HOSTILE_TIMEOUT_S = 180.0  # the whole collection (a few seconds' work on an idle machine)
 ALONE_TIMEOUT_S = 60.0  # one file of it

@@ -1,10 +1,10 @@
 """Fault injection against the cache: kills, races, a hostile collection and storage faults,
-each followed by a check of the cache's invariants (bench/invariants.py); prints a table of
+each followed by a check of the cache's invariants (tests/chaos/invariants.py); prints a table of
 trials and violations, then every distinct violation with how often it was seen.
 
-    python bench/chaos.py                  # the full run: >= 100 kills, 20 runs a pair and cache state (~40 min, 2 idle cores)
-    python bench/chaos.py --quick          # a few trials of each kind (tests/test_chaos.py runs this)
-    python bench/chaos.py --only kill,race --kills 30 --runs 4 --seed 1 --json out.json --keep /tmp/chaos
+    python -m tests.chaos                  # the full run: >= 100 kills, 20 runs a pair and cache state (~40 min, 2 idle cores)
+    python -m tests.chaos --quick          # a few trials of each kind (tests/test_chaos.py runs this)
+    python -m tests.chaos --only kill,race --kills 30 --runs 4 --seed 1 --json out.json --keep /tmp/chaos
 
 Scenarios:
 
@@ -15,13 +15,13 @@ Scenarios:
            index; a command with itself too) started together on a new cache and on a copy of
            the prepared one, while readers loop over the queries. In half of the runs the second
            command starts at a random moment during the first instead.
-  hostile  `ingest -r` over tests/hostile.py's collection (bench/chaos_faults.py).
+  hostile  `ingest -r` over tests/hostile.py's collection (tests/chaos/faults.py).
   storage  a zero-byte latest manifest in each table; the disk filling up mid-ingest (a 20 MB
            tmpfs, mounted when this runs as root; skipped with the reason otherwise).
 
-The commands are the library twins the CLI calls (bench/chaos_commands.py): a `FaramirError` is
+The commands are the library twins the CLI calls (tests/chaos/commands.py): a `FaramirError` is
 the one-line error the CLI prints, anything else the traceback it would show. Tiny generated
-weights, small generated images; every process is forked from this one (bench/forked.py: no
+weights, small generated images; every process is forked from this one (tests/chaos/forked.py: no
 interpreter start per command) and has a timeout. The work folder is removed at the end unless
 --keep names one.
 """
@@ -41,12 +41,8 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-
-from faramir.cli.allocator import keep_freed_memory  # noqa: E402
-
-keep_freed_memory()  # as the faramir command does
 
 # Everything the children use, imported once here: each child then starts in milliseconds.
 import lance  # noqa: E402, F401
@@ -70,9 +66,8 @@ import faramir.store.queries.ranking  # noqa: E402, F401
 import faramir.store.vectors.indexes  # noqa: E402, F401
 import faramir.store.vectors.nearest  # noqa: E402, F401
 import faramir.weights  # noqa: E402, F401
-from bench import chaos_commands as cmds  # noqa: E402
-from bench import chaos_faults as faults
-from bench import forked, invariants
+from tests.chaos import commands as cmds  # noqa: E402
+from tests.chaos import faults, forked, invariants  # noqa: E402
 
 TIMEOUT_S = 300.0  # any one command, check or reader; past it the child is killed ("timeout")
 KILL_COMMANDS = ("ingest (new cache)", "ingest", "rescore", "finetune", "labels import", "index")

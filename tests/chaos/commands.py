@@ -1,7 +1,7 @@
-"""What bench/chaos.py runs: its prepared collection and cache, the six writing commands, what
+"""What tests/chaos/run.py runs: its prepared collection and cache, the six writing commands, what
 each should leave behind, and the readers that loop while they write.
 
-Every function here runs in a forked child (bench/forked.py) and returns JSON-able values. The
+Every function here runs in a forked child (tests/chaos/forked.py) and returns JSON-able values. The
 commands are the library twins the CLI calls, one call each, with the CLI's defaults except
 ingest's commit chunk (two files, so a kill or a race meets many commits).
 """
@@ -211,9 +211,10 @@ def _count_and_stats(store, db, seen) -> None:
 def _heads_and_gaps(store, db, seen) -> None:
     from faramir.store import schema
     from faramir.store.cache import Cache
+    from faramir.store.heads import registry
 
     cache = Cache.open(db)
-    heads = cache.heads()
+    heads = registry.heads(cache)
     if not cache.has_images():
         return
     ds = cache.dataset(schema.IMAGES)

@@ -1,7 +1,7 @@
 """Synthetic caches in the real schema, for tests and benchmarks (no image is decoded).
 
-Test scaffolding, not part of the installed packages: benchmarks import it from the repository
-(`from tests.synthetic import ...`).
+Benchmark and test scaffolding, not part of the installed package: both import it from the
+repository (`from bench.synthetic import ...`).
 
 Rows are shaped like real ones where it matters to stage two:
 
@@ -41,9 +41,11 @@ from faramir.digests import tensor_digest
 from faramir.head import FaramirHead
 from faramir.store import schema
 from faramir.store.cache import Cache
+from faramir.store.heads import registry
 from faramir.store.heads.scoring import fixed_size_list, score_columns
+from faramir.store.schema import HeadColumns
 
-GENERATED = "SYNTHETIC cache rows (tests.synthetic): random vectors and a random head, scores mean nothing"
+GENERATED = "SYNTHETIC cache rows (bench.synthetic): random vectors and a random head, scores mean nothing"
 
 
 def random_checkpoint(cfg: FaramirConfig = FULL, seed: int = 0, pool_seed: int | None = None,
@@ -167,7 +169,7 @@ def image_rows(gen: Generator, start: int, n: int, heads: dict[str, FaramirHead]
         "ingested_at": pa.array([now] * n, schema.TIMESTAMP),
     }
     for prefix, head in heads.items():
-        columns.update(score_columns(prefix, head, b["faramir"], b["ae"], b["q"]))
+        columns.update(score_columns(HeadColumns(prefix, prefix), head, b["faramir"], b["ae"], b["q"]))
     return pa.table(columns, schema=schema.images_schema(gen.cfg, list(heads)))
 
 
@@ -240,8 +242,8 @@ def write_cache(
             }, schema=schema.FILES_SCHEMA))
         if progress:
             progress(len(rows))
-    cache.put_head(name=head_name, prefix=prefix, fingerprint=head_fp, pool_fingerprint=pool_fp or "",
-                   source=source, checkpoint=head_to_bytes(head_state))
+    registry.register(cache, name=head_name, columns=HeadColumns(prefix, prefix), fingerprint=head_fp,
+                      pool_fingerprint=pool_fp or "", source=source, checkpoint=head_to_bytes(head_state))
     return cache
 
 
