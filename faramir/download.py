@@ -31,7 +31,6 @@ be called from a worker thread of huggingface_hub.
 from __future__ import annotations
 
 import http.client
-import inspect
 import os
 import shutil
 import urllib.error
@@ -44,7 +43,7 @@ from urllib.parse import quote
 
 from faramir.errors import DownloadError, WeightsError, WeightsNotFound
 from faramir.files import atomic_path
-from faramir.locations import (  # noqa: F401 (CACHE_ENV: re-exported)
+from faramir.locations import (  # noqa: F401 (CACHE_ENV, for tests)
     AESTHETIC_FILE,
     ARNIQA_FILE,
     CACHE_ENV,
@@ -238,101 +237,20 @@ def _copy_stream(src: Any, out: BinaryIO, name: str, total: int | None, progress
 
 def _fetch_from_hub(file: WeightFile, target: Path, progress: Progress | None, endpoint: str | None, *,
                     force: bool) -> None:
-    """Get a Hub file through huggingface_hub's cache, then put it into place (`file.place`,
-    default: link or copy it)."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    """Get a Hub file through huggingface_hub's cache (`faramir.hub`), then put it into place
+    (`file.place`, default: link or copy it)."""
+    from faramir import hub
 
-    name, (repo_id, filename) = file.name, file.hub
-    # huggingface_hub reads HF_ENDPOINT once at import; read it per call so the env var always counts.
-    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
-    source = hf_hub_url(repo_id, filename, endpoint=endpoint)
-    cache_dir = _hf_cache_dir()
-    reports: list[int] = []
+    repo_id, filename = file.hub
+    source = hub.url(repo_id, filename, endpoint)
     try:
-        cached = None if force else try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
-        if not isinstance(cached, str):
-            # One HEAD without retries first: when the host is unreachable, hf_hub_download
-            # retries its metadata call with backoff for about 25 s before giving up.
-            get_hf_file_metadata(source, timeout=TIMEOUT_S)
-            kwargs: dict[str, Any] = {}
-            if _accepts_tqdm_class(hf_hub_download):  # older huggingface_hub lacks it: no progress then
-                kwargs["tqdm_class"] = _relay_bar_class(name, progress, reports)
-            cached = hf_hub_download(
-                repo_id,
-                filename,
-                cache_dir=cache_dir,
-                endpoint=endpoint,
-                etag_timeout=TIMEOUT_S,
-                force_download=force,
-                **kwargs,
-            )
+        cached = hub.cached_file(repo_id, filename, endpoint, force=force, timeout=TIMEOUT_S,
+                                 progress=lambda done, total: _report(progress, file.name, done, total))
     except Exception as ex:  # huggingface_hub raises httpx, OSError and its own families alike
-        raise DownloadError(f"{name}: download from {source} via huggingface_hub failed: {describe(ex)}") from ex
-    (file.place or _place_cached)(Path(cached), target, name, source)
-    if not reports:  # served from the cache: still tell the caller the file is complete
-        size = target.stat().st_size
-        _report(progress, name, size, size)
-
-
-def _hf_cache_dir() -> str:
-    """huggingface_hub's cache directory, from the environment as it is now (it reads it at import)."""
-    from huggingface_hub import constants
-
-    if cache := os.environ.get("HF_HUB_CACHE"):
-        return cache
-    if home := os.environ.get("HF_HOME"):
-        return os.path.join(home, "hub")
-    return constants.HF_HUB_CACHE
-
-
-def _accepts_tqdm_class(fn: Callable[..., Any]) -> bool:
-    try:
-        return "tqdm_class" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _relay_bar_class(name: str, progress: Progress | None, reports: list[int]) -> type:
-    """A tqdm stand-in for huggingface_hub: forwards byte counts to `progress`, prints nothing.
-
-    Not a tqdm subclass on purpose: huggingface_hub then builds it with plain keyword arguments
-    and never turns on a terminal bar. `update_transfer` makes its Xet path use one bar whose
-    `update` counts bytes written (network bytes, which differ with dedup, are ignored).
-    """
-
-    class RelayBar:
-        def __init__(self, *args: Any, total: int | None = None, initial: int = 0, **kwargs: Any) -> None:
-            self.total = total
-            self.n = initial
-            _report(progress, name, self.n, self.total)
-
-        def update(self, n: int | float = 1) -> None:
-            self.n += int(n)  # negative after a restarted transfer; that is the truth
-            reports.append(self.n)
-            _report(progress, name, self.n, self.total)
-
-        def update_transfer(self, n: int | float = 1) -> None:
-            pass
-
-        def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def set_transfer_postfix_str(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def refresh(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-        def __enter__(self) -> RelayBar:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.close()
-
-    return RelayBar
+        raise DownloadError(f"{file.name}: download from {source} via huggingface_hub failed: {describe(ex)}") from ex
+    (file.place or _place_cached)(cached, target, file.name, source)
+    size = target.stat().st_size  # complete, whether it came now or from the cache
+    _report(progress, file.name, size, size)
 
 
 def _place_cached(cached: Path, target: Path, name: str, source: str) -> None:

@@ -19,7 +19,6 @@ from faramir.store.errors import QueryError
 from faramir.store.schema import HeadColumns
 from faramir.store.sql import sql_in
 
-
 SHOWS = ("all", "accepted", "rejected")  # which side of the threshold a face shows
 
 

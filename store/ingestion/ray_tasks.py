@@ -14,7 +14,6 @@ needs to account for the file as a local ingest does.
 
 from __future__ import annotations
 
-import os
 import pickle
 from datetime import datetime, timezone
 
