@@ -27,6 +27,7 @@ T = TypeVar("T")
 
 EXIT_ERROR = 1  # the command could not do its job
 EXIT_PARTIAL = 3  # it did its job but some inputs were unreadable (reported on stderr)
+SHOWN = 20  # lines a command prints of a list of skipped inputs; the rest as a count
 
 
 def fail(message: str, code: int = EXIT_ERROR):
@@ -36,8 +37,8 @@ def fail(message: str, code: int = EXIT_ERROR):
 
 def handle_errors(fn: Callable) -> Callable:
     """Turn our exceptions into one line on stderr and a non-zero exit, and show each warning the
-    library gives (`FaramirWarning`) once, as one line on stderr, when it is given; a full disk,
-    whichever layer meets it, is one line too."""
+    library gives (`FaramirWarning`) once, as one line on stderr, when it is given; a full disk or
+    a cache that cannot be written, whichever layer meets it, is one line too."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -52,12 +53,13 @@ def handle_errors(fn: Callable) -> Callable:
             stderr.print("Interrupted.", markup=False)
             raise typer.Exit(130)
         except Exception as ex:
-            from faramir.store.errors import disk_full
+            from faramir.store.cache import default_db
+            from faramir.store.errors import storage_error
 
-            full = disk_full(ex, kwargs.get("db"))
-            if full is None:
+            refused = storage_error(ex, kwargs.get("db") or default_db())
+            if refused is None:
                 raise
-            fail(str(full))
+            fail(str(refused))
 
     return wrapper
 

@@ -7,10 +7,11 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from faramir.cli.common import handle_errors, note, progress_bar, stderr, warn
-from faramir.cli.options import Db, ReportFormat, ReportFormatOpt, RowFormat, RowFormatOpt, Threshold
+from faramir.cli.common import EXIT_PARTIAL, SHOWN, fail, handle_errors, note, progress_bar, stderr, warn
+from faramir.cli.options import Db, ReportFormat, ReportFormatOpt, RowFormat, RowFormatOpt, Seed, Threshold
 from faramir.cli.output import emit, emit_json
 from faramir.config import DEFAULT_THRESHOLD
+from faramir.store import limits
 
 LABEL_COLUMNS = ["id", "label", "accept", "path", "source", "imported_at"]
 
@@ -25,13 +26,22 @@ def labels_import(
     """Import labels for cached images; rows naming images that are not cached are reported.
 
     Example: faramir labels import labels.csv --db art.lancedb
+
+    Exit status 3 when some rows were skipped, 1 when none could be imported.
     """
     from faramir.store.labels.files import import_labels
 
     report = import_labels(file, db=db, source=source)
-    for s in report.skipped:
+    for s in report.skipped[:SHOWN]:
         warn(f"{report.file}:{s.line}: {s.ref or '(empty)'}: {s.reason}")
+    if len(report.skipped) > SHOWN:
+        warn(f"… and {len(report.skipped) - SHOWN} more rows skipped")
+    if not report.imported:
+        fail(f"{report.file}: no label imported ({len(report.skipped)} rows skipped, reasons above); "
+             f"give a CSV with a header (path,label or id,label) naming cached images, or JSON lines")
     note(f"{report.imported} labels imported, {len(report.skipped)} rows skipped.")
+    if report.skipped:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @handle_errors
@@ -71,13 +81,13 @@ def finetune(
     base: Annotated[str, typer.Option("--base", help="A head in the cache, or a checkpoint file.")] = "faramir-v1",
     name: Annotated[Optional[str], typer.Option(
         "--name", help="Also score the cache with it under this head name.")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 20,
-    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 4e-4,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, max=limits.MAX_EPOCHS)] = 20,
+    lr: Annotated[float, typer.Option("--lr", min=1e-12, max=limits.MAX_LEARNING_RATE)] = 4e-4,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=limits.MAX_HEAD_BATCH)] = 256,
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.9)] = 0.2,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Seed = 0,
     threads: Annotated[int, typer.Option(
-        "--threads", min=1, help="Torch threads (1 is fastest for this small head).")] = 1,
+        "--threads", min=1, max=limits.MAX_THREADS, help="Torch threads (1 is fastest for this small head).")] = 1,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
     db: Db = None,
 ):

@@ -10,6 +10,7 @@ import typer
 from faramir.cli.common import Bar, handle_errors, note
 from faramir.cli.options import Db, ListFormat, ListFormatOpt
 from faramir.cli.output import emit
+from faramir.store import limits
 
 HEAD_COLUMNS = ["name", "rows", "fingerprint", "pool", "created_at", "scored_from", "source", "prefix"]
 
@@ -20,7 +21,8 @@ def rescore(
         "--head", help="Head checkpoint: a faramir-v1.pth or a file of norm.* + head.*.")],
     name: Annotated[str, typer.Option("--name", help="Name to keep its scores under (replaces a head of that name).")],
     db: Db = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Rows per head forward.")] = 4096,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=limits.MAX_HEAD_BATCH,
+                                            help="Rows per head forward.")] = 4096,
     index: Annotated[bool, typer.Option("--index/--no-index", help="Index the new score columns afterwards.")] = True,
 ):
     """Score every cached image with a head checkpoint; no image is read, no trunk is run.

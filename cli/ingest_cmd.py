@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from faramir.cli import options
-from faramir.cli.common import EXIT_PARTIAL, handle_errors, note, progress_bar, warn
+from faramir.cli.common import EXIT_PARTIAL, SHOWN, handle_errors, note, progress_bar, warn
 from faramir.cli.options import (
     BatchSize,
     Compile,
@@ -99,9 +99,11 @@ def _drawn(events):
 
 def _finish(s) -> None:
     """Print the summary; exit with status 3 when some files could not be read, as assess does."""
-    for f in s.failures:
+    for f in s.failures[:SHOWN]:
         note(f"Failed: {f.path}: {f.reason}" + (" (unchanged since it failed before; not retried)"
                                                 if f.recorded_earlier else ""))
+    if len(s.failures) > SHOWN:
+        note(f"… and {len(s.failures) - SHOWN} more failed files: 'faramir failures' lists them all.")
     rate = f", {s.images_per_s:.2f} images/s" if s.new else ""
     note(f"Ingested {s.found} files into {s.db}: {s.new} new, {s.unchanged} unchanged, "
          f"{s.duplicate} duplicate, {s.failed} failed ({s.elapsed_s:.1f} s{rate}).")

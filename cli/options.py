@@ -13,6 +13,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from faramir.config import DEFAULT_THRESHOLD
+from faramir.store import limits
 
 
 def _choices(name: str, *values: str) -> type[Enum]:
@@ -47,8 +48,15 @@ PrecisionOpt = Annotated[Precision, typer.Option(
 Compile = Annotated[bool, typer.Option(
     "--compile", help="Compile the experts with torch.compile first (a minute or two, once): faster long "
                       "runs where it pays, e.g. bf16 on AMX CPUs; needs a C++ compiler on CPUs.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")]
-Workers = Annotated[Optional[int], typer.Option("--workers", min=0, help="Decode worker processes (default: spare cores).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, max=limits.MAX_BATCH, help="Images per model batch.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", min=0, max=limits.MAX_WORKERS,
+                                                help="Decode worker processes (default: spare cores).")]
+Neighbours = Annotated[int, typer.Option("--k", "-k", min=1, max=limits.MAX_NEIGHBOURS, help="How many images.")]
+Nprobes = Annotated[Optional[int], typer.Option("--nprobes", min=1, max=limits.MAX_NPROBES,
+                                                help="IVF partitions to search.")]
+RefineFactor = Annotated[Optional[int], typer.Option("--refine-factor", min=1, max=limits.MAX_REFINE_FACTOR,
+                                                     help="Re-rank k × this exactly.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, max=limits.MAX_SEED, help="Random seed.")]
 Recursive = Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")]
 FileList = Annotated[Optional[str], typer.Option("--file-list", help="Text file of image paths, relative to the one PATH.")]
 Paths = Annotated[List[str], typer.Argument(help="Image files and/or folders.")]

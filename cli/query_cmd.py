@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from faramir.cli.common import EXIT_PARTIAL, Bar, fail, handle_errors, note, warn
+from faramir.cli.common import EXIT_PARTIAL, SHOWN, Bar, fail, handle_errors, note, warn
 from faramir.cli.options import (
     Db,
     Device,
@@ -16,6 +16,9 @@ from faramir.cli.options import (
     ExportFormat,
     Keep,
     Link,
+    Neighbours,
+    Nprobes,
+    RefineFactor,
     ReportFormat,
     ReportFormatOpt,
     RowFormat,
@@ -25,6 +28,7 @@ from faramir.cli.options import (
     filter_options,
 )
 from faramir.cli.output import emit, emit_json, emit_results
+from faramir.store import limits
 from faramir.store.near_duplicates import DEFAULT_SIMILARITY
 
 ROW_COLUMNS = ["id", "path", "confidence", "accepted", "label", "aesthetic_score"]
@@ -55,7 +59,7 @@ def top(
 def stats(
     db: Db = None,
     filter=None,
-    bins: Annotated[int, typer.Option("--bins", min=1, max=200, help="Histogram bins over [0, 1].")] = 20,
+    bins: Annotated[int, typer.Option("--bins", min=1, max=limits.MAX_BINS, help="Histogram bins over [0, 1].")] = 20,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the histogram and sweep into this PNG.")] = None,
     fmt: ReportFormatOpt = ReportFormat.table,
     as_json: Annotated[bool, typer.Option("--json", hidden=True, help="The same as --format json.")] = False,
@@ -87,12 +91,12 @@ def stats(
 def similar(
     ref: Annotated[str, typer.Argument(help="A cached image's id or path, or an image file (cached once).")],
     db: Db = None,
-    k: Annotated[int, typer.Option("--k", "-k", min=1, help="How many neighbours.")] = 10,
+    k: Neighbours = 10,
     embedding: Annotated[Embedding, typer.Option("--embedding", help="faramir or siglip (the stock pool).")] = Embedding.faramir,
     filter=None,
     exact: Annotated[bool, typer.Option("--exact", help="Exact search even where an ANN index exists.")] = False,
-    nprobes: Annotated[Optional[int], typer.Option("--nprobes", min=1, help="IVF partitions to search.")] = None,
-    refine_factor: Annotated[Optional[int], typer.Option("--refine-factor", min=1, help="Re-rank k × this exactly.")] = None,
+    nprobes: Nprobes = None,
+    refine_factor: RefineFactor = None,
     weights_dir: WeightsDir = None,
     device: Device = "auto",
     fmt: RowFormatOpt = RowFormat.table,
@@ -163,8 +167,8 @@ def export(
 
     Example: faramir export ./accepted --accepted --by-label --link hardlink
 
-    In a folder, a taken name gets the image's id appended; a source file that is gone is reported
-    and skipped (exit status 3).
+    In a folder, a taken name gets the image's id appended; only files whose bytes are still the
+    cached image's are exported: one that is gone or changed is reported and skipped (exit status 3).
     """
     from faramir.store.exports import export as run
 
@@ -173,13 +177,14 @@ def export(
                      with_embeddings=with_embeddings,
                      sort=sort.value if sort else None, limit=limit, dedupe=dedupe,
                      dedupe_threshold=dedupe_threshold, keep=keep.value, progress=bar, filter=filter)
-    for label, items in (("source file missing", result.missing), ("name taken, skipped", result.clashes)):
-        for item in items[:20]:
+    for label, items in (("source file missing", result.missing), ("name taken, skipped", result.clashes),
+                         ("no longer holds the cached image, not exported", result.changed)):
+        for item in items[:SHOWN]:
             warn(f"{item}: {label}")
-        if len(items) > 20:
-            warn(f"… and {len(items) - 20} more ({label})")
+        if len(items) > SHOWN:
+            warn(f"… and {len(items) - SHOWN} more ({label})")
     what = "rows" if result.format != "files" else "images"
     extra = f", {result.present} already there" if result.present else ""
     note(f"Exported {result.written} {what} to {result.dest}{extra}.")
-    if result.missing or result.clashes:
+    if result.skipped:
         raise typer.Exit(EXIT_PARTIAL)

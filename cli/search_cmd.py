@@ -17,6 +17,9 @@ from faramir.cli.options import (
     Keep,
     ListFormat,
     ListFormatOpt,
+    Neighbours,
+    Nprobes,
+    RefineFactor,
     filter_options,
 )
 from faramir.cli.output import emit, emit_results
@@ -36,11 +39,11 @@ TextWeightsDir = Annotated[Optional[Path], typer.Option(
 def search(
     text: Annotated[str, typer.Argument(help="What to look for, in words.")],
     db: Db = None,
-    k: Annotated[int, typer.Option("--k", "-k", min=1, help="How many images.")] = 10,
+    k: Neighbours = 10,
     filter=None,
     exact: Annotated[bool, typer.Option("--exact", help="Exact search even where an ANN index exists.")] = False,
-    nprobes: Annotated[Optional[int], typer.Option("--nprobes", min=1, help="IVF partitions to search.")] = None,
-    refine_factor: Annotated[Optional[int], typer.Option("--refine-factor", min=1, help="Re-rank k × this exactly.")] = None,
+    nprobes: Nprobes = None,
+    refine_factor: RefineFactor = None,
     weights_dir: TextWeightsDir = None,
     device: Device = "auto",
     fmt: ListFormatOpt = ListFormat.table,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from faramir.cli.common import handle_errors, stderr
-from faramir.cli.options import Variant
+from faramir.cli.options import Seed, Variant
 
 
 @handle_errors
@@ -38,7 +38,7 @@ def generate(
     to: Annotated[Path, typer.Option("--to", help="Directory to write the four files into.")],
     variant: Annotated[Variant, typer.Option(
         "--variant", help="tiny (tests, fast) or full (upstream size, 1.7 GB).")] = Variant.tiny,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Seed = 0,
     text: Annotated[bool, typer.Option("--text/--no-text", help="Also the text tower and a generated tokenizer.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Overwrite weight files already in --to.")] = False,
 ):

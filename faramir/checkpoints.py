@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -39,20 +39,32 @@ def load_pth(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def check_state_dict(path, state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
-    """Raise WeightsError naming missing keys, unexpected keys and wrong shapes, else naming the
-    tensors holding NaN or infinity (a model with one gives NaN for every image)."""
+class Spec(NamedTuple):
+    """What a module expects of one tensor of a checkpoint: its shape, and whether it is floating
+    point (any float width loads: the module casts it to float32, as upstream's loading does)."""
+
+    shape: tuple[int, ...]
+    floating: bool
+
+
+def check_state_dict(path, state: dict[str, torch.Tensor], expected: dict[str, Spec]) -> None:
+    """Raise WeightsError naming missing keys, unexpected keys, wrong shapes and wrong kinds of
+    numbers (an integer tensor where the model holds floats would be cast silently), else naming
+    the tensors holding NaN or infinity (a model with one gives NaN for every image)."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} != {tuple(expected[k])}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k])
-    ]
+    present = [k for k in expected if k in state]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+             for k in present if tuple(state[k].shape) != tuple(expected[k].shape)]
     problems = []
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
         if items:
             problems.append(f"{label}: {_listing(items)}")
+    for floating, kind in ((True, "floating point"), (False, "integers")):
+        items = [f"{k} {str(state[k].dtype).removeprefix('torch.')}" for k in present
+                 if expected[k].floating == floating and state[k].is_floating_point() != floating]
+        if items:
+            problems.append(f"wrong dtypes: {_listing(items)}, where the model holds {kind}")
     if problems:
         raise WeightsError(f"{path}: does not match the model; " + "; ".join(problems))
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -65,8 +77,10 @@ def _listing(keys: list[str]) -> str:
     return ", ".join(keys[:6]) + (f", … ({len(keys)} in all)" if len(keys) > 6 else "")
 
 
-def shapes_of(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
+def specs_of(module: torch.nn.Module | dict[str, torch.Tensor], prefix: str = "") -> dict[str, Spec]:
+    """What a checkpoint of `module` (or one like this state dict) must hold, its keys with `prefix`."""
+    state = module if isinstance(module, dict) else module.state_dict()
+    return {prefix + k: Spec(tuple(v.shape), v.is_floating_point()) for k, v in state.items()}
 
 
 def as_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,16 +108,16 @@ def load_head_checkpoint(path: str | os.PathLike, cfg: FaramirConfig = FULL, kno
     state = load_pth(path)
     pool_state, head_state = split_faramir_checkpoint(state)
     head = FaramirHead(cfg)
-    expected = shapes_of(head)
+    expected = specs_of(head)
     pool_fp = tensor_digest(as_float32(pool_state)) if pool_state else None
     if pool_state and pool_fp == known_pool:
-        expected = {**{f"attn_pool.{k}": tuple(v.shape) for k, v in pool_state.items()}, **expected}
+        expected = {**specs_of(pool_state, "attn_pool."), **expected}
     elif pool_state:
         from faramir.experts import build_trunk
 
         with torch.device("meta"):
             pool = build_trunk(cfg).attn_pool
-        expected = {**shapes_of(pool, "attn_pool."), **expected}
+        expected = {**specs_of(pool, "attn_pool."), **expected}
     check_state_dict(path, state, expected)
     head_state = as_float32(head_state)
     head.load_state_dict(head_state)

@@ -23,8 +23,12 @@ def f32(value: float) -> float:
 
 
 def sql_float(value: float) -> str:
-    """`value` rounded to float32 as a SQL literal (the shortest repr that round-trips)."""
-    return repr(f32(value))
+    """`value` rounded to float32 as a SQL literal (the shortest repr that round-trips). A value
+    that rounds to infinity or NaN has no literal (SQL would read `inf` as a column name)."""
+    rounded = f32(value)
+    if not np.isfinite(rounded):
+        raise ValueError(f"{value!r} is no finite float32 number")
+    return repr(rounded)
 
 
 def _kind(array) -> str:

@@ -74,3 +74,69 @@ def sha256_file(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes (hex), read in chunks: the content id of the cache."""
     with open_regular(path) as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+CHUNK = 1 << 20  # bytes read at a time while hashing
+
+
+def copy_verified(path: str | os.PathLike, out: BinaryIO | None, content_id: str, size: int) -> bytes | None:
+    """The bytes of `path` if they are still the content `content_id` (its sha256) of `size`
+    bytes, hashed while they are read; written to `out` as they come when given (then b"" is
+    returned), else kept and returned. None when the file cannot be read or is not that content
+    any more (another size is seen before a byte is read) or not a regular file; what went to
+    `out` then is the caller's to discard. Never reads past `size` + 1 bytes. An error writing to
+    `out` (a full disk) is raised: it is no fault of the file."""
+    try:
+        f = open_regular(path)
+    except OSError:
+        return None
+    with f:
+        try:
+            if os.fstat(f.fileno()).st_size != size:
+                return None
+        except OSError:
+            return None
+        digest, kept, seen = hashlib.sha256(), [], 0
+        while True:
+            try:
+                chunk = f.read(min(CHUNK, size + 1 - seen))
+            except OSError:
+                return None
+            if not chunk:
+                break
+            seen += len(chunk)
+            if seen > size:
+                return None  # it grew while being read
+            digest.update(chunk)
+            if out is None:
+                kept.append(chunk)
+            else:
+                out.write(chunk)
+    if seen != size or digest.hexdigest() != content_id:
+        return None
+    return b"".join(kept)
+
+
+KERNEL_FILE_SYSTEMS = frozenset({  # the kernel's views of itself: no place to write files into
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+    "configfs", "pstore", "bpf", "efivarfs", "fusectl", "mqueue", "binfmt_misc", "autofs", "hugetlbfs"})
+
+
+def file_system_type(path: str | os.PathLike) -> str | None:
+    """The type of the file system `path` is on (or would be created on), as the kernel names it
+    ("ext4", "proc", ...), from /proc/self/mountinfo; None where that cannot be read."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, found = "", None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split(" ")
+        if len(fields) < 5 or not right:
+            continue
+        point = fields[4].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, found = point, right.split(" ")[0]
+    return found

@@ -65,14 +65,14 @@ def tokenizer_dir(weights_dir: str | os.PathLike) -> Path:
     return Path(weights_dir) / TEXT_DIR
 
 
-def expected_shapes(cfg: TextConfig) -> dict[str, tuple[int, ...]]:
-    """Key → shape of the tower open_clip builds for `cfg`, with the checkpoint's `text.` prefix."""
+def expected_specs(cfg: TextConfig):
+    """Key → shape and kind of the tower open_clip builds for `cfg`, with the checkpoint's `text.` prefix."""
     import torch
 
-    from faramir.checkpoints import shapes_of
+    from faramir.checkpoints import specs_of
 
     with torch.device("meta"):
-        return shapes_of(build_text_tower(cfg), PREFIX)
+        return specs_of(build_text_tower(cfg), PREFIX)
 
 
 def read_text_info(path: str | os.PathLike) -> tuple[TextConfig, str | None]:
@@ -104,7 +104,7 @@ def load_text_state(weights_dir: str | os.PathLike):
     path = root / TEXT_MODEL_FILE
     cfg, generated = read_text_info(path)
     state = load_file(str(path))
-    check_state_dict(path, state, expected_shapes(cfg))
+    check_state_dict(path, state, expected_specs(cfg))
     return cfg, generated, {k[len(PREFIX):]: v for k, v in as_float32(state).items()}
 
 
@@ -146,7 +146,7 @@ def extract_text_tower(source: str | os.PathLike, target: str | os.PathLike, ori
     except Exception as ex:
         raise WeightsError(f"{source}: not a readable safetensors file ({ex}); download it again") from ex
     cfg = TextConfig.from_json(meta[META_TEXT_CONFIG]) if META_TEXT_CONFIG in meta else TEXT_FULL
-    check_state_dict(source, state, expected_shapes(cfg))
+    check_state_dict(source, state, expected_specs(cfg))
     kept = {k: v for k, v in meta.items() if k in (META_TEXT_CONFIG, META_GENERATED)}
     save_file(state, str(target), metadata={"format": "pt", **kept, META_SOURCE: f"{origin}: its text.* tensors"})
 

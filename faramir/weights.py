@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from faramir.checkpoints import as_float32, check_state_dict, load_pth, shapes_of, split_faramir_checkpoint
+from faramir.checkpoints import as_float32, check_state_dict, load_pth, specs_of, split_faramir_checkpoint
 from faramir.config import FULL, PREPROCESS_VERSION, FaramirConfig
 from faramir.digests import cached_file_digest, remembered_digest, tensor_digest
 from faramir.errors import WeightsError, WeightsNotFound
@@ -84,7 +84,7 @@ def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu
     aesthetic_state = _load_into(experts.aesthetic, root / AESTHETIC_FILE, load_pth(root / AESTHETIC_FILE))
 
     faramir_state = load_pth(root / FARAMIR_FILE)
-    expected = {**shapes_of(experts.faramir_pool, "attn_pool."), **shapes_of(head)}
+    expected = {**specs_of(experts.faramir_pool, "attn_pool."), **specs_of(head)}
     check_state_dict(root / FARAMIR_FILE, faramir_state, expected)
     pool_state, head_state = split_faramir_checkpoint(as_float32(faramir_state))
     experts.faramir_pool.load_state_dict(pool_state, assign=True)
@@ -135,6 +135,6 @@ def file_bytes_experts_fingerprint(weights_dir: str | os.PathLike) -> str:
 
 def _load_into(module: torch.nn.Module, path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Check `state` against `module`'s keys and shapes, load it as float32; return it."""
-    check_state_dict(path, state, shapes_of(module))
+    check_state_dict(path, state, specs_of(module))
     module.load_state_dict(as_float32(state), assign=True)
     return state

@@ -19,10 +19,11 @@ from starlette.background import BackgroundTask
 from faramir.config import ACCEPT_LABELS, DEFAULT_THRESHOLD, LABELS
 from faramir.errors import FaramirError
 from faramir.gallery import thumbnails
-from faramir.gallery.jobs import Jobs
+from faramir.gallery.jobs import Jobs, NameTaken
 from faramir.gallery.text import TextSearch
-from faramir.store import schema
+from faramir.store import limits, schema
 from faramir.store.cache import Cache
+from faramir.store.errors import ReadOnlyCache
 from faramir.store.filters import Filter
 from faramir.store.heads import registry
 from faramir.store.heads.compare import disagreements
@@ -96,6 +97,15 @@ def tiles(rows: list[dict], cache: Cache) -> list[dict]:
     return out
 
 
+def _cannot_write(cache: Cache) -> str:
+    """Why this cache cannot be written (labels, finetunes), in one line; "" when it can."""
+    try:
+        cache.check_writable()
+    except ReadOnlyCache as ex:
+        return str(ex)
+    return ""
+
+
 # -- reads ------------------------------------------------------------------------------------------
 
 
@@ -110,6 +120,7 @@ def info(g: Gallery = Depends(gallery)):
         "accept_labels": [x for x in LABELS if x in ACCEPT_LABELS],
         "read_only": g.read_only,
         "generated": g.cache.get_meta("weights_generated") or "",
+        "cannot_write": _cannot_write(g.cache),
         "label_counts": label_counts(g.cache).to_dict(),
         "search_unavailable": g.text.unavailable(),
     }
@@ -189,7 +200,7 @@ def compare(
 @router.get("/thumb/{image_id}")
 def thumb(image_id: str = Depends(content_id), size: Literal["thumb", "preview"] = "thumb",
           g: Gallery = Depends(gallery)):
-    made = thumbnails.thumbnail(image_id, images.paths(image_id, g.cache), g.root / "thumbnails", size)
+    made = thumbnails.thumbnail(image_id, *images.sources(image_id, g.cache), g.root / "thumbnails", size)
     if made is None:
         return Response(thumbnails.placeholder("original missing"), media_type="image/svg+xml",
                         headers={"Cache-Control": "no-store", "X-Faramir-Missing": "1"})
@@ -256,10 +267,16 @@ def write_labels(
 def start_finetune(
     base: str = Body(schema.DEFAULT_HEAD, embed=True, min_length=1, max_length=64),
     name: str | None = Body(None, embed=True, max_length=64),
-    epochs: int = Body(20, embed=True),
+    epochs: int = Body(20, embed=True, ge=1, le=limits.MAX_EPOCHS),
     threshold: float = Body(DEFAULT_THRESHOLD, embed=True, allow_inf_nan=False),
+    replace: bool = Body(False, embed=True),
     g: Gallery = Depends(gallery),
 ):
     registry.head(g.cache, base)  # refuses an unknown base with the list of heads
-    job = g.jobs.start(base, name or None, epochs, threshold, {h["name"] for h in registry.heads(g.cache)})
+    g.cache.check_writable()  # before the training, not after it
+    try:
+        job = g.jobs.start(base, name or None, epochs, threshold, {h["name"] for h in registry.heads(g.cache)},
+                           replace=replace)
+    except NameTaken as ex:
+        raise Refused(409, str(ex)) from None
     return job.public()

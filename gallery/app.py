@@ -19,7 +19,7 @@ from faramir.gallery import api, safety
 from faramir.gallery.jobs import JobError, Jobs
 from faramir.gallery.text import TextSearch
 from faramir.store.cache import Cache
-from faramir.store.errors import UnknownImage
+from faramir.store.errors import DiskFull, ReadOnlyCache, UnknownImage, storage_error
 
 STATIC = Path(__file__).with_name("static")
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -108,10 +108,14 @@ def _answer_errors(app: FastAPI) -> None:
 
     @app.exception_handler(FaramirError)
     async def _ours(request, ex: FaramirError):
-        return _error(400, str(ex).split("\n")[0])
+        status = 503 if isinstance(ex, (ReadOnlyCache, DiskFull)) else 400  # the storage, not the request
+        return _error(status, str(ex).split("\n")[0])
 
     @app.exception_handler(Exception)
     async def _bug(request, ex: Exception):
+        refused = storage_error(ex, app.state.cache.uri)
+        if refused is not None:
+            return _error(503, str(refused))
         return _error(500, f"internal error ({type(ex).__name__}): {ex}")
 
 

@@ -17,13 +17,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from faramir.errors import FaramirError
-from faramir.store import schema
+from faramir.store import limits, schema
+from faramir.store.errors import storage_error
 
 EVALUATION_KEYS = ("n", "mcc", "precision", "recall", "f1", "accuracy", "confusion", "best")
 
 
 class JobError(FaramirError):
     """A finetune job cannot be started as asked."""
+
+
+class NameTaken(JobError):
+    """The name asked for is a registered head's, and replacing it was not asked for."""
 
 
 @dataclass
@@ -74,16 +79,20 @@ class Jobs:
             raise JobError(f"no finetune job {job_id} on this server")
         return self.jobs[job_id]
 
-    def start(self, base: str, name: str | None, epochs: int, threshold: float, taken: set[str]) -> FinetuneJob:
-        if not 1 <= epochs <= 500:
-            raise JobError(f"epochs {epochs}: use 1 to 500")
-        if not 0.0 <= threshold <= 1.0:
-            raise JobError(f"threshold {threshold}: must be between 0 and 1")
+    def start(self, base: str, name: str | None, epochs: int, threshold: float, taken: set[str],
+              replace: bool = False) -> FinetuneJob:
+        """Start a finetune of `base` into head `name` (None: a free one); a name among `taken`
+        (the registered heads) only with `replace`."""
+        limits.check("epochs", epochs, 1, limits.MAX_EPOCHS, JobError)
+        limits.check("threshold", threshold, 0.0, 1.0, JobError)
         name = name or free_name(base, taken)
         if not schema.valid_head_name(name):
             raise JobError(f"{name[:80]!r}: not a valid head name; use letters, digits, '.', '_' and '-'")
         if name == base:
             raise JobError(f"name the finetuned head differently from its base {base!r}")
+        if name in taken and not replace:
+            raise NameTaken(f"a head named {name!r} exists; choose another name, or confirm that the new "
+                            f"head replaces it")
         with self.lock:
             if (busy := self.running()) is not None:
                 raise JobError(f"finetune job {busy.id} ({busy.name}) is still running; wait for it")
@@ -108,7 +117,8 @@ class Jobs:
         try:
             self.heads_dir.mkdir(parents=True, exist_ok=True)
             out = self.heads_dir / f"{job.name}.pth"
-            finetune(job.base, out, db=self.db, epochs=job.epochs, on_epoch=on_epoch)
+            # The checkpoint is the gallery's own file, in its own folder: a name used before is rewritten.
+            finetune(job.base, out, db=self.db, epochs=job.epochs, on_epoch=on_epoch, force=True)
             job.state = "scoring"
             rescore(out, job.name, db=self.db, progress=on_rows)
             job.state = "evaluating"
@@ -118,7 +128,9 @@ class Jobs:
         except FaramirError as ex:
             job.error, job.state = str(ex).split("\n")[0], "failed"
         except Exception as ex:  # reported on the page, never lost in a thread
-            job.error, job.state = f"{type(ex).__name__}: {ex}".split("\n")[0], "failed"
-            traceback.print_exc()
+            refused = storage_error(ex, self.db)
+            job.error, job.state = (str(refused) if refused else f"{type(ex).__name__}: {ex}").split("\n")[0], "failed"
+            if refused is None:
+                traceback.print_exc()
         finally:
             job.finished = time.time()

@@ -10,7 +10,6 @@ them; nothing here takes a path from a client).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from faramir.files import open_regular
+from faramir.files import copy_verified
 from faramir.preprocess import open_srgb
 from faramir.store.schema import path_from_column
 
@@ -51,20 +50,17 @@ def render(data: bytes, name: str, longest: int) -> bytes:
         return out.getvalue()
 
 
-def thumbnail(image_id: str, paths: list[str], root: Path, size: str = "thumb") -> Path | None:
+def thumbnail(image_id: str, paths: list[str], recorded_size: int, root: Path, size: str = "thumb") -> Path | None:
     """The cached thumbnail of `image_id` (made from the first of `paths` whose bytes still hash to
-    it), or None when no recorded path holds that content any more."""
+    it), or None when no recorded path holds that content any more. A file of another size than
+    the one recorded is passed over unread (it is not the content, whatever it holds now)."""
     target = thumbnail_path(root, image_id, size)
     if target.is_file():
         return target
     for path in paths:
-        try:
-            with open_regular(path_from_column(path)) as fh:  # as the cache stores it; never a FIFO
-                data = fh.read()
-        except OSError:
-            continue
-        if hashlib.sha256(data).hexdigest() != image_id:
-            continue  # the file changed since it was cached
+        data = copy_verified(path_from_column(path), None, image_id, recorded_size)  # as the cache stores it
+        if data is None:
+            continue  # gone, changed since it was cached, or not a regular file
         try:
             webp = render(data, path, SIZES[size])
         except Exception:  # Pillow raises many types; an undecodable file is like a missing one

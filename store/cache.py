@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from faramir.config import FaramirConfig
 from faramir.store import schema
-from faramir.store.errors import CacheError, CacheRecovered, GeneratedCache, NoCache
+from faramir.store.errors import CacheError, CacheRecovered, GeneratedCache, NoCache, NotACache, read_only
 from faramir.store.recovery import recover
 
 T = TypeVar("T")
@@ -94,6 +94,52 @@ def ensure_primary_key(table, key: str) -> None:
         pass  # a concurrent creator set it first
 
 
+def _check_folder(uri: str) -> None:
+    """Refuse, before anything is written, a location that is not a faramir cache nor a place
+    to make one: a file, or a folder holding anything but a cache's tables (another LanceDB
+    database, a folder of pictures). A folder that is empty, or being made a cache by another
+    process, is fine."""
+    path = Path(uri)
+    if path.exists() and not path.is_dir():
+        raise NotACache(f"{uri}: a file, not a cache; give --db a folder (a new one is made there), "
+                        f"e.g. --db {uri}.lancedb")
+    try:
+        entries = set(os.listdir(path))
+    except FileNotFoundError:
+        return
+    except OSError as ex:
+        raise NotACache(f"{uri}: cannot be read as a cache ({ex.strerror}); give --db another folder") from None
+    foreign = sorted(entries - {CREATE_LOCK, *(f"{name}.lance" for name in [*TABLE_KEYS, schema.IMAGES])})
+    tables = sorted(e.removesuffix(".lance") for e in entries if e.endswith(".lance"))
+    if foreign or (tables and f"{schema.META}.lance" not in entries):  # a cache's first table is its meta
+        what = f"a LanceDB database with tables {', '.join(tables[:5])}" if tables else \
+            f"{len(foreign)} entries ({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''})"
+        raise NotACache(f"{uri}: not a faramir cache (it holds {what}); give --db a new or empty folder")
+
+
+def check_writable(uri: str) -> None:
+    """Raise ReadOnlyCache unless the cache at `uri` (or, where there is none yet, the folder it
+    would be made in) and each of its tables' folders can be written by this process."""
+    if _is_uri(uri):
+        return
+    path = Path(uri)
+    while not path.exists() and path.parent != path:
+        path = path.parent  # a new cache: the nearest folder that exists must take it
+    folders = [path, *(p for t in path.glob("*.lance") for p in (t, *t.iterdir()) if p.is_dir())] \
+        if path.is_dir() else [path]
+    for folder in folders:
+        if not os.access(folder, os.W_OK):
+            why = "a read-only file system" if _read_only_mount(folder) else "no permission to write"
+            raise read_only(uri, f"{folder}: {why}")
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 class Cache:
     """An open cache. `images` exists once the first ingest has fixed the embedding width."""
 
@@ -125,6 +171,7 @@ class Cache:
         uri = os.fspath(db) if db is not None else default_db()
         cache = cls(uri)
         if not _is_uri(uri):
+            _check_folder(uri)
             if not create and not Path(uri).is_dir():
                 raise NoCache(f"{uri}: no cache here yet; run 'faramir ingest PATH --db {uri}' first")
             Path(uri).mkdir(parents=True, exist_ok=True)
@@ -296,6 +343,12 @@ class Cache:
         `where` (a query that checks something of every row, as
         `faramir.store.heads.unscored.warn_unscored` does, pays for it once per version)."""
         return self.kept("count", ds, where, lambda: ds.count_rows(where))
+
+    def check_writable(self) -> None:
+        """Raise ReadOnlyCache before anything is computed when this process cannot write the
+        cache: a read-only file system, or a folder it may not write (a local cache; an object
+        store says so at the first write)."""
+        check_writable(self.uri)
 
     def read(self, name: str, columns: list[str] | None = None, where: str | None = None) -> pa.Table:
         """Only `columns` (None: all) of the rows of table `name` matching `where` (SQL)."""

@@ -28,6 +28,10 @@ class NoCache(CacheError):
     """There is no cache at the given location yet."""
 
 
+class NotACache(CacheError):
+    """The location given holds something else than a faramir cache, or is a file."""
+
+
 class ExpertsMismatch(CacheError):
     """The cache was built with other expert weights or preprocessing than the model given."""
 
@@ -72,18 +76,37 @@ class RayError(FaramirError):
     """Ray cannot be used as asked: not installed, or no cluster at the address."""
 
 
+class ReadOnlyCache(CacheError):
+    """The cache's folder cannot be written: a read-only file system or folder."""
+
+
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXT = ("No space left on device", "Disk quota exceeded", "(os error 28)", "(os error 122)")
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_READ_ONLY_TEXT = ("Read-only file system", "(os error 30)", "Permission denied", "(os error 13)",
+                   "Operation not permitted", "(os error 1)")
 
 
-def disk_full(ex: BaseException, uri: str | None = None) -> DiskFull | None:
-    """`DiskFull` for an exception that says the disk is full, from Python or from Lance (whose
-    errors carry the OS error only in their text), else None."""
-    if not (isinstance(ex, OSError) and ex.errno in _FULL) and not any(t in str(ex) for t in _FULL_TEXT):
-        return None
-    where = f"{uri}: " if uri else ""
-    return DiskFull(f"{where}the disk is full (no space left on device); what was committed is kept: "
-                    f"free some space and run the command again to finish")
+def storage_error(ex: BaseException, uri: str | None = None) -> CacheError | None:
+    """The one-line error for an exception that says the cache's storage refused a write, from
+    Python or from Lance (whose errors carry the OS error only in their text): `DiskFull`, or
+    `ReadOnlyCache`; None for any other exception."""
+    if (isinstance(ex, OSError) and ex.errno in _FULL) or any(t in str(ex) for t in _FULL_TEXT):
+        where = f"{uri}: " if uri else ""
+        return DiskFull(f"{where}the disk is full (no space left on device); what was committed is kept: "
+                        f"free some space and run the command again to finish")
+    refused = (isinstance(ex, OSError) and ex.errno in _READ_ONLY) or any(t in str(ex) for t in _READ_ONLY_TEXT)
+    about_the_cache = uri is None or uri in str(ex) or uri in str(getattr(ex, "filename", None) or "")
+    if refused and about_the_cache:  # (a file the command read, say, is no business of the cache's)
+        return read_only(uri or "the cache", str(ex).split("\n")[0][:200])
+    return None
+
+
+def read_only(uri: str, why: str) -> ReadOnlyCache:
+    """The error for a cache at `uri` that cannot be written (`why`: what refused)."""
+    return ReadOnlyCache(f"{uri}: the cache cannot be written here ({why}); make its folder writable "
+                         f"(chmod -R u+w, or remount the file system read-write), or copy it somewhere "
+                         f"writable and pass that with --db; commands that only read work as they are")
 
 
 class CacheWarning(FaramirWarning):

@@ -19,7 +19,8 @@ from faramir.store.errors import QueryError
 from faramir.store.schema import HeadColumns
 from faramir.store.sql import sql_in
 
-SHOWS = ("all", "accepted", "rejected")  # which side of the threshold a face shows
+SHOWS = ("all", "accepted", "rejected")
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # which side of the threshold a face shows
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class Filter:
             value = getattr(self, name)
             if value is not None and not (0.0 <= value <= 1.0):
                 raise QueryError(f"{name.replace('_', ' ')} {value}: must be between 0 and 1")
+        for name in ("min_aesthetic", "max_aesthetic"):  # compared with float32 scores, as SQL
+            value = getattr(self, name)
+            if value is not None and not abs(value) <= FLOAT32_MAX:
+                raise QueryError(f"{name.replace('_', ' ')} {value}: must be a number within float32's range "
+                                 f"(the aesthetic score is about 1-10)")
         for lo, hi in (("min_confidence", "max_confidence"), ("min_aesthetic", "max_aesthetic")):
             a, b = getattr(self, lo), getattr(self, hi)
             if a is not None and b is not None and a > b:

@@ -3,6 +3,11 @@ session) and generated images."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +69,29 @@ def tiny_model(tiny_weights):
 def make_images():
     """`write_images` as a fixture: make_images(dir, n, size=..., fmt=..., seed=...)."""
     return write_images
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """`folder` copied onto a read-only file system (a tmpfs remounted read-only, as root) or, for
+    any other user, made read-only by its permissions; yields the copy."""
+    if os.geteuid() != 0:
+        for p in [folder, *folder.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)
+        try:
+            yield folder
+        finally:
+            for p in [folder, *folder.rglob("*")]:
+                p.chmod(p.stat().st_mode | 0o200)
+        return
+    mount = Path(tempfile.mkdtemp(prefix="faramir-ro-"))
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("needs a read-only file system: as root, one that may mount a tmpfs")
+    try:
+        copy = mount / folder.name
+        shutil.copytree(folder, copy)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
+        yield copy
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+        mount.rmdir()

@@ -103,7 +103,7 @@ def test_detail_has_31_logits_under_every_head(synthetic):
     assert LABELS[side][int(np.argmax(v1["logits"][side]))] == v1["label"]
     other = top(synthetic, head="other", limit=None, threshold=0.4).to_pylist()
     assert d.scores[1]["confidence"] == next(r["confidence"] for r in other if r["id"] == row["id"])
-    assert images.paths(row["id"], synthetic) == row["paths"]
+    assert images.sources(row["id"], synthetic) == (row["paths"], d.size)
     with pytest.raises(QueryError, match="no cached image has this id"):
         images.detail("0" * 64, synthetic)
     for bad in ("../../etc/passwd", "A" * 64, "0" * 63, "/synthetic/0001/00000001.png"):

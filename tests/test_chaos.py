@@ -1,7 +1,8 @@
 """The fault-injection harness (tests/chaos/run.py) in its short form: a kill of each writing command
-then a rerun, a few races of two writers with a reader looping, the hostile collection, and the
-storage faults; each scenario must leave the cache whole. The full run (>= 100 kills, every pair
-20 times) is `python -m tests.chaos`; README "Reliability" has its figures.
+then a rerun, a few races of two writers with a reader looping, the hostile collection, hostile use
+of the CLI and the gallery, and the storage faults; each scenario must leave the cache whole. The
+full run (>= 100 kills, every pair 20 times) is `python -m tests.chaos`; docs/reliability.md has
+its figures.
 
 The harness forks every command from one process that has imported torch and LanceDB but used
 neither, so it runs as its own process here (this one has used both). About a minute on 2 idle cores."""
@@ -40,7 +41,7 @@ def _problems(report: dict, scenario: str, name: str | None = None, cache: str |
 
 def test_the_harness_prints_its_tables(report):
     for title in ("SIGKILL at a random moment, then rerun", "two writers started together",
-                  "hostile collection", "storage faults"):
+                  "hostile collection", "hostile use of the CLI and the gallery", "storage faults"):
         assert title in report["stdout"]
 
 
@@ -71,6 +72,11 @@ def test_a_hostile_collection_is_ingested_whole(report):
     assert hostile["run"] == "ok", hostile["run"]
     assert [r for r in hostile["rows"] if not r["ok"]] == []
     assert len(hostile["rows"]) == 21
+
+
+def test_hostile_use_gets_one_line_and_leaves_the_cache_as_it_was(report):
+    rows = report["misuse"]["rows"]
+    assert len(rows) == 9 and [r for r in rows if r["ok"] is False] == []  # ok None: needs root, skipped
 
 
 def test_storage_faults_leave_a_cache_that_opens_and_says_so(report):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.synthetic import learnable_rows
-from faramir.checkpoints import check_state_dict, save_state_dict, shapes_of
+from faramir.checkpoints import check_state_dict, save_state_dict, specs_of
 from faramir.config import ACCEPT_LABELS, FULL, LABELS, TINY
 from faramir.fake_weights import random_state
 from faramir.finetune import TRAINED_PREFIXES, Finetuner, finetune_head, split_indices, trained_state_dict
@@ -54,12 +54,12 @@ def test_label_to_target_bad_label_message():
 # -------------------------------------------------------------------------------- frozen + files
 
 @pytest.fixture(scope="module")
-def full_pool_shapes() -> dict[str, tuple[int, ...]]:
+def full_pool_shapes() -> dict:
     """Shapes of a FULL-config FARAMIR checkpoint's attn_pool.* (the trunk's pool, from timm)."""
     from faramir.experts import build_trunk
 
     with torch.device("meta"):
-        return shapes_of(build_trunk(FULL).attn_pool, "attn_pool.")
+        return specs_of(build_trunk(FULL).attn_pool, "attn_pool.")
 
 
 def _full_checkpoint(pool_shapes, seed: int = 7) -> dict[str, torch.Tensor]:
@@ -67,7 +67,7 @@ def _full_checkpoint(pool_shapes, seed: int = 7) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         head = FaramirHead(FULL)
     gen = torch.Generator().manual_seed(seed)
-    pool = {k: 0.02 * torch.randn(shape, generator=gen) for k, shape in pool_shapes.items()}
+    pool = {k: 0.02 * torch.randn(spec.shape, generator=gen) for k, spec in pool_shapes.items()}
     return {**pool, **random_state(head, seed + 1)}
 
 
@@ -107,7 +107,7 @@ def test_full_checkpoint_frozen_tensors_bit_identical(tmp_path, full_pool_shapes
     assert type(loaded) is dict and list(loaded) == list(base) and len(loaded) == 39
     assert all(torch.equal(loaded[k], ckpt[k]) for k in ckpt)
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
-    check_state_dict(path, loaded, {**full_pool_shapes, **shapes_of(FaramirHead(FULL))})
+    check_state_dict(path, loaded, {**full_pool_shapes, **specs_of(FaramirHead(FULL))})
 
 
 def test_head_only_checkpoint_and_mismatch():

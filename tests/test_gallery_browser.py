@@ -10,6 +10,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import read_only
 from tests.gallery_helpers import CHROMIUM, CHROMIUM_ARGS, ingested_cache, not_blank, running, spread_head
 
 pytest.importorskip("fastapi", reason="the gallery needs the 'serve' extra: pip install 'faramir[serve]'")
@@ -247,3 +248,32 @@ def test_without_a_text_tower_the_search_box_is_disabled_and_says_how_to_get_one
         page.wait_for_selector("#grid .tile")
         assert page.is_disabled("#q")
         assert "faramir weights download --text" in page.get_attribute("#search-box", "title")
+
+
+def test_a_finetune_under_a_heads_name_asks_first_and_replaces_only_when_told(server, cache, page):
+    page.goto(f"{server}/?head={HEAD}")
+    page.wait_for_selector("#grid .tile")
+    page.click("#finetune-btn")
+    page.fill("#ft-name", "faramir-v1")  # a registered head's name (the base is the view's, spread)
+    page.fill("#ft-epochs", "1")
+    page.click("#ft-start")
+    page.wait_for_selector("#ft-taken:not([hidden])")
+    assert "a head named 'faramir-v1' exists" in page.inner_text("#ft-taken-text")
+    assert page.inner_text("#ft-replace") == "Replace faramir-v1" and page.is_hidden("#ft-progress")
+    page.fill("#ft-name", f"{HEAD}-2")  # another name: the question goes
+    assert page.is_hidden("#ft-taken")
+
+
+def test_a_cache_that_cannot_be_written_says_why_and_offers_no_writes(cache, page, tmp_path):
+    from faramir.gallery.app import create_app
+
+    with read_only(cache) as db, running(create_app(db, work=tmp_path / "work")) as url:
+        page.goto(f"{url}/?head={HEAD}")
+        page.wait_for_selector("#grid .tile")
+        page.wait_for_selector("#cannot-write:not([hidden])")
+        assert page.inner_text("#cannot-write").startswith(f"Labels and finetunes are off: {db}: the cache cannot be "
+                                                           f"written here")
+        assert page.is_hidden("#finetune-btn")
+        page.keyboard.press("a")  # a label asked for anyway: the page says why it is not written
+        page.wait_for_selector("#toast.show")
+        assert "cannot be written" in page.inner_text("#toast")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from faramir.gallery.thumbnails import placeholder, render, thumbnail, thumbnail_path
@@ -83,11 +85,32 @@ def test_cached_by_content_id_and_refused_when_the_file_changed(tmp_path):
     path.write_bytes(data)
     image_id = hashlib.sha256(data).hexdigest()
     root = tmp_path / "thumbs"
-    made = thumbnail(image_id, [str(tmp_path / "missing.png"), str(path)], root)
+    made = thumbnail(image_id, [str(tmp_path / "missing.png"), str(path)], len(data), root)
     assert made == thumbnail_path(root, image_id, "thumb") and made.is_file()
     assert _decoded(made.read_bytes()).size == (256, 171)
     made.unlink()
-    path.write_bytes(_png(Image.new("RGB", (300, 200), (200, 0, 0))))  # same path, other content
-    assert thumbnail(image_id, [str(path)], root) is None
-    assert thumbnail(image_id, [str(tmp_path / "gone.png")], root) is None
+    other = _png(Image.new("RGB", (300, 200), (200, 0, 0)))
+    path.write_bytes(other)  # same path, other content
+    assert thumbnail(image_id, [str(path)], len(data), root) is None
+    assert thumbnail(image_id, [str(path)], len(other), root) is None  # the size matches, the hash does not
+    assert thumbnail(image_id, [str(tmp_path / "gone.png")], len(data), root) is None
+
+
+def _bytes_read() -> int:
+    return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
+                    if line.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="counts the bytes read through /proc/self/io (Linux)")
+def test_a_cached_path_that_now_holds_a_huge_file_is_not_read(tmp_path):
+    path = tmp_path / "a.png"
+    data = _png(Image.new("RGB", (300, 200), (90, 90, 200)))
+    with open(path, "wb") as f:
+        f.truncate(1 << 30)  # 1 GiB (sparse) where the 2 KB image was
+    before = _bytes_read()
+    for _ in range(3):  # nor again on every request
+        assert thumbnail(hashlib.sha256(data).hexdigest(), [str(path)], len(data), tmp_path / "thumbs") is None
+    assert _bytes_read() - before < 1 << 20
+
+
     assert "original missing" in placeholder("original missing") and "<svg" in placeholder("x")

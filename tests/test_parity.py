@@ -104,11 +104,11 @@ def test_assess_equals_upstream_at_every_threshold(head_case):
 
 
 def test_checkpoint_manifests_match_our_modules():
-    from faramir.checkpoints import shapes_of
+    from faramir.checkpoints import specs_of
     from faramir.experts import Experts
 
     fx = fixtures()
     with torch.device("meta"):
         experts = Experts(FULL)
-    assert {k: list(v) for k, v in shapes_of(experts.quality).items()} == fx["arniqa_checkpoint_keys"]
-    assert {k: list(v) for k, v in shapes_of(experts.aesthetic).items()} == fx["aesthetic_checkpoint_keys"]
+    assert {k: list(v.shape) for k, v in specs_of(experts.quality).items()} == fx["arniqa_checkpoint_keys"]
+    assert {k: list(v.shape) for k, v in specs_of(experts.aesthetic).items()} == fx["aesthetic_checkpoint_keys"]

@@ -217,8 +217,11 @@ def test_ann_index_is_used_and_rows_added_after_it_are_still_found(tmp_path):
     assert kinds[cols.accept_label] == "Bitmap" and kinds["id"] == "BTree"
     ref = row_id(0, 42)
     want_ids, _ = exact_neighbours(cache, vector_of(cache, ref), 10, accepted=True)
-    got = similar(ref, cache, k=10, accepted=True).column("id").to_pylist()
-    assert len(set(got) & set(want_ids)) >= 9  # approximate, but close on this small table
+    # Through the index, re-ranking every candidate of the one partition: the exact answer. (How
+    # close the default re-rank comes depends on the index's random training: bench/stage_two.py
+    # measures recall; a test must not depend on chance.)
+    got = similar(ref, cache, k=10, accepted=True, refine_factor=300).column("id").to_pylist()
+    assert got == list(want_ids)
     # Append rows after the index: a row equal to the reference is found at distance 0.
     table = cache.images()
     row = table.search().where(f"id = '{ref}'").to_arrow()
@@ -319,9 +322,10 @@ def files_cache(tmp_path):
         folder = tmp_path / "src" / f"d{n}"
         folder.mkdir(parents=True)
         path = folder / ("same.png" if n < 3 else f"img{n}.png")
-        path.write_bytes(f"synthetic-0-{n}".encode())  # its sha256 is the row's id, as in a real cache
+        data = f"synthetic-0-{n}".encode()  # its sha256 is the row's id, as in a real cache
+        path.write_bytes(data)
         paths[image_id] = str(path)
-        table.update(where=f"id = '{image_id}'", values={"paths": [str(path)]})
+        table.update(where=f"id = '{image_id}'", values={"paths": [str(path)], "size": len(data)})
     return cache, paths
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from faramir.cli.app import app
 from faramir.store import schema
 from faramir.store.cache import Cache
-from faramir.store.errors import CacheError, CacheRecovered, DiskFull, ExpertsMismatch, disk_full
+from faramir.store.errors import CacheError, CacheRecovered, DiskFull, ExpertsMismatch, ReadOnlyCache, storage_error
 from faramir.store.ingestion import ingest_all
 from faramir.store.recovery import BROKEN_DIR, latest_manifest, manifest_version, manifests
 from tests.conftest import write_images
@@ -118,13 +118,15 @@ def test_a_lost_claim_in_meta_is_restored_by_the_next_ingest(tmp_path, tiny_mode
 
 
 def test_disk_full_is_recognised_from_python_and_from_lance():
-    assert isinstance(disk_full(OSError(errno.ENOSPC, "No space left on device")), DiskFull)
+    assert isinstance(storage_error(OSError(errno.ENOSPC, "No space left on device")), DiskFull)
     lance_error = RuntimeError("lance error: LanceError(IO): Generic LocalFileSystem error: Unable to copy data "
                                "to file: No space left on device (os error 28), commit.rs:1663:50")
-    full = disk_full(lance_error, "/data/cache")
+    full = storage_error(lance_error, "/data/cache")
     assert str(full).startswith("/data/cache: the disk is full") and "\n" not in str(full)
-    assert disk_full(RuntimeError("lance error: something else")) is None
-    assert disk_full(OSError(errno.EACCES, "Permission denied")) is None
+    assert storage_error(RuntimeError("lance error: something else")) is None
+    refused = storage_error(OSError(errno.EACCES, "Permission denied", "/data/cache/images.lance"), "/data/cache")
+    assert isinstance(refused, ReadOnlyCache) and str(refused).startswith("/data/cache: the cache cannot be written")
+    assert storage_error(OSError(errno.EACCES, "Permission denied", "/elsewhere/x.png"), "/data/cache") is None
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from faramir.text_weights import (  # noqa: E402
     TEXT_DIR,
     TEXT_FILES,
     TEXT_MODEL_FILE,
-    expected_shapes,
+    expected_specs,
     load_text_encoder,
     missing_text_files,
 )
@@ -80,7 +80,7 @@ def test_full_config_is_open_clips(monkeypatch):
     with torch.device("meta"):  # open_clip's full model, built without memory
         model = open_clip.CustomTextCLIP(**{k: v for k, v in bundled.items() if k != "custom_text"})
     theirs = {f"text.{k}": tuple(v.shape) for k, v in model.text.state_dict().items()}
-    assert theirs == expected_shapes(TEXT_FULL)
+    assert theirs == {k: spec.shape for k, spec in expected_specs(TEXT_FULL).items()}
     assert theirs["text.transformer.resblocks.26.mlp.c_fc.weight"] == (4304, 1152)
 
 

@@ -42,7 +42,7 @@ def labelled(cache, tmp_path_factory):
     lines += ["missing.png,accept", f"{images[0]},not_a_label"]
     csv.write_text("\n".join(lines) + "\n")
     result = cli("labels", "import", csv, "--db", db)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # two rows skipped: imported, but not all
     return csv
 
 
@@ -57,6 +57,7 @@ def test_labels_import_reports_what_it_skipped(cache, labelled):
     again = cli("labels", "import", labelled, "--db", db)
     assert "missing.png: no such cached path, and no such file" in again.stderr
     assert "not_a_label" in again.stderr and "40 labels imported, 2 rows skipped." in again.stderr
+    assert again.exit_code == 3
 
 
 def test_finetune_writes_upstream_format_changing_only_the_decision_layers(cache, labelled, tiny_weights, tmp_path):

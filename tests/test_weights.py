@@ -164,6 +164,31 @@ def test_non_finite_head_checkpoint_is_refused(tiny_dir, tmp_path):
         load_head_checkpoint(tmp_path / "nan.pth", load_model(tiny_dir).info.config)
 
 
+def test_a_head_checkpoint_of_integers_is_refused_like_one_of_other_shapes(tiny_dir, tmp_path):
+    """Loading casts an integer tensor into a float module without a word: refused by dtype, as by shape."""
+    from faramir.checkpoints import load_head_checkpoint, save_state_dict
+
+    state = {k: v.to(torch.int64) if k.startswith(("norm.", "head.")) else v
+             for k, v in load_pth(tiny_dir / FARAMIR_FILE).items()}
+    save_state_dict(state, tmp_path / "ints.pth")
+    with pytest.raises(WeightsError, match=r"ints\.pth: does not match the model; wrong dtypes: "
+                                           r"norm\.ap_norm\.weight int64, .*\(26 in all\), where the model holds "
+                                           r"floating point$"):
+        load_head_checkpoint(tmp_path / "ints.pth", load_model(tiny_dir).info.config)
+
+
+def test_an_expert_file_of_other_dtypes_is_refused_and_an_integer_buffer_must_stay_one(weights_copy):
+    _edit(weights_copy / ARNIQA_FILE, lambda s: s.update({"projector.0.weight": s["projector.0.weight"].to(torch.int32)}))
+    with pytest.raises(WeightsError, match=r"ARNIQA\.pth: does not match the model; wrong dtypes: "
+                                           r"projector\.0\.weight int32, where the model holds floating point$"):
+        load_model(weights_copy)
+    _edit(weights_copy / ARNIQA_FILE, lambda s: s.update({"projector.0.weight": s["projector.0.weight"].float(),
+                                                         "model.1.num_batches_tracked": torch.tensor(0.0)}))
+    with pytest.raises(WeightsError, match=r"wrong dtypes: model\.1\.num_batches_tracked float32, where the "
+                                           r"model holds integers$"):
+        load_model(weights_copy)
+
+
 def test_cli_weights_check_refuses_non_finite_values(weights_copy):
     from typer.testing import CliRunner
 

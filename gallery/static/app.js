@@ -78,12 +78,17 @@ async function api(path, params, options = {}) {
   const response = await fetch(url, options);
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
-  if (!response.ok) throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    const err = new Error((body && body.error) || `${response.status} ${response.statusText}`);
+    err.status = response.status;
+    throw err;
+  }
   return body;
 }
 
 async function post(path, payload) {
   if (READ_ONLY) throw new Error("this gallery is read-only (started with --read-only)");
+  if (info && info.cannot_write) throw new Error(info.cannot_write);
   return api(path, null, {
     method: "POST",
     headers: { "Content-Type": "application/json", "X-Faramir-Token": TOKEN },
@@ -113,6 +118,8 @@ function buildControls() {
     $("generated").textContent = "Scores in this cache come from generated weights, not FARAMIR's: " + info.generated;
   }
   $("ro-badge").hidden = !READ_ONLY;
+  $("cannot-write").hidden = !info.cannot_write;
+  $("cannot-write").textContent = info.cannot_write ? "Labels and finetunes are off: " + info.cannot_write : "";
   for (const sel of [$("head"), $("ft-base")]) {
     sel.replaceChildren(...info.heads.map((h) => new Option(h, h)));
   }
@@ -145,7 +152,7 @@ function buildControls() {
   clear.textContent = "clear";
   clear.addEventListener("click", () => commit({ label: [] }));
   menu.append(clear);
-  for (const el of document.querySelectorAll(".write, #finetune-btn")) el.hidden = READ_ONLY;
+  for (const el of document.querySelectorAll(".write, #finetune-btn")) el.hidden = READ_ONLY || !!info.cannot_write;
   setLabelCounts(info.label_counts);
   const why = info.search_unavailable;
   $("q").disabled = Boolean(why);
@@ -231,7 +238,9 @@ function wireControls() {
   $("label-u").addEventListener("click", () => labelIds([detailId], null));
   $("finetune-btn").addEventListener("click", openFinetune);
   $("ft-close").addEventListener("click", () => { $("finetune-dialog").hidden = true; });
-  $("ft-start").addEventListener("click", startFinetune);
+  $("ft-start").addEventListener("click", () => startFinetune(false));
+  $("ft-replace").addEventListener("click", () => startFinetune(true));
+  $("ft-name").addEventListener("input", () => { $("ft-taken").hidden = true; });
   $("help-btn").addEventListener("click", () => { $("help").hidden = false; });
   $("help-close").addEventListener("click", () => { $("help").hidden = true; });
   document.addEventListener("click", (e) => {
@@ -687,13 +696,15 @@ function openFinetune() {
   $("finetune-dialog").hidden = false;
 }
 
-async function startFinetune() {
+async function startFinetune(replace = false) {
   const payload = {
     base: $("ft-base").value,
     name: $("ft-name").value.trim() || null,
     epochs: Number($("ft-epochs").value) || 20,
     threshold: Number(state.t),
+    replace: replace === true,
   };
+  $("ft-taken").hidden = true;
   try {
     const job = await post("/api/finetune", payload);
     $("ft-start").disabled = true;
@@ -702,6 +713,13 @@ async function startFinetune() {
     showJob(job);
     pollJob(job.id);
   } catch (err) {
+    if (err.status === 409) {  // the name is a head's: another name, or replace it on purpose
+      $("ft-taken-text").textContent = err.message;
+      $("ft-replace").textContent = `Replace ${payload.name}`;
+      $("ft-taken").hidden = false;
+      $("ft-name").focus();
+      return;
+    }
     toast(err.message, true);
   }
 }

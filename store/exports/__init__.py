@@ -9,7 +9,13 @@ Nothing is ever overwritten:
   goes in as ``NAME.<first 12 hex digits of its id>.EXT``; if that is taken too it is skipped and
   reported as a clash. A name already holding the same content (same size and sha256, as after a
   rerun of the same export) counts as present and is left alone, so an export can be resumed.
-- a row none of whose paths exists any more is reported as missing; the export goes on.
+- a row none of whose paths exists any more is reported as missing, and one whose files no longer
+  hold its content (edited, replaced, a symlink to something else) as changed: only bytes that
+  hash to the row's content id are exported (`faramir.store.exports.files`); the export goes on.
+
+It writes only where it is asked to: never inside the cache, nor on the kernel's file systems
+(`faramir.store.exports.destination`); a full disk or a refusal there is one line naming the
+destination.
 
 A cache built from GENERATED weights says so in every table it exports: a `weights_generated`
 column (what made the weights) on every row, and in Parquet also the file's metadata
@@ -25,6 +31,7 @@ from pathlib import Path
 
 from faramir.store.cache import Cache
 from faramir.store.errors import ExportError
+from faramir.store.exports.destination import check_destination, writing_to
 from faramir.store.exports.files import write_files
 from faramir.store.exports.rows import dropped, filtered_batches, marked, ranked_batches
 from faramir.store.exports.tables import write_table_file
@@ -41,7 +48,8 @@ EMBEDDING_COLUMNS = ("faramir_embedding", "siglip_embedding", "aesthetic_feature
 
 @dataclass
 class ExportResult:
-    """What an export did. `missing`: paths of rows with no file left; `clashes`: names taken."""
+    """What an export did. `missing`: paths of rows with no file left; `changed`: paths of rows
+    whose files no longer hold the cached content (not exported); `clashes`: names taken."""
 
     dest: str
     format: str
@@ -49,7 +57,13 @@ class ExportResult:
     written: int = 0
     present: int = 0
     missing: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
     clashes: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """Rows not exported: their files are gone or changed, or their names taken."""
+        return len(self.missing) + len(self.changed) + len(self.clashes)
 
 
 def infer_format(dest: str | os.PathLike) -> str:
@@ -88,6 +102,7 @@ def export(
     dest = Path(dest)
     _check(dest, fmt, link, with_embeddings)
     cache = Cache.open(db)
+    check_destination(dest, cache.uri)
     f = Filter.of(filter, **filters)
     extra = [*FACT_COLUMNS, *(EMBEDDING_COLUMNS if with_embeddings else ())]
     result = ExportResult(str(dest), fmt)
@@ -104,10 +119,11 @@ def export(
             batches = ranked_batches(ds, cols, f, extra, [i for i in ids if i not in drop][:limit])
         else:
             batches = filtered_batches(ds, cols, f, extra, drop)
-        if fmt == "files":
-            write_files(batches, dest, link, by_label, result, progress)
-        else:
-            write_table_file(marked(batches, generated), dest, fmt, result, progress)
+        with writing_to(dest, result):
+            if fmt == "files":
+                write_files(batches, dest, link, by_label, result, progress)
+            else:
+                write_table_file(marked(batches, generated), dest, fmt, result, progress)
         return result
 
     return on_head(cache, f.head, run)
@@ -126,29 +142,7 @@ def _check(dest: Path, fmt: str, link: str, with_embeddings: bool) -> None:
         raise ExportError(f"{dest} exists and is not a folder")
 
 
-
-
-
-
-
-
-
-
 # -- table files ----------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
 # -- image files ----------------------------------------------------------------------------------
-
-
-
-
-
-
-
-

@@ -1,14 +1,25 @@
 """Writing an export as image files in a folder (copied, hard-linked or symlinked; optionally one
-subfolder per label), never over a file already there."""
+subfolder per label), never over a file already there, and only bytes that are still the cached
+content.
+
+A cached path may hold something else by now: an edited image, another file moved there, a
+symlink to a file outside the collection. So a file goes out only if its bytes hash to the row's
+content id, hashed while they are copied (a copy is written beside its final name and linked into
+place only once its hash matched); a link is made only to a file that hashed so just before. A
+file of another size than the one recorded is passed over unread. A row none of whose paths holds
+its content any more is skipped and reported (`ExportResult.changed`, or `missing` when none of
+them exists).
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from faramir.files import sha256_file
+from faramir.files import copy_verified, sha256_file
 from faramir.store.schema import path_from_column
 
 if TYPE_CHECKING:
@@ -20,61 +31,71 @@ def write_files(batches, dest: Path, link: str, by_label: bool, result: ExportRe
     for total, table in batches:
         for row in table.select(["id", "paths", "label", "size"]).to_pylist():
             result.rows += 1
-            source = next((path_from_column(p) for p in row["paths"] or () if os.path.isfile(path_from_column(p))),
-                          None)
-            if source is None:
+            folder = dest / row["label"] if by_label else dest
+            paths = [path_from_column(p) for p in row["paths"] or ()]
+            status = _export_one(paths, folder, row["id"], row["size"], link)
+            if status == "written":
+                result.written += 1
+            elif status == "present":
+                result.present += 1
+            elif status == "changed":
+                result.changed.append((row["paths"] or ["(no path)"])[0])
+            elif status == "missing":
                 result.missing.append((row["paths"] or ["(no path)"])[0])
             else:
-                folder = dest / row["label"] if by_label else dest
-                folder.mkdir(exist_ok=True)
-                status = _place(source, folder, row["id"], link)
-                if status == "written":
-                    result.written += 1
-                elif status == "present":
-                    result.present += 1
-                else:
-                    result.clashes.append(status)
+                result.clashes.append(status)
             if progress is not None:
                 progress(result.rows, total)
 
 
-def _place(source: str, folder: Path, image_id: str, link: str) -> str:
-    """Put `source` into `folder` without overwriting: "written", "present" or the clashing path."""
-    name = Path(source).name
+def _export_one(paths: list[str], folder: Path, image_id: str, size: int, link: str) -> str:
+    """Put the first of `paths` that still holds the content into `folder`: "written", "present",
+    the clashing path, "changed" (none holds it) or "missing" (none exists)."""
+    if not any(os.path.lexists(p) for p in paths):
+        return "missing"
+    for source in paths:
+        folder.mkdir(exist_ok=True)
+        if link == "copy":
+            staged = folder / f".{image_id[:12]}.{secrets.token_hex(4)}.part"
+            try:
+                with open(staged, "xb") as out:
+                    good = copy_verified(source, out, image_id, size) is not None
+                if good:
+                    shutil.copystat(source, staged)
+                    return _place(staged, Path(source).name, folder, image_id, link)
+            finally:
+                staged.unlink(missing_ok=True)
+        elif copy_verified(source, _Discard(), image_id, size) is not None:
+            return _place(Path(source), Path(source).name, folder, image_id, link)
+    return "changed"
+
+
+class _Discard:
+    """A sink for hashing a file without keeping its bytes."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _place(source: Path, name: str, folder: Path, image_id: str, link: str) -> str:
+    """Link `source` (a verified copy, or the original) into `folder` as `name` without overwriting:
+    "written", "present" or the clashing path."""
     stem, ext = os.path.splitext(name)
     for candidate in (folder / name, folder / f"{stem}.{image_id[:12]}{ext}"):
         try:
-            _create(source, candidate, link)
+            if link == "symlink":
+                os.symlink(os.path.abspath(source), candidate)
+            else:  # a hard link: of the verified copy, or of the original
+                os.link(source, candidate)
             return "written"
         except FileExistsError:
-            if _same_content(candidate, source, image_id):
+            if _same_content(candidate, image_id):
                 return "present"
     return str(folder / name)
 
 
-def _create(source: str, target: Path, link: str) -> None:
-    """Create `target` from `source`; FileExistsError if the name is taken (never replaced)."""
-    if link == "hardlink":
-        os.link(source, target)
-    elif link == "symlink":
-        os.symlink(os.path.abspath(source), target)
-    else:
-        with open(source, "rb") as src, open(target, "xb") as out:
-            try:
-                shutil.copyfileobj(src, out, 1 << 20)
-            except BaseException:
-                out.close()
-                target.unlink(missing_ok=True)
-                raise
-        shutil.copystat(source, target)
-
-
-def _same_content(target: Path, source: str, image_id: str) -> bool:
+def _same_content(target: Path, image_id: str) -> bool:
     try:
-        if os.path.samefile(target, source):
-            return True
-        if target.stat().st_size != os.stat(source).st_size:
-            return False
         return sha256_file(target) == image_id
     except OSError:
         return False

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from faramir.store import schema
+from faramir.store import limits, schema
 from faramir.store.cache import Cache
 from faramir.store.errors import TuningError
 from faramir.store.heads import registry
@@ -80,6 +80,25 @@ def base_checkpoint(cache: Cache, base: str) -> tuple[dict, str]:
     return {k: v.clone() for k, v in state.items()}, f"head {base!r} (head-only copy in the cache)"
 
 
+def _tuner(cache: Cache, base_state: dict, **options):
+    """(the base's head, a `faramir.finetune.Finetuner` of it over the labelled cached rows)."""
+    import torch
+
+    from faramir.checkpoints import split_faramir_checkpoint
+    from faramir.finetune import Finetuner
+    from faramir.head import FaramirHead
+
+    _, ap, ae, q, targets, _ = training_data(cache)
+    head = FaramirHead(cache.config())
+    head.load_state_dict({k: v.float() for k, v in split_faramir_checkpoint(base_state)[1].items()})
+    try:
+        # Arrow-backed arrays are read-only; the copies are small (labelled rows only).
+        return head, Finetuner(head, torch.tensor(ap), torch.tensor(ae), torch.tensor(q),
+                               torch.tensor(np.asarray(targets, bool)), **options)
+    except ValueError as ex:
+        raise TuningError(str(ex).split("\n")[0]) from ex
+
+
 @dataclass
 class FinetuneOutcome:
     """What `finetune` wrote: the checkpoint `out`, made from `base`, and the training's result."""
@@ -111,28 +130,22 @@ def finetune(
     score the cache with it. `on_epoch` sees every epoch's report (epoch 0: the base head). An
     existing `out` is refused, before any training, unless `force`. `threads`: torch's threads
     while training (None: as they are; 1 is fastest for this small head)."""
-    import torch
-
-    from faramir.checkpoints import save_state_dict, split_faramir_checkpoint, trained_state_dict
+    from faramir.checkpoints import save_state_dict, trained_state_dict
     from faramir.devices import torch_threads
-    from faramir.finetune import Finetuner
-    from faramir.head import FaramirHead
 
+    for what, value, low, high in (("epochs", epochs, 1, limits.MAX_EPOCHS), ("lr", lr, 0.0, limits.MAX_LEARNING_RATE),
+                                   ("batch size", batch_size, 1, limits.MAX_HEAD_BATCH), ("seed", seed, 0, limits.MAX_SEED),
+                                   ("threads", threads if threads is not None else 1, 1, limits.MAX_THREADS)):
+        limits.check(what, value, low, high, TuningError)
     exists = TuningError(f"{out} exists; choose another --out, or pass --force to overwrite it")
     if not force and (Path(out).exists() or Path(out).is_symlink()):
         raise exists
     cache = Cache.open(db)
-    _, ap, ae, q, targets, _ = training_data(cache)
+    if name is not None:
+        cache.check_writable()  # before the training, not after it
     base_state, description = base_checkpoint(cache, base)
-    head = FaramirHead(cache.config())
-    head.load_state_dict({k: v.float() for k, v in split_faramir_checkpoint(base_state)[1].items()})
-    try:
-        # Arrow-backed arrays are read-only; the copies are small (labelled rows only).
-        tuner = Finetuner(head, torch.tensor(ap), torch.tensor(ae), torch.tensor(q),
-                          torch.tensor(np.asarray(targets, bool)), epochs=epochs, lr=lr,
-                          batch_size=batch_size, val_fraction=val_fraction, seed=seed)
-    except ValueError as ex:
-        raise TuningError(str(ex).split("\n")[0]) from ex
+    head, tuner = _tuner(cache, base_state, epochs=epochs, lr=lr, batch_size=batch_size,
+                         val_fraction=val_fraction, seed=seed)
     with torch_threads(threads):
         for report in tuner.run():
             if on_epoch is not None:

@@ -160,6 +160,7 @@ def remove_head(name: str, db: str | os.PathLike | Cache | None = None) -> HeadI
                         f"'faramir rescore --head FILE --name {name}'")
     cache = Cache.open(db)
     record = head(cache, name)
+    cache.check_writable()
     removed = describe(cache, record)
     cache.table(schema.HEADS).delete(f"name = {sql_str(name)}")
     drop_unread(cache, HeadColumns.of(record))

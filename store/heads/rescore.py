@@ -42,7 +42,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from faramir.checkpoints import frozen_fingerprint, head_to_bytes, load_head_checkpoint
-from faramir.store import schema
+from faramir.store import limits, schema
 from faramir.store.cache import Cache
 from faramir.store.errors import HeadError, PoolMismatch
 from faramir.store.heads import registry
@@ -97,8 +97,10 @@ def rescore(
     if not schema.valid_head_name(name):
         raise HeadError(f"{name!r}: not a valid head name; use letters, digits, '.', '_' and '-' "
                         f"(at most 64, starting with a letter or digit)")
+    limits.check("batch size", batch_size, 1, limits.MAX_HEAD_BATCH, HeadError)
     cache = Cache.open(db)
     cache.images()  # raises NoCache, saying how to make one, before anything is loaded
+    cache.check_writable()
     cfg = cache.config()
     cache_pool = cache.get_meta("pool_fingerprint") or ""
     model, head_state, pool_fp, head_fp = load_head_checkpoint(head, cfg, known_pool=cache_pool or None)

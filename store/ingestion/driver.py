@@ -18,9 +18,9 @@ from datetime import timedelta
 from faramir.config import PRECISIONS
 from faramir.errors import InputError
 from faramir.sources import discover
-from faramir.store import schema
-from faramir.store.cache import Cache, default_db, is_conflict, retrying
-from faramir.store.errors import NoCache, disk_full
+from faramir.store import limits, schema
+from faramir.store.cache import Cache, check_writable, default_db, is_conflict, retrying
+from faramir.store.errors import NoCache, storage_error
 from faramir.store.ingestion.events import IngestEvent, IngestPlan, IngestSummary
 from faramir.store.ingestion.plan import make_plan
 
@@ -30,24 +30,25 @@ COMPACT_AT = 8  # compact a table at the end of a run once it holds this many sm
 KEEP_VERSIONS = timedelta(days=1)  # older table versions are removed by the end-of-run compaction
 
 
-def _disk_full_in_one_line(run):
-    """A full disk, met anywhere in the run (creating the cache, the writer thread, compaction),
-    raised as `faramir.store.errors.DiskFull` rather than as the storage layer's own error."""
+def _storage_errors_in_one_line(run):
+    """A full disk or a cache that cannot be written, met anywhere in the run (creating the cache,
+    the writer thread, compaction), raised as `faramir.store.errors.DiskFull` or `ReadOnlyCache`
+    rather than as the storage layer's own error."""
 
     @functools.wraps(run)
     def wrapper(*args, db=None, **kwargs):
         try:
             yield from run(*args, db=db, **kwargs)
         except Exception as ex:
-            full = disk_full(ex, getattr(db, "uri", None) or (os.fspath(db) if db is not None else default_db()))
-            if full is None:
+            refused = storage_error(ex, getattr(db, "uri", None) or (os.fspath(db) if db is not None else default_db()))
+            if refused is None:
                 raise
-            raise full from ex
+            raise refused from ex
 
     return wrapper
 
 
-@_disk_full_in_one_line
+@_storage_errors_in_one_line
 def ingest(
     paths: Sequence[str | os.PathLike],
     *,
@@ -78,14 +79,7 @@ def ingest(
     the commits stay here; `model` (on the CPU) only fixes the weights, which each model actor
     loads from its `weights_dir` onto `device`; `workers` does not apply. `compile` runs the
     experts through torch.compile for batches of `batch_size` (`faramir.compiled`)."""
-    if precision not in PRECISIONS:
-        raise InputError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if batch_size < 1 or commit_every < 1:
-        raise InputError("batch_size and commit_every must be at least 1")
-    if ray is not None:
-        from faramir.store.ingestion.ray_cluster import check
-
-        check(ray)
+    _check_options(precision, batch_size, workers, commit_every, ray)
     started = time.monotonic()
     sources = discover([os.fspath(p) for p in paths], recursive,
                        os.fspath(file_list) if file_list is not None else None)
@@ -95,6 +89,7 @@ def ingest(
     run = writer = None
     compute_s = 0.0
     if plan.to_read:
+        check_writable(uri)  # before the model loads
         options = {"precision": precision, "commit_every": commit_every, "commit_seconds": commit_seconds}
         cache, run = _start(db, cache, plan, known, (model, weights_dir, device, precision),
                             batch_size if compile else None, ray, options)
@@ -106,6 +101,20 @@ def ingest(
         _reclaim(cache, _load(model, weights_dir, device, precision))
     compacted, indexed = _housekeeping(cache, writer.touched if writer is not None else set())
     yield _summary(uri, plan, run, writer, time.monotonic() - started, compute_s, compacted, indexed)
+
+
+def _check_options(precision: str, batch_size: int, workers: int | None, commit_every: int, ray: str | None) -> None:
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    limits.check("batch size", batch_size, 1, limits.MAX_BATCH, InputError)
+    if workers is not None:
+        limits.check("workers", workers, 0, limits.MAX_WORKERS, InputError)
+    if commit_every < 1:
+        raise InputError("commit_every must be at least 1")
+    if ray is not None:
+        from faramir.store.ingestion.ray_cluster import check
+
+        check(ray)
 
 
 def _plan(db, sources, retry_failed: bool):

@@ -38,24 +38,23 @@ class ImportReport:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def _read_rows(path: Path) -> list[tuple[int, str, str]]:
-    """(line, ref, label) from a CSV with a header (path|id|image, label) or JSON lines."""
+EXAMPLE = 'a CSV with a header (path,label or id,label), or JSON lines such as {"path": "a.png", "label": "accept"}'
+
+
+def _read_rows(path: Path) -> tuple[list[tuple[int, str, str]], list[Skipped]]:
+    """((line, ref, label) of every row, the lines refused as they were read) from a CSV with a
+    header (path|id|image, label) or JSON lines (one object a line). A file that is neither (not
+    text, no header, a line that is no JSON at all) raises LabelsError: nothing is imported."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as ex:
-        raise LabelsError(f"{path}: cannot read ({ex.strerror})") from ex
-    rows = []
+        raise LabelsError(f"{path}: cannot read ({ex.strerror}); give {EXAMPLE}") from ex
+    except UnicodeDecodeError:
+        raise LabelsError(f"{path}: not a text file (UTF-8); give {EXAMPLE}") from None
+    if "\x00" in text:
+        raise LabelsError(f"{path}: holds NUL bytes, so it is no text file; give {EXAMPLE}")
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as ex:
-                raise LabelsError(f"{path}:{n}: not valid JSON ({ex})") from ex
-            ref = obj.get("id") or obj.get("path") or obj.get("image")
-            rows.append((n, str(ref or ""), str(obj.get("label") or "")))
-        return rows
+        return _json_rows(path, text)
     reader = csv.reader(text.splitlines())
     header = [h.strip().lower() for h in next(reader, [])]
     ref_col = next((header.index(c) for c in ("path", "id", "image") if c in header), None)
@@ -63,23 +62,40 @@ def _read_rows(path: Path) -> list[tuple[int, str, str]]:
         raise LabelsError(f"{path}: the CSV needs a header row with a 'path' (or 'id') column and a "
                           f"'label' column, e.g. 'path,label'")
     label_col = header.index("label")
+    rows = []
     for n, row in enumerate(reader, 2):
         if not any(cell.strip() for cell in row):
             continue
         cells = row + [""] * (max(ref_col, label_col) + 1 - len(row))
         rows.append((n, cells[ref_col].strip(), cells[label_col].strip()))
-    return rows
+    return rows, []
 
 
+def _json_rows(path: Path, text: str) -> tuple[list[tuple[int, str, str]], list[Skipped]]:
+    rows, refused = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as ex:
+            raise LabelsError(f"{path}:{n}: not valid JSON ({ex}); give {EXAMPLE}") from None
+        if not isinstance(obj, dict):
+            refused.append(Skipped(n, line.strip()[:40], "not a JSON object; write {\"path\": ..., \"label\": ...}"))
+            continue
+        ref = obj.get("id") or obj.get("path") or obj.get("image")
+        rows.append((n, str(ref or ""), str(obj.get("label") or "")))
+    return rows, refused
 
 
 def import_labels(file: str | os.PathLike, db: str | os.PathLike | Cache | None = None,
                   source: str | None = None) -> ImportReport:
     """Import labels; a later label for the same image replaces the earlier one."""
     cache = Cache.open(db)
+    cache.check_writable()
     path = Path(file)
-    rows = _read_rows(path)
-    report = ImportReport(str(path))
+    rows, refused = _read_rows(path)
+    report = ImportReport(str(path), skipped=refused)
     paths, ids = path_index(cache), cache.ids()
     records: dict[str, dict] = {}
     now = datetime.now(timezone.utc)
@@ -103,4 +119,5 @@ def import_labels(file: str | os.PathLike, db: str | os.PathLike | Cache | None 
         (cache.table(schema.LABELS).merge_insert("id")
          .when_matched_update_all().when_not_matched_insert_all().execute(data))
     report.imported = len(records)
+    report.skipped.sort(key=lambda skipped: skipped.line)
     return report

@@ -58,6 +58,7 @@ def remove_labels(refs: list[str] = (), *, all: bool = False, source: str | None
                   db: str | os.PathLike | Cache | None = None) -> int:
     """Remove the labels of these images (ids or paths), of one `source`, or `all`; returns how many."""
     cache = Cache.open(db)
+    cache.check_writable()
     table = cache.table(schema.LABELS)
     before = table.count_rows()
     if all:
@@ -112,6 +113,7 @@ def set_labels(ids: list[str], label: str, db: str | os.PathLike | Cache | None 
     """Label these cached images (content ids) with `label` (accept, reject or one of the 30
     names), replacing their earlier labels; returns how many were written."""
     cache = Cache.open(db)
+    cache.check_writable()
     try:
         label = canonical_label(label)
     except ValueError as ex:
@@ -131,6 +133,7 @@ def set_labels(ids: list[str], label: str, db: str | os.PathLike | Cache | None 
 def unset_labels(ids: list[str], db: str | os.PathLike | Cache | None = None) -> int:
     """Remove the labels of these content ids (unknown ids are refused); returns how many went."""
     cache = Cache.open(db)
+    cache.check_writable()
     ids = _check_ids(cache, ids)
     if not ids:
         return 0

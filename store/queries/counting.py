@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from faramir.config import ACCEPT_LABELS, LABELS
+from faramir.store import limits
 from faramir.store.cache import Cache
 from faramir.store.errors import QueryError
 from faramir.store.filters import Filter
@@ -57,8 +58,7 @@ def stats(
     """Counts at the threshold over the rows passing the filter: total, accepted, rejected, per
     label; a confidence histogram (`bins` equal bins over [0, 1]); and a threshold sweep (how many
     pass at each threshold of `sweep`, plus the filter's own)."""
-    if bins < 1:
-        raise QueryError(f"bins {bins}: must be at least 1")
+    limits.check("bins", bins, 1, limits.MAX_BINS, QueryError)
     cache = Cache.open(db)
     f = Filter.of(filter, **filters)
     for t in sweep:

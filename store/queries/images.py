@@ -66,9 +66,11 @@ def _row(cache: Cache, image_id: str, columns: list[str]) -> dict:
     return rows.to_pylist()[0]
 
 
-def paths(image_id: str, db: str | os.PathLike | Cache | None = None) -> list[str]:
-    """Every path the cache recorded for this content id (the only paths a face may open)."""
-    return list(_row(Cache.open(db), image_id, ["paths"])["paths"] or [])
+def sources(image_id: str, db: str | os.PathLike | Cache | None = None) -> tuple[list[str], int]:
+    """(every path the cache recorded for this content id, the size of its bytes): the only paths
+    a face may open, and a file there of another size now is not this content."""
+    row = _row(Cache.open(db), image_id, ["paths", "size"])
+    return list(row["paths"] or []), row["size"]
 
 
 def detail(image_id: str, db: str | os.PathLike | Cache | None = None, *, threshold: float = DEFAULT_THRESHOLD) -> ImageDetail:

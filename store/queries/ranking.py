@@ -98,8 +98,9 @@ def _after(cursor: str, keys: list[str], descending: bool) -> str:
     try:
         if len(parts) != len(keys) + 1:
             raise ValueError
-        values = [float(p) for p in parts[:-1]]
-        if any(np.isnan(values)):
+        raw = [float(p) for p in parts[:-1]]
+        values = [f32(v) for v in raw]  # as `_cursor` wrote them: float32, infinite only if saturated
+        if any(np.isnan(v) or (np.isinf(v) and np.isfinite(r)) for v, r in zip(values, raw)):
             raise ValueError
         image_id = check_id(parts[-1])
     except (ValueError, QueryError):

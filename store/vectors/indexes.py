@@ -127,6 +127,7 @@ def index(
     """Build the ANN index on each of `embeddings` (whatever the table's size; `replace` retrains an
     existing one) and every missing scalar index. Returns the table's indexes afterwards."""
     cache = Cache.open(db)
+    cache.check_writable()
     for embedding in embeddings:
         if embedding not in schema.EMBEDDING_COLUMNS:
             raise QueryError(f"embedding {embedding!r}: use one of {', '.join(schema.EMBEDDING_COLUMNS)}")

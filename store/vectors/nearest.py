@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from faramir.files import sha256_file
-from faramir.store import schema
+from faramir.store import limits, schema
 from faramir.store.cache import Cache
 from faramir.store.errors import NotCached, QueryError, UnknownImage
 from faramir.store.filters import Filter
@@ -109,8 +109,11 @@ def similar(
     index. Columns: distance (1 - cosine similarity), then as `faramir.store.top`."""
     from faramir.store.vectors.indexes import NPROBES, REFINE_FACTOR
 
-    if k < 1:
-        raise QueryError(f"k {k}: must be at least 1")
+    limits.check("k", k, 1, limits.MAX_NEIGHBOURS, QueryError)
+    if nprobes is not None:
+        limits.check("nprobes", nprobes, 1, limits.MAX_NPROBES, QueryError)
+    if refine_factor is not None:
+        limits.check("refine factor", refine_factor, 1, limits.MAX_REFINE_FACTOR, QueryError)
     cache = Cache.open(db)
     f = Filter.of(filter, **filters)
     column = embedding_column(embedding)

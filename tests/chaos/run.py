@@ -1,4 +1,4 @@
-"""Fault injection against the cache: kills, races, a hostile collection and storage faults,
+"""Fault injection against the cache: kills, races, a hostile collection, hostile use and storage faults,
 each followed by a check of the cache's invariants (tests/chaos/invariants.py); prints a table of
 trials and violations, then every distinct violation with how often it was seen.
 
@@ -16,6 +16,8 @@ Scenarios:
            the prepared one, while readers loop over the queries. In half of the runs the second
            command starts at a random moment during the first instead.
   hostile  `ingest -r` over tests/hostile.py's collection (tests/chaos/faults.py).
+  misuse   hostile use of the CLI and the gallery: each case on a copy of the prepared cache, then
+           the invariants (tests/chaos/misuse.py).
   storage  a zero-byte latest manifest in each table; the disk filling up mid-ingest (a 20 MB
            tmpfs, mounted when this runs as root; skipped with the reason otherwise).
 
@@ -67,7 +69,7 @@ import faramir.store.vectors.indexes  # noqa: E402, F401
 import faramir.store.vectors.nearest  # noqa: E402, F401
 import faramir.weights  # noqa: E402, F401
 from tests.chaos import commands as cmds  # noqa: E402
-from tests.chaos import faults, forked, invariants  # noqa: E402
+from tests.chaos import faults, forked, invariants, misuse  # noqa: E402
 
 TIMEOUT_S = 300.0  # any one command, check or reader; past it the child is killed ("timeout")
 KILL_COMMANDS = ("ingest (new cache)", "ingest", "rescore", "finetune", "labels import", "index")
@@ -355,7 +357,7 @@ def _normalised(problem: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="6 kills, 1 run a pair, readers 1 (the test suite's run)")
-    p.add_argument("--only", default="kill,race,hostile,storage", help="comma-separated scenarios")
+    p.add_argument("--only", default="kill,race,hostile,misuse,storage", help="comma-separated scenarios")
     p.add_argument("--kills", type=int, default=None, help="mid-run kills wanted, over all commands (default 102)")
     p.add_argument("--runs", type=int, default=None, help="runs per pair and cache state (default 20)")
     p.add_argument("--pairs", help="races to run, e.g. 'ingest+ingest:new,ingest+index:existing' "
@@ -393,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             report["race"] = race_table([t for t in trials if t.scenario == "race"])
         if "hostile" in only:
             report["hostile"] = faults.hostile(h)
+        if "misuse" in only:
+            report["misuse"] = misuse.misuse(h)
         if "storage" in only:
             report["storage"] = faults.storage(h)
         report["trials"] = [asdict(t) for t in trials]
@@ -402,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         if "race" in report:
             print_table("two writers started together, readers looping", report["race"])
         faults.print_reports(report, print_table)
+        if "misuse" in report:
+            print_table("hostile use of the CLI and the gallery (each on its own copy, then the invariants)",
+                        report["misuse"]["rows"])
         print_findings(trials)
         print(f"\n{time.monotonic() - started:.0f} s in all; work folder {work}"
               + ("" if args.keep else " (removed)"))
