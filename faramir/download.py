@@ -51,6 +51,7 @@ from faramir.locations import (  # noqa: F401 (CACHE_ENV, for tests)
     SIGLIP_FILE,
     WEIGHTS_ENV,
     default_weights_dir,
+    missing_files,
     missing_message,
 )
 
@@ -130,7 +131,7 @@ def resolve_dir(explicit, files: Sequence[WeightFile], message: Callable[..., st
 
 
 def _missing(root: Path, files: Sequence[WeightFile]) -> list[str]:
-    return [f.name for f in files if not (root / f.name).is_file()]
+    return missing_files(root, [f.name for f in files])
 
 
 # ---------------------------------------------------------------------------- downloading

@@ -43,9 +43,10 @@ SOURCES = {  # where each file comes from, for messages and the downloader
 }
 
 
-def missing_files(weights_dir: str | os.PathLike) -> list[str]:
+def missing_files(weights_dir: str | os.PathLike, names=WEIGHT_FILES) -> list[str]:
+    """Which of `names` (default: the four image-side files) the weights directory lacks."""
     root = Path(weights_dir)
-    return [name for name in WEIGHT_FILES if not (root / name).is_file()]
+    return [name for name in names if not (root / name).is_file()]
 
 
 def missing_message(weights_dir: str | os.PathLike, missing: list[str], why: str = "") -> str:

@@ -47,8 +47,9 @@ META_SOURCE = "faramir.source"  # safetensors metadata: where extracted tensors 
 
 
 def missing_text_files(weights_dir: str | os.PathLike) -> list[str]:
-    root = Path(weights_dir)
-    return [name for name in TEXT_FILES if not (root / name).is_file()]
+    from faramir.locations import missing_files
+
+    return missing_files(weights_dir, TEXT_FILES)
 
 
 def missing_text_message(weights_dir: str | os.PathLike, missing: list[str], why: str = "") -> str:
