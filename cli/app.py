@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import typer
 
-from faramir.cli import assess_cmd, finetune_cmd, heads_cmd, ingest_cmd, query_cmd, search_cmd, serve_cmd, weights_cmd
+from faramir.cli import (
+    assess_cmd,
+    curate_cmd,
+    finetune_cmd,
+    heads_cmd,
+    ingest_cmd,
+    query_cmd,
+    search_cmd,
+    serve_cmd,
+    weights_cmd,
+)
 
 
 def _group(help: str) -> typer.Typer:
@@ -47,6 +57,7 @@ labels.command("rm")(finetune_cmd.labels_rm)
 app.add_typer(labels, name="labels")
 app.command()(finetune_cmd.finetune)
 app.command()(finetune_cmd.evaluate)
+app.command()(curate_cmd.queue)
 
 # The gallery.
 app.command()(serve_cmd.serve)

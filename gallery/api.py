@@ -260,6 +260,7 @@ def write_labels(
     g: Gallery = Depends(gallery),
 ):
     written = unset_labels(ids, g.cache) if label is None else set_labels(ids, label, g.cache)
+    g.jobs.warm()  # a curator labelling will finetune: torch is imported meanwhile, not then
     return {"written": written, "label": label, "counts": label_counts(g.cache).to_dict()}
 
 
