@@ -41,9 +41,10 @@ app.command()(ingest_cmd.failures)
 
 # Stage two.
 app.command()(heads_cmd.rescore)
-heads = _group("List and remove the heads whose scores the cache holds.")
+heads = _group("List, compare and remove the heads whose scores the cache holds.")
 heads.command("list")(heads_cmd.heads_list)
 heads.command("rm")(heads_cmd.heads_rm)
+heads.command("diff")(heads_cmd.heads_diff)
 app.add_typer(heads, name="heads")
 for command in (query_cmd.top, query_cmd.stats, query_cmd.similar, query_cmd.index, query_cmd.export,
                 search_cmd.search, search_cmd.duplicates):
