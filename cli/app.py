@@ -59,6 +59,7 @@ app.add_typer(labels, name="labels")
 app.command()(finetune_cmd.finetune)
 app.command()(finetune_cmd.evaluate)
 app.command()(curate_cmd.queue)
+app.command("map")(curate_cmd.map)
 
 # The gallery.
 app.command()(serve_cmd.serve)
