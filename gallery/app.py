@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from faramir.errors import FaramirError
-from faramir.gallery import api, safety
+from faramir.gallery import api, curating, safety
 from faramir.gallery.jobs import JobError, Jobs
 from faramir.gallery.text import TextSearch
 from faramir.store.cache import Cache
@@ -76,6 +76,7 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(api.router)
+    app.include_router(curating.router)
     return app
 
 

@@ -42,6 +42,7 @@ KEPT = {  # what a Cache keeps per table version (`Cache.kept`): kind → how ma
     "allow_list": 16,  # the rows a filter passes (up to 1 MB each at a million rows)
     "count": 64,  # how many rows a filter passes
     "head": 64,  # a heads table record
+    "map": 4,  # the map's points and their rows in the images table (`faramir.store.map.points`)
 }
 
 

@@ -43,6 +43,7 @@ REASON_WEIGHT = 0.5  # an ambiguous reason weighs half the decision's signals
 POOL_FACTOR = 4  # the pool farthest-point selection draws from: this × limit, ...
 MIN_POOL = 100  # ... at least this many
 SIGNALS = ("uncertainty", "disagreement", "ambiguity")
+ID_CHUNK = 1024  # ids of a selection per `id IN (...)` lookup
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,12 @@ def _queue(ds, cols: HeadColumns, vs_cols: HeadColumns | None, f: Filter, labell
     if vs_cols is not None:
         where += f" AND {vs_cols.confidence} IS NOT NULL"
         read.insert(1, vs_cols.decision)
-    if ids is not None:
-        where += f" AND {sql_in('id', ids)}"
-    cand = ds.to_table(columns=read, filter=where)
+    if ids is None:
+        cand = ds.to_table(columns=read, filter=where)
+    else:  # a selection (the map's lasso): its ids a chunk at a time, each looked up by the id index
+        ids = sorted(set(ids))
+        cand = pa.concat_tables([ds.to_table(columns=read, filter=f"({where}) AND {sql_in('id', ids[i:i + ID_CHUNK])}")
+                                 for i in range(0, len(ids), ID_CHUNK)] or [ds.to_table(columns=read, filter="false")])
     scores = signals(cand.column(cols.decision).to_numpy(zero_copy_only=False),
                      vectors(cand.column(cols.logits), 30).astype(np.float64), f.threshold,
                      None if vs_cols is None else cand.column(vs_cols.decision).to_numpy(zero_copy_only=False))
