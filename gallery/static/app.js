@@ -935,6 +935,7 @@ async function loadMap(mine) {
       });
     }
     if (!mapView.info) await mapView.load();
+    window.faramirMapView = mapView;  // for tests and benchmarks: the points and their places on the canvas
     if (mine !== gen) return;
     const m = mapView.info;
     $("map-status").textContent = !m.count ? m.missing : `${num(m.count)} images by their ${m.embedding} embedding` +
