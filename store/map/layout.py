@@ -80,18 +80,19 @@ def _fit(cache: Cache, embedding: str, sample: int, seed: int, progress: Progres
         progress("fit", len(chosen), len(chosen))
     in_sample = np.zeros(n, bool)
     in_sample[chosen] = True
-    ids, places = [rows.column("id")], [model.coords]
-    done = len(chosen)
+    places = np.zeros((n, 2), np.float32)  # in the table's row order, so the page's points line up with it
+    places[chosen] = model.coords
+    ids, done = [], len(chosen)
     for batch in ds.to_batches(columns=["id", column, "_rowoffset"], batch_size=PLACE_BATCH):
-        rest = ~in_sample[batch.column("_rowoffset").to_numpy()]
+        at = batch.column("_rowoffset").to_numpy()
+        ids.append(batch.column("id"))
+        rest = ~in_sample[at]
         if rest.any():
-            batch = batch.filter(pa.array(rest))
-            ids.append(batch.column("id"))
-            places.append(_place(model, _vectors(batch.column(column))))
-            done += batch.num_rows
+            places[at[rest]] = _place(model, _vectors(batch.filter(pa.array(rest)).column(column)))
+            done += int(rest.sum())
         if progress:
             progress("place", done, n)
-    storage.write_fitted(cache, model, len(chosen), pa.chunked_array(ids, pa.string()), np.concatenate(places))
+    storage.write_fitted(cache, model, len(chosen), pa.chunked_array(ids, pa.string()), places)
     return LayoutInfo(embedding, n, len(chosen), True, n - len(chosen))
 
 

@@ -62,6 +62,8 @@ def offsets(cache: Cache, pts: MapPoints) -> np.ndarray:
 
     def align() -> np.ndarray:
         images = ds.to_table(columns=["id", "_rowoffset"])
+        if len(images) == len(pts.ids) and images.column("id").combine_chunks().equals(pts.ids):
+            return images.column("_rowoffset").to_numpy()  # laid out in the table's order, and still so
         where = pc.index_in(pts.ids, images.column("id")).to_numpy(zero_copy_only=False)
         found = ~np.isnan(where.astype(np.float64)) if where.dtype.kind == "f" else np.ones(len(where), bool)
         rows = images.column("_rowoffset").to_numpy()
@@ -73,9 +75,9 @@ def offsets(cache: Cache, pts: MapPoints) -> np.ndarray:
 
 
 def unplaced(cache: Cache, pts: MapPoints | None) -> int:
-    """How many cached images have no place on the map."""
+    """How many cached images have no place on the map (counted: images are never removed)."""
     total = cache.dataset(schema.IMAGES).count_rows() if cache.has_images() else 0
-    return total - (0 if pts is None else int((offsets(cache, pts) >= 0).sum()))
+    return max(0, total - (0 if pts is None else len(pts.ids)))
 
 
 def colours(cache: Cache, pts: MapPoints, head: str, by: str) -> np.ndarray:
