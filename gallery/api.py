@@ -264,6 +264,13 @@ def write_labels(
     return {"written": written, "label": label, "counts": label_counts(g.cache).to_dict()}
 
 
+@router.post("/finetune/warm")
+def warm_finetune(g: Gallery = Depends(gallery)):
+    """The finetune dialog opened: import what a finetune needs in the background, meanwhile."""
+    g.jobs.warm()
+    return {"warming": True}
+
+
 @router.post("/finetune")
 def start_finetune(
     base: str = Body(schema.DEFAULT_HEAD, embed=True, min_length=1, max_length=64),

@@ -20,7 +20,6 @@ from faramir.gallery.jobs import JobError, Jobs
 from faramir.gallery.text import TextSearch
 from faramir.store.cache import Cache
 from faramir.store.errors import DiskFull, ReadOnlyCache, UnknownImage, storage_error
-from faramir.store.labels.table import label_counts
 
 STATIC = Path(__file__).with_name("static")
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -53,9 +52,10 @@ def create_app(
     name (for a server bound to a loopback address); `work` is where thumbnails and finetuned
     heads go (default: `work_dir(db)`); `token` is the write token (default: a random one);
     `weights_dir` holds the text tower for searching by text (default: $FARAMIR_WEIGHTS, else the
-    default weights directory; never downloaded into). Nothing here loads torch on a request:
-    a finetune imports it in the background once there are labels to train on
-    (`faramir.gallery.jobs.Jobs.warm`), and the first search by text loads the text tower."""
+    default weights directory; never downloaded into). Nothing here loads torch for reading:
+    a finetune's imports run in the background from the first label written or the finetune
+    dialog opened (`faramir.gallery.jobs.Jobs.warm`), and the first search by text loads the
+    text tower."""
     cache = Cache.open(db)
     root = Path(work) if work is not None else work_dir(cache.uri)
     write_token = None if read_only else (token or safety.new_token())
@@ -63,8 +63,6 @@ def create_app(
     app.state.gallery = api.Gallery(cache, root, Jobs(cache.uri, root / "heads"), read_only,
                                     TextSearch(weights_dir))
     app.state.cache, app.state.token, app.state.work = cache, write_token, root
-    if not read_only and label_counts(cache).total:
-        app.state.gallery.jobs.warm()  # a curator with labels will finetune
     _answer_errors(app)
     _guard(app, write_token, loopback_only)
 

@@ -4,9 +4,9 @@ The job is the CLI's `faramir finetune --name NAME` followed by `faramir evaluat
 `faramir.store.heads.finetune.finetune` on the current labels, `faramir.store.heads.rescore.rescore` to register the new head,
 `faramir.store.heads.evaluate` for its MCC, precision, recall and the MCC-best threshold. It runs in a
 thread; the server's request threads stay free (torch and Lance release the GIL in their loops).
-The server itself runs without torch: it is imported in the background (`Jobs.warm`) once the
-curator labels something, or at start when the cache has labels, so that a finetune asked for
-later does not wait seconds for the import.
+The server reads without torch: it is imported in the background (`Jobs.warm`) once the curator
+writes a label or opens the finetune dialog, so that the finetune asked for next does not wait
+seconds for the import.
 """
 
 from __future__ import annotations

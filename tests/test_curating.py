@@ -197,3 +197,17 @@ def _id(path: Path) -> str:
     from faramir.files import sha256_file
 
     return sha256_file(path)
+
+
+def test_without_umap_faramir_map_says_in_one_line_how_to_install_it(cache, tmp_path, monkeypatch):
+    import sys
+
+    from faramir.cli.app import app
+
+    _, db = cache
+    db = shutil.copytree(db, tmp_path / "db")
+    monkeypatch.setitem(sys.modules, "umap", None)  # as if umap-learn were not installed
+    result = runner.invoke(app, ["map", "--db", str(db)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == \
+        "Error: faramir map needs umap-learn (the 'map' extra): pip install 'faramir[map]'"

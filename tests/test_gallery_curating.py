@@ -127,6 +127,14 @@ def test_the_map_draws_every_image_coloured_by_its_decision_and_recolours_with_t
         assert len(alone) >= 10, "too few points stand apart to read their colours back"
         for i in alone:
             assert tuple(pixels[i][2]) == (ACC if want[ids[i]] else REJ), (i, t)
+    # hovering a point shows its thumbnail
+    box = page.locator("#map-overlay").bounding_box()
+    x, y, _ = pixels[alone[0]]
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    wait_until(page, "id => !document.querySelector('#map-tip').hidden && document.querySelector('#map-tip').dataset.id === id",
+               ids[alone[0]])
+    wait_until(page, "() => document.querySelector('#map-tip img').naturalWidth > 0")
+    assert page.get_attribute("#map-tip img", "src") == f"/api/thumb/{ids[alone[0]]}"
     # another colouring: the curator label (none yet: every point the same faint grey)
     page.select_option("#map-by", "label")
     wait_until(page, "() => new URLSearchParams(location.search).get('by') === 'label'")

@@ -752,6 +752,7 @@ let pollTimer = 0;
 function openFinetune() {
   $("ft-base").value = state.head;
   $("finetune-dialog").hidden = false;
+  post("/api/finetune/warm", {}).catch(() => {});  // the server imports torch while the options are chosen
 }
 
 async function startFinetune(replace = false) {

@@ -101,6 +101,7 @@
 
     async show() {
       const s = this.ctx.state();
+      await this.colours("confidence", s.head);  // the decision, the reason's side and the hover's figure
       const values = await this.colours(s.by, s.head);
       this.recolour(values, s.by, Number(s.t));
       this.ready = true;

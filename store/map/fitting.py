@@ -24,6 +24,14 @@ MIN_DIST = 0.1  # UMAP's min_dist
 INSTALL = "faramir map needs umap-learn (the 'map' extra): pip install 'faramir[map]'"
 
 
+def require_umap() -> None:
+    """Raise MapError saying how to install umap-learn unless it can be imported."""
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        raise MapError(INSTALL) from None
+
+
 def principal_axes(unit: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean (D,), axes (P, D)) of unit-length rows (S, D), the largest variance first, each axis's
     sign fixed (its largest entry positive) so that a fit is reproducible."""
@@ -46,10 +54,9 @@ def fit(vectors: np.ndarray, embedding: str, seed: int = 0, neighbours: int = NE
         coords[:, :min(2, reference.shape[1])] = reference[:, :2]
         a, b = 1.577, 0.895  # UMAP's curve for min_dist 0.1
     else:
-        try:
-            import umap
-        except ImportError:
-            raise MapError(INSTALL) from None
+        require_umap()
+        import umap
+
         reducer = umap.UMAP(n_neighbors=k, min_dist=MIN_DIST, n_components=2, metric="euclidean",
                             random_state=seed, transform_seed=seed)
         with warnings.catch_warnings():

@@ -64,8 +64,9 @@ def map_layout(db: str | os.PathLike | Cache | None = None, *, embedding: str = 
 
 
 def _fit(cache: Cache, embedding: str, sample: int, seed: int, progress: Progress | None) -> LayoutInfo:
-    from faramir.store.map.fitting import fit
+    from faramir.store.map.fitting import fit, require_umap
 
+    require_umap()  # before minutes of reading, not after
     column = schema.EMBEDDING_COLUMNS[embedding]
     ds = cache.dataset(schema.IMAGES)
     n = ds.count_rows()
