@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import typer
 
-from faramir.cli import assess_cmd, finetune_cmd, heads_cmd, ingest_cmd, query_cmd, search_cmd, serve_cmd, weights_cmd
+from faramir.cli import (
+    assess_cmd,
+    curate_cmd,
+    finetune_cmd,
+    heads_cmd,
+    ingest_cmd,
+    query_cmd,
+    search_cmd,
+    serve_cmd,
+    weights_cmd,
+)
 
 
 def _group(help: str) -> typer.Typer:
@@ -31,9 +41,10 @@ app.command()(ingest_cmd.failures)
 
 # Stage two.
 app.command()(heads_cmd.rescore)
-heads = _group("List and remove the heads whose scores the cache holds.")
+heads = _group("List, compare and remove the heads whose scores the cache holds.")
 heads.command("list")(heads_cmd.heads_list)
 heads.command("rm")(heads_cmd.heads_rm)
+heads.command("diff")(heads_cmd.heads_diff)
 app.add_typer(heads, name="heads")
 for command in (query_cmd.top, query_cmd.stats, query_cmd.similar, query_cmd.index, query_cmd.export,
                 search_cmd.search, search_cmd.duplicates):
@@ -47,6 +58,8 @@ labels.command("rm")(finetune_cmd.labels_rm)
 app.add_typer(labels, name="labels")
 app.command()(finetune_cmd.finetune)
 app.command()(finetune_cmd.evaluate)
+app.command()(curate_cmd.queue)
+app.command("map")(curate_cmd.map)
 
 # The gallery.
 app.command()(serve_cmd.serve)

@@ -1,4 +1,5 @@
-"""`faramir rescore` and `faramir heads list|rm`: the heads whose scores the cache holds."""
+"""`faramir rescore` and `faramir heads list|rm|diff`: the heads whose scores the cache holds, and
+what switching from one to another changes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Annotated
 import typer
 
 from faramir.cli.common import Bar, handle_errors, note
-from faramir.cli.options import Db, ListFormat, ListFormatOpt
-from faramir.cli.output import emit
+from faramir.cli.options import Db, ListFormat, ListFormatOpt, ReportFormat, ReportFormatOpt, Threshold
+from faramir.cli.output import emit, emit_json
+from faramir.config import DEFAULT_THRESHOLD
 from faramir.store import limits
 
 HEAD_COLUMNS = ["name", "rows", "fingerprint", "pool", "created_at", "scored_from", "source", "prefix"]
@@ -70,3 +72,37 @@ def heads_rm(name: Annotated[str, typer.Argument(help="The head to remove.")], d
 
     removed = remove_head(name, db)
     note(f"Removed head {removed.name} and the score columns no other head reads.")
+
+
+@handle_errors
+def heads_diff(
+    head_a: Annotated[str, typer.Argument(help="The head in use (e.g. faramir-v1).")],
+    head_b: Annotated[str, typer.Argument(help="The head that would replace it (e.g. a finetune).")],
+    threshold: Threshold = DEFAULT_THRESHOLD,
+    db: Db = None,
+    fmt: ReportFormatOpt = ReportFormat.table,
+):
+    """What switching from head A to head B changes: the images that go accept → reject and
+    reject → accept, by B's reason, and how many curator labels each head gets right.
+
+    Example: faramir heads diff faramir-v1 tuned --threshold 0.5
+
+    The flipped images themselves: the gallery's Compare view, or 'faramir top --head B' with filters.
+    """
+    from faramir.store.heads.compare import heads_diff as run
+
+    diff = run(head_a, head_b, db, threshold=threshold)
+    if fmt == ReportFormat.json:
+        emit_json(diff.to_dict())
+        return
+    print(f"{head_a} → {head_b} at threshold {diff.threshold}: {diff.total} images scored by both")
+    print(f"  accept → reject {diff.accept_to_reject:>9}")
+    print(f"  reject → accept {diff.reject_to_accept:>9}")
+    if diff.labelled:
+        print(f"  curator labels right: {head_a} {diff.right_a} of {diff.labelled}, {head_b} {diff.right_b} of "
+              f"{diff.labelled} ({diff.fixed} flips fix a wrong decision, {diff.broken} break a right one)")
+    else:
+        print("  no curator labels on these images: nothing says which head is right")
+    if diff.by_reason:
+        print()
+        emit(diff.by_reason, "table", ["flip", "reason", "count"])

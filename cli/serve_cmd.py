@@ -28,13 +28,12 @@ def serve(
     The search box needs the SigLIP text tower in the weights directory (faramir weights
     download --text); it is loaded on the first search, never downloaded by the server.
     """
-    import socket
-
     try:
         import uvicorn
 
         from faramir.gallery.app import create_app
         from faramir.gallery.safety import is_loopback
+        from faramir.gallery.serving import listening_socket
     except ImportError as ex:
         fail(f"faramir serve needs the 'serve' extra ({ex.name} is missing): pip install 'faramir[serve]'")
 
@@ -44,7 +43,7 @@ def serve(
              f"need the page's token. Use --host 127.0.0.1 to keep it to this machine.")
     gallery = create_app(db, read_only=read_only, loopback_only=loopback, weights_dir=weights_dir)
     try:  # bind first, so the URL printed is the one listening (port 0 picks a free one)
-        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock = listening_socket(host, port)
     except OSError as ex:
         fail(f"cannot listen on {host}:{port} ({ex.strerror}); choose another --port or --host")
     bound = sock.getsockname()[1]

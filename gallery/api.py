@@ -260,7 +260,15 @@ def write_labels(
     g: Gallery = Depends(gallery),
 ):
     written = unset_labels(ids, g.cache) if label is None else set_labels(ids, label, g.cache)
+    g.jobs.warm()  # a curator labelling will finetune: torch is imported meanwhile, not then
     return {"written": written, "label": label, "counts": label_counts(g.cache).to_dict()}
+
+
+@router.post("/finetune/warm")
+def warm_finetune(g: Gallery = Depends(gallery)):
+    """The finetune dialog opened: import what a finetune needs in the background, meanwhile."""
+    g.jobs.warm()
+    return {"warming": True}
 
 
 @router.post("/finetune")

@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from faramir.errors import FaramirError
-from faramir.gallery import api, safety
+from faramir.gallery import api, curating, safety
 from faramir.gallery.jobs import JobError, Jobs
 from faramir.gallery.text import TextSearch
 from faramir.store.cache import Cache
@@ -52,8 +52,10 @@ def create_app(
     name (for a server bound to a loopback address); `work` is where thumbnails and finetuned
     heads go (default: `work_dir(db)`); `token` is the write token (default: a random one);
     `weights_dir` holds the text tower for searching by text (default: $FARAMIR_WEIGHTS, else the
-    default weights directory; never downloaded into). Nothing here loads torch: only a
-    finetune job does, when it starts, and the first search by text."""
+    default weights directory; never downloaded into). Nothing here loads torch for reading:
+    a finetune's imports run in the background from the first label written or the finetune
+    dialog opened (`faramir.gallery.jobs.Jobs.warm`), and the first search by text loads the
+    text tower."""
     cache = Cache.open(db)
     root = Path(work) if work is not None else work_dir(cache.uri)
     write_token = None if read_only else (token or safety.new_token())
@@ -72,6 +74,7 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(api.router)
+    app.include_router(curating.router)
     return app
 
 

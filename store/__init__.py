@@ -11,12 +11,14 @@ first use, so `import faramir.store` costs nothing and a query never imports tor
     export                                  `faramir export`
     import_labels, list_labels, remove_labels   `faramir labels ...`
     finetune, evaluate                      `faramir finetune`, `faramir evaluate`
+    queue, map_layout, heads_diff           `faramir queue`, `faramir map`, `faramir heads diff`
     Cache, Filter                           an open cache; which rows a query keeps
 
 One sub-package per concept (docs/architecture.md draws them): `heads` (the registry, a head's
 columns, scoring, rescoring, unscored rows, finetune, evaluate, comparing two heads), `queries`
 (ranking, counting, one image), `search` (nearest, allow-lists, the post-filter, text, indexes),
-`duplicates`, `labels`, `export`, `ingestion`; beside them the cache itself (`cache`, `schema`,
+`duplicates`, `labels` (with `queue`: what to label next), `export`, `ingestion`, `map` (the
+2-D layout); beside them the cache itself (`cache`, `schema`,
 `sql`, `filters`, `errors`, `migrations`, `recovery`).
 """
 
@@ -39,6 +41,8 @@ _EXPORTS = {
     "import_labels": "faramir.store.labels.files", "list_labels": "faramir.store.labels.table",
     "remove_labels": "faramir.store.labels.table",
     "finetune": "faramir.store.heads.finetune", "evaluate": "faramir.store.heads.evaluate",
+    "queue": "faramir.store.labels.queue", "map_layout": "faramir.store.map.layout",
+    "heads_diff": "faramir.store.heads.compare",
 }
 __all__ = sorted(_EXPORTS)
 

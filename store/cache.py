@@ -36,12 +36,13 @@ CREATE_LOCK = ".faramir-create.lock"  # in a local cache's folder: held while a 
 
 TABLE_KEYS = {  # every table but images, with its primary key
     schema.META: "key", schema.FILES: "path", schema.FAILURES: "path", schema.HEADS: "name",
-    schema.LABELS: "id",
+    schema.LABELS: "id", schema.LAYOUT: "id", schema.LAYOUT_MODEL: "fit",
 }
 KEPT = {  # what a Cache keeps per table version (`Cache.kept`): kind → how many entries at most
     "allow_list": 16,  # the rows a filter passes (up to 1 MB each at a million rows)
     "count": 64,  # how many rows a filter passes
     "head": 64,  # a heads table record
+    "map": 4,  # the map's points and their rows in the images table (`faramir.store.map.points`)
 }
 
 
@@ -395,4 +396,5 @@ class Cache:
 _SCHEMAS = {
     schema.META: schema.META_SCHEMA, schema.FILES: schema.FILES_SCHEMA, schema.FAILURES: schema.FAILURES_SCHEMA,
     schema.HEADS: schema.HEADS_SCHEMA, schema.LABELS: schema.LABELS_SCHEMA,
+    schema.LAYOUT: schema.LAYOUT_SCHEMA, schema.LAYOUT_MODEL: schema.LAYOUT_MODEL_SCHEMA,
 }

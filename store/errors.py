@@ -72,6 +72,10 @@ class TuningError(CacheError):
     """A finetune or evaluation cannot run as asked."""
 
 
+class MapError(CacheError):
+    """The map cannot be made, placed or read as asked."""
+
+
 class RayError(FaramirError):
     """Ray cannot be used as asked: not installed, or no cluster at the address."""
 

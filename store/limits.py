@@ -14,6 +14,8 @@ MAX_EPOCHS = 10_000  # finetune epochs
 MAX_LEARNING_RATE = 10.0  # finetune learning rate (upstream's is 4e-4)
 MAX_SEED = 2**32 - 1  # seeds NumPy's generator takes
 MAX_BINS = 200  # histogram bins of `stats`
+MAX_MAP_SAMPLE = 500_000  # rows the map's UMAP is fitted on (50,000 take minutes; more, far longer)
+MAX_QUEUE = 1_000  # images one `queue` asks labels for (its diverse selection grows with the square)
 
 
 def check(name: str, value, low, high, error: type[Exception]) -> None:

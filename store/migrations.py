@@ -12,6 +12,9 @@ step first.
   (`faramir.weights.file_bytes_experts_fingerprint`).
 - 3 → 4 added ``heads.shared_prefix`` (null for every existing head: each reads its own columns),
   so that a head scored from another head's v and f stores only its decision and confidence.
+- 4 → 5 added the ``layout`` and ``layout_model`` tables (the map): `Cache.open` makes a missing
+  table, empty, as it makes every table; no existing row changes. The version is raised all the
+  same: an older faramir would ingest rows without placing them on the map.
 
 Each step is one commit (a column appears with its values, or not at all), so a crash leaves the
 cache at the old version, and two processes opening it at once are both fine: the one whose commit
@@ -37,6 +40,7 @@ def migrate(cache: Cache, version: int) -> None:
     # 2 → 3 rewrites nothing: no older cache holds a path that is not UTF-8
     if version < 4:
         _add_heads_column(cache, "shared_prefix", lambda batch: [None] * batch.num_rows, ["name"])
+    # 4 → 5 rewrites nothing: the layout tables were made, empty, before the version was read
     cache.set_meta(schema_version=str(schema.SCHEMA_VERSION))
 
 

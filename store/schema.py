@@ -1,10 +1,11 @@
-"""The feature cache's tables and columns (schema version 4), described once: here, in code.
+"""The feature cache's tables and columns (schema version 5), described once: here, in code.
 
-One LanceDB database (a local folder or an object-store URI) holds six tables: ``images`` (one
+One LanceDB database (a local folder or an object-store URI) holds eight tables: ``images`` (one
 row per unique image content, `images_schema`), ``files`` (one row per path, for incremental
 ingest), ``failures`` (one row per unreadable path), ``heads`` (one row per named head),
-``labels`` (curator labels) and ``meta`` (key/value strings). Each field's comment below says
-what it holds.
+``labels`` (curator labels), ``layout`` (each image's place on the map), ``layout_model`` (the
+fitted map that places new images) and ``meta`` (key/value strings). Each field's comment below
+says what it holds.
 
 A head's scores are six columns of ``images`` (`SCORE_TYPES`) named with a column prefix P:
 P_decision, P_confidence, and its labels, class logits and free units. Thresholds are never
@@ -44,13 +45,15 @@ import pyarrow as pa
 
 from faramir.config import N_CLASSES, N_FREE, FaramirConfig
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 IMAGES = "images"
 FILES = "files"
 FAILURES = "failures"
 HEADS = "heads"
 LABELS = "labels"
+LAYOUT = "layout"
+LAYOUT_MODEL = "layout_model"
 META = "meta"
 
 DEFAULT_HEAD = "faramir-v1"  # the released head, scored at ingest
@@ -201,6 +204,21 @@ LABELS_SCHEMA = pa.schema([  # curator labels, for finetuning and evaluation
     pa.field("label", pa.string()),  # accept, reject or one of the 30 label names
     pa.field("source", pa.string()),  # the file imported, or "gallery"
     pa.field("imported_at", TIMESTAMP),
+])
+
+LAYOUT_SCHEMA = pa.schema([  # the map (`faramir map`): one row per image placed (version 5)
+    pa.field("id", pa.string(), nullable=False, metadata=PRIMARY_KEY),
+    pa.field("x", pa.float32()),  # its place on the 2-D layout (UMAP's units)
+    pa.field("y", pa.float32()),
+    pa.field("fit", pa.int64()),  # the layout_model row that placed it
+])
+
+LAYOUT_MODEL_SCHEMA = pa.schema([  # the fitted map, to place images ingested later (version 5)
+    pa.field("fit", pa.int64(), nullable=False, metadata=PRIMARY_KEY),  # when it was fitted (ns)
+    pa.field("embedding", pa.string()),  # faramir or siglip
+    pa.field("sample", pa.int64()),  # rows it was fitted on
+    pa.field("fitted_at", TIMESTAMP),
+    pa.field("model", pa.large_binary()),  # `faramir.store.map.model.LayoutModel` as .npz bytes (arrays, no pickle)
 ])
 
 META_SCHEMA = pa.schema([  # schema_version, config (FaramirConfig JSON), experts_fingerprint,

@@ -285,11 +285,11 @@ def test_a_schema_1_cache_is_migrated_and_keeps_working(tuned, tiny_weights, tmp
     as_schema_1(db)
 
     cache = Cache.open(db)  # migrates: frozen fingerprints from the stored checkpoints
-    assert cache.get_meta("schema_version") == str(schema.SCHEMA_VERSION) == "4"
+    assert cache.get_meta("schema_version") == str(schema.SCHEMA_VERSION) == "5"
     for head in registry.heads(cache):
         stored = registry.checkpoint(cache, head["name"])
         assert head["frozen_fingerprint"] == frozen_fingerprint(head_state_from_bytes(stored))
-    assert Cache.open(db).get_meta("schema_version") == "4"  # a second open finds nothing to do
+    assert Cache.open(db).get_meta("schema_version") == "5"  # a second open finds nothing to do
 
     # faramir-v1 has no f column: the finetuned head is scored from the embeddings, and gets one.
     first = rescore(out, "tuned", db=cache)

@@ -8,7 +8,9 @@ const PAGE = 60;
 const $ = (id) => document.getElementById(id);
 
 const DEFAULTS = { head: "", t: "0.5", show: "all", label: [], amin: "", amax: "", sort: "confidence",
-                   order: "desc", view: "grid", ref: "", acc: "", b: "", q: "", open: "" };
+                   order: "desc", view: "grid", ref: "", acc: "", b: "", q: "", open: "", vs: "", poly: "", key: "",
+                   by: "decision" };
+const LEAVE = { ref: "", acc: "", b: "", poly: "", key: "" };  // what a view of its own leaves behind
 let info = null;         // /api/info
 let state = { ...DEFAULTS };
 let gen = 0;             // bumped on every reload: answers for an older view are dropped
@@ -124,6 +126,7 @@ function buildControls() {
     sel.replaceChildren(...info.heads.map((h) => new Option(h, h)));
   }
   $("compare").replaceChildren(new Option("—", ""), ...info.heads.map((h) => new Option(h, h)));
+  $("vs").replaceChildren(new Option("no second head", ""), ...info.heads.map((h) => new Option(h, h)));
   const menu = $("labels-menu");
   const accept = new Set(info.accept_labels);
   const group = (title, cls, names) => {
@@ -176,7 +179,15 @@ function syncControls() {
     $(`export-${format}`).href = "/api/export?" + filterParams(state, { format, sort: state.sort, order: state.order });
   }
   const banner = $("banner");
-  banner.hidden = state.view === "grid";
+  banner.hidden = state.view === "grid" || state.view === "map";
+  $("vs-box").hidden = $("queue-refresh").hidden = state.view !== "queue";
+  $("vs").value = state.vs;
+  $("map-by").value = state.by;
+  $("diff-panel").hidden = state.view !== "diff";
+  $("map").hidden = state.view !== "map";
+  $("main").hidden = state.view === "map";
+  $("queue-btn").setAttribute("aria-pressed", String(state.view === "queue"));
+  $("map-btn").setAttribute("aria-pressed", String(state.view === "map"));
 }
 
 function setLabelCounts(c) {
@@ -221,7 +232,14 @@ function wireControls() {
     if (b === state.head) { toast("pick a head other than the current one", true); syncControls(); return; }
     commit({ view: "compare", b, ref: "", acc: "" });
   });
-  $("back-btn").addEventListener("click", () => commit({ view: "grid", ref: "", acc: "", b: "" }));
+  $("back-btn").addEventListener("click", () => commit({ view: state.poly && state.view !== "map" ? "map" : "grid", ...LEAVE }));
+  $("queue-btn").addEventListener("click", () => commit({ view: "queue", ...LEAVE }));
+  $("map-btn").addEventListener("click", () => commit({ view: "map", ...LEAVE }));
+  $("vs").addEventListener("change", (e) => commit({ vs: e.target.value }));
+  $("queue-refresh").addEventListener("click", () => load());
+  $("map-by").addEventListener("change", (e) => commit({ by: e.target.value }));
+  $("diff-use").addEventListener("click", () => useHead(state.b));
+  $("diff-discard").addEventListener("click", () => discardHead(state.b));
   $("q").addEventListener("keydown", (e) => {
     if (e.key === "Escape") { e.target.blur(); return; }
     if (e.key !== "Enter") return;
@@ -263,10 +281,18 @@ async function load() {
   $("grid").replaceChildren();
   $("status").textContent = "loading…";
   $("main").scrollTop = 0;
+  if (state.view === "map") return loadMap(mine);
   try {
     const counts = api("/api/counts", filterParams());
     let first;
-    if (state.view === "similar") {
+    if (state.view === "queue") {
+      first = api("/api/queue", filterParams(state, { vs: state.vs, limit: 48, key: state.key, poly: state.poly }));
+    } else if (state.view === "lasso") {
+      first = api("/api/map/selection", filterParams(state, { key: state.key, poly: state.poly, offset: 0, limit: PAGE }));
+    } else if (state.view === "diff") {
+      first = api("/api/compare", new URLSearchParams({ a: state.head, b: state.b, threshold: state.t, offset: 0, limit: PAGE }));
+      showDiff(mine);
+    } else if (state.view === "similar") {
       const ref = state.ref;
       first = api(`/api/similar/${ref}`, filterParams({ ...state, show: state.acc ? "accepted" : "all" }, { k: 48 }));
     } else if (state.view === "search") {
@@ -279,7 +305,18 @@ async function load() {
     const [c, page] = await Promise.all([counts, first]);
     if (mine !== gen) return;
     showCounts(c);
-    if (state.view === "compare") {
+    if (state.view === "queue") {
+      const among = page.selection !== null ? ` among the ${num(page.selection)} in the lasso` : "";
+      $("banner-text").textContent = `Label next: the ${page.rows.length} unlabelled images${among} whose labels teach ${state.head} most ` +
+        `(close to ${Number(state.t).toFixed(2)}${state.vs ? `, disputed by ${state.vs}` : ""}, or torn between two reasons), spread over the collection. a / r label them.`;
+      next = null;
+    } else if (state.view === "lasso") {
+      $("banner-text").textContent = `${num(page.count)} of the ${num(page.covered)} images in the lasso pass the filters, highest confidence first`;
+      next = page.next;
+    } else if (state.view === "diff") {
+      $("banner-text").textContent = `What ${state.b} changes before it goes live: the ${num(page.total)} images it decides otherwise than ${state.head} at ${Number(state.t).toFixed(2)}, largest change first`;
+      next = page.rows.length === PAGE && page.total > PAGE ? PAGE : null;
+    } else if (state.view === "compare") {
       $("banner-text").textContent = `${num(page.total)} images on which ${page.head_a} and ${page.head_b} disagree at ${Number(state.t).toFixed(2)}, largest confidence gap first`;
       next = page.rows.length === PAGE && page.total > PAGE ? PAGE : null;
     } else if (state.view === "similar") {
@@ -311,10 +348,14 @@ async function more() {
   $("status").textContent = "loading…";
   try {
     let page;
-    if (state.view === "compare") {
+    if (state.view === "compare" || state.view === "diff") {
       page = await api("/api/compare", new URLSearchParams({ a: state.head, b: state.b, threshold: state.t, offset: next, limit: PAGE }));
       if (mine !== gen) return;
       next = page.rows.length === PAGE && next + PAGE < page.total ? next + PAGE : null;
+    } else if (state.view === "lasso") {
+      page = await api("/api/map/selection", filterParams(state, { key: state.key, poly: state.poly, offset: next, limit: PAGE }));
+      if (mine !== gen) return;
+      next = page.next;
     } else {
       page = await api("/api/grid", filterParams(state, { sort: state.sort, order: state.order, limit: PAGE, after: next }));
       if (mine !== gen) return;
@@ -354,7 +395,7 @@ function curatedSide(label) {
 
 function tile(row, index) {
   const el = document.createElement("div");
-  const compare = state.view === "compare";
+  const compare = state.view === "compare" || state.view === "diff";
   const accepted = compare ? row.accepted_a : row.accepted;
   el.className = "tile " + (accepted ? "acc" : "rej");
   el.dataset.id = row.id;
@@ -395,6 +436,11 @@ function tile(row, index) {
   if (row.similarity !== undefined) { extra.textContent = `sim ${fmt(row.similarity, 3)}`; extra.title = "cosine similarity to the text"; }
   else if (row.distance !== undefined) { extra.textContent = `d ${fmt(row.distance, 3)}`; extra.title = "cosine distance"; }
   else if (compare) { extra.textContent = `Δ ${fmt(row.gap, 2)}`; extra.title = "confidence gap"; }
+  else if (row.priority !== undefined) {
+    extra.textContent = `? ${fmt(row.priority, 2)}`;
+    extra.title = `what a label teaches: closeness to the threshold ${fmt(row.uncertainty, 2)}, ` +
+      `disagreement ${fmt(row.disagreement, 2)}, an ambiguous reason ${fmt(row.ambiguity, 2)}`;
+  }
   else if (state.sort === "aesthetic") { extra.textContent = `★ ${fmt(row.aesthetic_score, 2)}`; extra.title = "aesthetic score"; }
   meta.append(conf, label, extra);
   el.append(frame, mark, badge, bar, meta);
@@ -489,6 +535,18 @@ document.addEventListener("keydown", (e) => {
     if (e.key === "Escape") { $("finetune-dialog").hidden = true; $("help").hidden = true; }
     return;
   }
+  if (e.key === "n" && tag !== "input") { e.preventDefault(); return commit({ view: "queue", ...LEAVE }); }
+  if (e.key === "m" && tag !== "input") { e.preventDefault(); return commit({ view: "map", ...LEAVE }); }
+  if (state.view === "map" && mapView) {
+    if (e.key === "l") mapView.setLasso(!mapView.lassoMode);
+    else if (e.key === "Escape") { mapView.clear(); mapView.setLasso(false); }
+    else if ((e.key === "a" || e.key === "r") && mapView.poly) mapView.label(e.key === "a" ? "accept" : "reject");
+    else if (e.key === "[" || e.key === "]") {
+      const t = Math.min(1, Math.max(0, Number(state.t) + (e.key === "]" ? 0.01 : -0.01)));
+      commit({ t: t.toFixed(2) }, { push: false });
+    } else if (e.key === "?") $("help").hidden = false;
+    return;
+  }
   const moves = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -columns(), ArrowDown: columns() };
   if (e.key in moves) {
     if (tag === "input") return;  // the slider keeps its arrows
@@ -513,7 +571,7 @@ document.addEventListener("keydown", (e) => {
   else if (key === "Escape") {
     if (!$("detail").hidden) closeDetail();
     else if (selected.size) { selected.clear(); paintFocus(false); }
-    else if (state.view !== "grid") commit({ view: "grid", ref: "", acc: "", b: "" });
+    else if (state.view !== "grid") commit({ view: state.poly && state.view !== "map" ? "map" : "grid", ...LEAVE });
   } else if ((key === "a" || key === "r" || key === "u") && focusIndex >= 0) {
     e.preventDefault();
     const ids = selected.size ? [...selected] : [rows[focusIndex].id];
@@ -694,6 +752,7 @@ let pollTimer = 0;
 function openFinetune() {
   $("ft-base").value = state.head;
   $("finetune-dialog").hidden = false;
+  post("/api/finetune/warm", {}).catch(() => {});  // the server imports torch while the options are chosen
 }
 
 async function startFinetune(replace = false) {
@@ -704,6 +763,7 @@ async function startFinetune(replace = false) {
     threshold: Number(state.t),
     replace: replace === true,
   };
+  returnView = state.view;
   $("ft-taken").hidden = true;
   try {
     const job = await post("/api/finetune", payload);
@@ -792,10 +852,102 @@ async function finished(job) {
   box.hidden = false;
   info = await api("/api/info");
   buildControls();
-  commit({ head: job.name, view: "grid" });
-  $("ft-base").value = job.name;  // the options were rebuilt with the new head
   $("ft-name").value = "";
-  toast(`switched to head ${job.name}`);
+  $("finetune-dialog").hidden = true;
+  commit({ view: "diff", ...LEAVE, head: job.base, b: job.name });  // the new head is not live until "use this head"
+}
+
+// -- the diff step: what a new head changes, then use it or discard it --------------------------------
+
+let returnView = "grid";  // where "use this head" goes back to (the queue refreshes under the new head)
+
+async function showDiff(mine) {
+  const box = $("diff-summary"), table = $("diff-reasons");
+  try {
+    const d = await api("/api/diff", new URLSearchParams({ a: state.head, b: state.b, threshold: state.t }));
+    if (mine !== gen) return;
+    const metric = (name, value, cls = "") => {
+      const m = document.createElement("div");
+      m.className = `metric ${cls}`;
+      const b = document.createElement("b");
+      b.textContent = value;
+      const span = document.createElement("span");
+      span.textContent = name;
+      m.append(b, span);
+      return m;
+    };
+    box.replaceChildren(
+      metric("accept → reject", num(d.accept_to_reject), "rej"), metric("reject → accept", num(d.reject_to_accept), "acc"),
+      metric(`labels right: ${d.head_a}`, d.labelled ? `${num(d.right_a)} / ${num(d.labelled)}` : "–"),
+      metric(`labels right: ${d.head_b}`, d.labelled ? `${num(d.right_b)} / ${num(d.labelled)}` : "–"));
+    box.dataset.a2r = d.accept_to_reject;
+    box.dataset.r2a = d.reject_to_accept;
+    box.title = d.labelled ? `${d.fixed} flips fix a decision the labels say was wrong; ${d.broken} break a right one` : "no curator labels on these images";
+    table.replaceChildren();
+    const head = table.insertRow();
+    for (const h of ["flip", "reason (new head)", "images"]) { const th = document.createElement("th"); th.textContent = h; head.append(th); }
+    for (const e of d.by_reason.slice(0, 8)) {
+      const tr = table.insertRow();
+      tr.insertCell().textContent = e.flip === "accept_to_reject" ? "accept → reject" : "reject → accept";
+      tr.insertCell().textContent = e.reason;
+      const n = tr.insertCell();
+      n.textContent = num(e.count);
+      n.className = "num";
+    }
+    $("diff-use").textContent = `Use ${d.head_b}`;
+    $("diff-discard").textContent = `Discard ${d.head_b}`;
+  } catch (err) {
+    toast(err.message, true);
+  }
+}
+
+function useHead(name) {
+  commit({ head: name, view: returnView === "queue" ? "queue" : "grid", ...LEAVE });
+  toast(`switched to head ${name}`);
+}
+
+async function discardHead(name) {
+  try {
+    await post("/api/heads/discard", { name });
+    info = await api("/api/info");
+    buildControls();
+    commit({ view: returnView === "queue" ? "queue" : "grid", ...LEAVE });
+    toast(`discarded head ${name} and its scores`);
+  } catch (err) {
+    toast(err.message, true);
+  }
+}
+
+// -- the map ----------------------------------------------------------------------------------------
+
+let mapView = null;
+
+async function loadMap(mine) {
+  $("status").textContent = "";
+  api("/api/counts", filterParams()).then((c) => { if (mine === gen) showCounts(c); }).catch(() => {});
+  try {
+    if (!mapView) {
+      mapView = new window.FaramirMap({
+        api, post, toast, state: () => state, labels: () => info.labels,
+        openDetail: (id) => openDetail(id),
+        openSelection: (poly) => commit({ view: "lasso", poly, key: String(mapView.info.key) }),
+        queueSelection: (poly) => commit({ view: "queue", poly, key: String(mapView.info.key) }),
+        labelled: (counts) => setLabelCounts(counts),
+      });
+    }
+    if (!mapView.info) await mapView.load();
+    window.faramirMapView = mapView;  // for tests and benchmarks: the points and their places on the canvas
+    if (mine !== gen) return;
+    const m = mapView.info;
+    $("map-status").textContent = !m.count ? m.missing : `${num(m.count)} images by their ${m.embedding} embedding` +
+      (m.unplaced ? ` · ${num(m.unplaced)} not placed yet (faramir map places them)` : "");
+    if (m.count) await mapView.show();
+  } catch (err) {
+    if (mine === gen) { toast(err.message, true); $("map-status").textContent = err.message; }
+    if (err.status === 409 && mapView) mapView.info = null;  // the layout changed: reload it next time
+  } finally {
+    if (mine === gen) loading = false;
+  }
 }
 
 // -- start ------------------------------------------------------------------------------------------

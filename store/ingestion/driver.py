@@ -193,7 +193,8 @@ def _summary(db: str, plan, run, writer, elapsed_s: float, compute_s: float, com
 def _housekeeping(cache: Cache | None, touched: set[str]) -> tuple[list[str], list[str]]:
     """(tables compacted, columns indexed) after a run that wrote to the `touched` tables: first
     every row a registered head has not scored gets its scores (`faramir.store.heads.unscored`: a rescore raced this
-    run, or an earlier run was killed before doing this); then each table is compacted once it
+    run, or an earlier run was killed before doing this), and new rows their place on the map
+    where the cache has one; then each table is compacted once it
     holds `COMPACT_AT` small fragments (versions younger than `KEEP_VERSIONS` kept: a power cut
     can leave a broken latest manifest, and an older version is the way back), and the indexes
     brought up to date (`faramir.store.vectors.indexes.ensure_indexes`), so a collection grown by ingest alone is
@@ -206,11 +207,21 @@ def _housekeeping(cache: Cache | None, touched: set[str]) -> tuple[list[str], li
         touched = touched | {schema.IMAGES}
     if not touched:
         return [], []
+    if schema.IMAGES in touched and _place_on_map(cache):
+        touched = touched | {schema.LAYOUT}
     from faramir.store.vectors.indexes import ensure_indexes
 
     compacted = [name for name in sorted(touched)
                  if _unless_contested(lambda: compact_if_due(cache.table(name)), False)]
     return compacted, _unless_contested(lambda: ensure_indexes(cache), [])
+
+
+def _place_on_map(cache: Cache) -> int:
+    """Place the new rows on the cache's map, when it has one (`faramir.store.map.layout.place_new`:
+    with the fitted model, never refitting); how many were placed."""
+    from faramir.store.map.layout import place_new
+
+    return _unless_contested(lambda: place_new(cache), 0)
 
 
 def compact_if_due(table) -> bool:
