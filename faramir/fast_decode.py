@@ -40,7 +40,8 @@ _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 
 
 def preprocess_fast(img: Image.Image, data: bytes, name: str, backbone_res: int = 384, quality_res: int = 512,
                     out: tuple[np.ndarray, np.ndarray] | None = None):
-    """(xb, xq) from an opened image and its file's bytes, written into `out` when given."""
+    """(xb, xq) from an opened image and its file's bytes, written into `out` when given: a
+    `preprocessor` of `faramir.preprocess.decode`."""
     w, h = calculate_fit(img.width, img.height, backbone_res, backbone_res)
     factor = int(min(img.width / (w * GAP), img.height / (h * GAP)))  # box reduction that keeps GAP
     if factor < 2:

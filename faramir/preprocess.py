@@ -177,18 +177,17 @@ def _crop_box(in_w: int, in_h: int, res: int) -> tuple[int, int, int, int]:
 
 
 def decode(data: bytes, name: str, backbone_res: int = 384, quality_res: int = 512, *,
-           mode: str = "faithful", out: tuple[np.ndarray, np.ndarray] | None = None):
+           out: tuple[np.ndarray, np.ndarray] | None = None, preprocessor=None):
     """(xb, xq, facts) from an image file's bytes, written into `out` when given; raises
-    ImageLoadError naming `name`. `mode` "fast" decodes less (`faramir.fast_decode`)."""
+    ImageLoadError naming `name`. `preprocessor(img, data, name, backbone_res, quality_res, out)`
+    replaces upstream's preprocessing when given (the fast decode's, `faramir.fast_decode`)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             facts = ImageFacts(img.width, img.height, img.format or "", img.mode)
-            if mode == "fast":
-                from faramir.fast_decode import preprocess_fast
-
-                xb, xq = preprocess_fast(img, data, name, backbone_res, quality_res, out)
-            else:
+            if preprocessor is None:
                 xb, xq = preprocess(img, name, backbone_res, quality_res, out)
+            else:
+                xb, xq = preprocessor(img, data, name, backbone_res, quality_res, out)
     except ImageLoadError:
         raise
     except Exception as ex:  # Pillow raises many types; each becomes one clear error
