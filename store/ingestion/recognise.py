@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from faramir.devices import usable_cores
 from faramir.reading import Item, hash_file
 from faramir.store import schema
@@ -28,8 +31,10 @@ def recognise(cache: Cache | None, plan: Plan, known: set[str]) -> tuple[list[It
     everything = list(range(len(plan.to_read)))
     if cache is None or not known or not plan.to_read:
         return [], everything
-    sizes = set(cache.read(schema.IMAGES, ["size"]).column("size").to_pylist())
-    candidates = [i for i, entry in enumerate(plan.entries) if entry.size in sizes]
+    sizes = cache.read(schema.IMAGES, ["size"]).column("size").combine_chunks()
+    planned = pa.array([entry.size for entry in plan.entries], pa.int64())  # None: not stat'ed, left to the run
+    hits = pc.is_in(planned, value_set=sizes, skip_nulls=True).to_pylist()
+    candidates = [i for i, hit in enumerate(hits) if hit]
     if not candidates:
         return [], everything
     with ThreadPoolExecutor(max(1, usable_cores() * THREADS_PER_CORE)) as pool:
