@@ -48,7 +48,7 @@ PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", help="fp32 (the reference) or bf16 (faster only with AMX or a bf16 GPU; logits ~1e-2 off).")]
 DecodeOpt = Annotated[Decode, typer.Option(
     "--decode", help="faithful (upstream's preprocessing, bit for bit) or fast (large images decoded smaller: "
-                     "less CPU, scores slightly off; a cache holds one kind).")]
+                     "less CPU, scores slightly off; a cache holds the vectors of one).")]
 Compile = Annotated[bool, typer.Option(
     "--compile", help="Compile the experts with torch.compile first (a minute or two, once): faster long "
                       "runs where it pays, e.g. bf16 on AMX CPUs; needs a C++ compiler on CPUs.")]

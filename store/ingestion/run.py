@@ -107,6 +107,7 @@ class Run:
         self.chunk = Chunk()
         self.done = 0
         self.waits = {"decoding": 0.0, "device": 0.0, "writer": 0.0}  # seconds the model thread waited
+        self.uploads: Uploads | None = None  # made with the decode workers
         self.last_commit = self.t0 = time.monotonic()
 
     def progress(self, batch_size: int, workers: int | None) -> Iterator[IngestProgress]:
