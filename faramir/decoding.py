@@ -54,8 +54,10 @@ def _empty(shape: tuple[int, ...]) -> torch.Tensor:
     model process without copying it), in ordinary memory elsewhere."""
     if torch.utils.data.get_worker_info() is None:
         return torch.empty(shape, dtype=torch.float16)
-    numel = int(np.prod(shape))
-    storage = torch.UntypedStorage._new_shared(numel * 2)  # as the DataLoader's own collation does
+    try:
+        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * 2)  # as the DataLoader's collation does
+    except AttributeError:  # a torch without it: shared by a copy when sent instead
+        return torch.empty(shape, dtype=torch.float16)
     return torch.empty(0, dtype=torch.float16).set_(storage, 0, shape)
 
 
@@ -84,7 +86,8 @@ def iter_batches(
     indexes: Sequence[int] | None = None,
 ) -> Iterator[Batch]:
     """Batches in source order, of the `indexes` of `sources` (all by default); an item's `index`
-    is its position in `sources`. `workers=0` decodes in this process (for debugging)."""
+    is its position in `sources`. `workers=0` decodes in this process (for debugging); by default
+    `default_workers()`, for a GPU when the batches are to be pinned (`pin_memory`: for CUDA)."""
     check_decode(decode_mode)
     workers = default_workers("cuda" if pin_memory else "cpu") if workers is None else workers
     indexes = range(len(sources)) if indexes is None else indexes
