@@ -11,7 +11,8 @@ next run simply redoes it. Once cached nothing is downloaded again.
     python bench/images.py [--dir DIR] --stats    also the distribution of image sizes and modes
 
 From code: `bench_images(n=None, cache_dir=None, seed=0)` → a deterministic list of paths (sorted,
-then shuffled with `seed`, then the first `n`).
+then shuffled with `seed`, then the first `n`) over `PACKAGES`; `package_images(package)` → the
+sorted images of one package, `PACKAGES` or another (e.g. gnome-backgrounds' 4K WebP wallpapers).
 """
 
 from __future__ import annotations
@@ -141,6 +142,14 @@ def _list_images(cache: Path) -> list[Path]:
         for path in (cache / package).rglob("*")
         if _is_image(path)
     )
+
+
+def package_images(package: str, cache_dir=None) -> list[Path]:
+    """The images of one package (fetched first if needed; none when it can't be had), sorted."""
+    cache = ensure_cache(cache_dir, (package,))
+    if not (cache / package / MARKER).is_file():
+        return []
+    return sorted(p for p in (cache / package).rglob("*") if _is_image(p))
 
 
 def bench_images(n: int | None = None, cache_dir=None, seed: int = 0) -> list[Path]:

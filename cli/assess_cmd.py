@@ -13,6 +13,8 @@ from faramir.cli.options import (
     AssessFormat,
     BatchSize,
     Compile,
+    Decode,
+    DecodeOpt,
     Device,
     FileList,
     Paths,
@@ -39,6 +41,7 @@ def assess(
     precision: PrecisionOpt = Precision.fp32,
     weights_dir: WeightsDir = None,
     compile: Compile = False,
+    decode: DecodeOpt = Decode.faithful,
     fmt: Annotated[AssessFormat, typer.Option("--format", help="tsv (upstream's line), jsonl or csv.")] = AssessFormat.tsv,
 ):
     """Assess images with FARAMIR and print one line per image, like upstream's inference.py.
@@ -60,7 +63,7 @@ def assess(
     if (header := assessment_header(fmt)) is not None:
         print(header)
     failed = 0
-    results = run(model, sources, threshold, batch_size, workers, precision.value)
+    results = run(model, sources, threshold, batch_size, workers, precision.value, decode.value)
     for result in track(results, len(sources), "assess", show=len(sources) > 8):
         if not isinstance(result, Assessment):
             failed += 1

@@ -13,6 +13,8 @@ from faramir.cli.options import (
     BatchSize,
     Compile,
     Db,
+    Decode,
+    DecodeOpt,
     Device,
     FileList,
     ListFormat,
@@ -39,6 +41,7 @@ def ingest(
     precision: PrecisionOpt = Precision.fp32,
     weights_dir: WeightsDir = None,
     compile: Compile = False,
+    decode: DecodeOpt = Decode.faithful,
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="Read again files that failed before even if unchanged.")] = False,
     ray: Annotated[Optional[str], typer.Option(
@@ -69,7 +72,7 @@ def ingest(
 
     events = run(paths, db=db, model=load, recursive=recursive, file_list=file_list,
                  batch_size=batch_size, workers=workers, device=device, precision=precision.value,
-                 compile=compile, retry_failed=retry_failed, ray=ray)
+                 compile=compile, retry_failed=retry_failed, ray=ray, decode=decode.value)
     _finish(_drawn(events))
 
 

@@ -28,6 +28,7 @@ ReportFormat = _choices("ReportFormat", "table", "json")
 ExportFormat = _choices("ExportFormat", "csv", "jsonl", "parquet", "files")
 Link = _choices("Link", "copy", "hardlink", "symlink")
 Precision = _choices("Precision", "fp32", "bf16")
+Decode = _choices("Decode", "faithful", "fast")
 Sort = _choices("Sort", "confidence", "aesthetic")
 Embedding = _choices("Embedding", "faramir", "siglip")
 Keep = _choices("Keep", "confidence", "aesthetic", "largest")  # the keeper of a group of near-duplicates
@@ -45,6 +46,9 @@ WeightsDir = Annotated[Optional[Path], typer.Option(
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda (or cuda:N) or mps.")]
 PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", help="fp32 (the reference) or bf16 (faster only with AMX or a bf16 GPU; logits ~1e-2 off).")]
+DecodeOpt = Annotated[Decode, typer.Option(
+    "--decode", help="faithful (upstream's preprocessing, bit for bit) or fast (large images decoded smaller: "
+                     "less CPU, scores slightly off; a cache holds the vectors of one).")]
 Compile = Annotated[bool, typer.Option(
     "--compile", help="Compile the experts with torch.compile first (a minute or two, once): faster long "
                       "runs where it pays, e.g. bf16 on AMX CPUs; needs a C++ compiler on CPUs.")]

@@ -7,6 +7,7 @@ milliseconds; the classifier head keeps upstream's shape because its labels are 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -32,6 +33,23 @@ ACCEPT_LABELS: frozenset[str] = frozenset(OUTPUT_NAMES[:N_ACCEPT])
 
 # Bump when anything in preprocessing changes numerically; it is part of the cache fingerprint.
 PREPROCESS_VERSION = 1
+
+# How images become the experts' inputs: "faithful" is upstream's loader bit for bit (the default);
+# "fast" decodes large images smaller (faramir.fast_decode). Their vectors are never mixed in a cache.
+DECODE_MODES = ("faithful", "fast")
+FAST_DECODE_VERSION = 1  # bump when the fast decode changes numerically
+
+
+def decoded_fingerprint(experts_fingerprint: str, decode: str) -> str:
+    """The fingerprint of vectors made by experts of `experts_fingerprint` from inputs decoded by
+    `decode`: the experts' own for the faithful decode, another one for the fast decode, so a cache
+    never holds vectors of both."""
+    if decode == "faithful":
+        return experts_fingerprint
+    assert decode in DECODE_MODES, f"decode must be one of {DECODE_MODES}, not {decode!r}"
+    text = json.dumps({"experts": experts_fingerprint, "decode": decode, "version": FAST_DECODE_VERSION},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 # Upstream's finetune recipe: only these modules of the gated head (`head.head`) ever train.
 TRAINED_MODULES: tuple[str, ...] = ("linear_3", "activation_2", "linear_4")

@@ -13,10 +13,12 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from enum import Enum
-
-import torch
+from typing import TYPE_CHECKING
 
 from faramir.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def usable_cores() -> int:
@@ -34,6 +36,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
     setting is process-wide, and a matrix product's last bits depend on how many threads it is
     split over: every ingest on one machine, local or on Ray, runs its experts on
     `usable_cores()` threads, so equal inputs give equal embeddings bit for bit."""
+    import torch
+
     before = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)
@@ -44,6 +48,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -96,6 +102,8 @@ def cpu_flags() -> frozenset[str] | None:
 
 def _torch_cpu_flags() -> frozenset[str]:
     """What torch's own CPU capability queries say (private helpers; absent ones say nothing)."""
+    import torch
+
     found = set()
     for flag, query in (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"),
                         ("avx512f", "_is_avx512_supported"), ("avx2", "_is_avx2_supported")):
@@ -110,6 +118,8 @@ def _torch_cpu_flags() -> frozenset[str]:
 
 def bf16_support(device: torch.device) -> tuple[Bf16, str]:
     """(how `device` computes bf16, what that rests on, in a few words)."""
+    import torch
+
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         if torch.cuda.is_bf16_supported(including_emulation=False):

@@ -42,11 +42,15 @@ def assess(
     batch_size: int = 8,
     workers: int | None = None,
     precision: str | None = None,
+    decode: str = "faithful",
 ) -> Iterator[Assessment | Failure]:
     """Upstream's `inference.py` over `sources`: one Assessment or Failure per source, in order,
-    computed in the precision `model` was loaded for (`precision`, if given, must be that one)."""
+    computed in the precision `model` was loaded for (`precision`, if given, must be that one),
+    from inputs decoded by `decode` ("faithful", upstream's, or "fast": `faramir.fast_decode`)."""
     pin = model.device.type == "cuda"
-    for batch in iter_batches(sources, batch_size, workers, pin_memory=pin):
+    cfg = model.info.config
+    for batch in iter_batches(sources, batch_size, workers, pin_memory=pin, res=(cfg.backbone_res, cfg.quality_res),
+                              decode_mode=decode):
         results: dict[int, Assessment | Failure] = {
             it.index: Failure(it.source.display, it.error or "not decoded") for it in batch.others
         }

@@ -133,20 +133,30 @@ def calculate_center(in_w: int, in_h: int, out_w: int, out_h: int) -> tuple[int,
     return left, top, left + in_w, top + in_h
 
 
-def _to_canvas(img: Image.Image, res: int, channels: int) -> np.ndarray:
-    """Centre `img` on a (channels, res, res) float16 zero canvas in [0, 1]; keep RGB only."""
+# uint8 → float16 in [0, 1], as upstream computes it (the value as float16, then `/= 255.0` in
+# float16): the result depends on the byte alone, so a table of the 256 answers, made by that very
+# operation, gives the same bits in one gather instead of a conversion and a float16 division.
+_TO_UNIT = np.arange(256).astype(np.float16)
+_TO_UNIT /= 255.0
+
+
+def _to_canvas(img: Image.Image, res: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Centre `img` on a (3, res, res) float16 zero canvas in [0, 1], written into `out` when given;
+    keep RGB only (premultiplied alpha is dropped: composites on black)."""
     left, top, right, bottom = calculate_center(img.width, img.height, res, res)
-    canvas = np.zeros((channels, res, res), dtype=np.float16)
-    region = canvas[:, top:bottom, left:right]  # (C, h, w) view
-    np.copyto(region, np.asarray(img).transpose((2, 0, 1)), casting="safe")
-    region /= 255.0  # in float16, as upstream does
-    return canvas[:3]  # premultiplied alpha is dropped: composites on black
+    canvas = np.empty((3, res, res), dtype=np.float16) if out is None else out
+    if (right - left, bottom - top) != (res, res):
+        canvas.fill(0)
+    pixels = np.asarray(img).transpose((2, 0, 1))[:3]  # (3, h, w) view
+    np.take(_TO_UNIT, pixels, out=canvas[:, top:bottom, left:right], mode="clip")  # "clip": unbuffered
+    return canvas
 
 
-def preprocess(img: Image.Image, name: str, backbone_res: int = 384, quality_res: int = 512):
-    """(xb, xq) from an opened image: the fitted trunk input and the centre-cropped quality input."""
+def preprocess(img: Image.Image, name: str, backbone_res: int = 384, quality_res: int = 512,
+               out: tuple[np.ndarray, np.ndarray] | None = None):
+    """(xb, xq) from an opened image: the fitted trunk input and the centre-cropped quality input,
+    written into `out` (two float16 arrays of their shapes) when given."""
     img = open_srgb(img, name)
-    channels = 4 if img.mode == "RGBa" else 3
 
     w, h = calculate_fit(img.width, img.height, backbone_res, backbone_res)
     fitted = img
@@ -155,9 +165,8 @@ def preprocess(img: Image.Image, name: str, backbone_res: int = 384, quality_res
 
     cropped = img.crop(_crop_box(img.width, img.height, quality_res))
 
-    xb = _to_canvas(fitted, backbone_res, channels)
-    xq = _to_canvas(cropped, quality_res, channels)
-    return xb, xq
+    out_b, out_q = out if out is not None else (None, None)
+    return _to_canvas(fitted, backbone_res, out_b), _to_canvas(cropped, quality_res, out_q)
 
 
 def _crop_box(in_w: int, in_h: int, res: int) -> tuple[int, int, int, int]:
@@ -167,12 +176,18 @@ def _crop_box(in_w: int, in_h: int, res: int) -> tuple[int, int, int, int]:
     return calculate_center(min(in_w, res), min(in_h, res), res, res)
 
 
-def decode(data: bytes, name: str, backbone_res: int = 384, quality_res: int = 512):
-    """(xb, xq, facts) from an image file's bytes; raises ImageLoadError naming `name`."""
+def decode(data: bytes, name: str, backbone_res: int = 384, quality_res: int = 512, *,
+           out: tuple[np.ndarray, np.ndarray] | None = None, preprocessor=None):
+    """(xb, xq, facts) from an image file's bytes, written into `out` when given; raises
+    ImageLoadError naming `name`. `preprocessor(img, data, name, backbone_res, quality_res, out)`
+    replaces upstream's preprocessing when given (the fast decode's, `faramir.fast_decode`)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             facts = ImageFacts(img.width, img.height, img.format or "", img.mode)
-            xb, xq = preprocess(img, name, backbone_res, quality_res)
+            if preprocessor is None:
+                xb, xq = preprocess(img, name, backbone_res, quality_res, out)
+            else:
+                xb, xq = preprocessor(img, data, name, backbone_res, quality_res, out)
     except ImageLoadError:
         raise
     except Exception as ex:  # Pillow raises many types; each becomes one clear error

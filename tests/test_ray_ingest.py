@@ -154,6 +154,46 @@ def test_ray_ingest_compile_gives_the_eager_vectors(tmp_path, tiny_weights, tiny
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5, err_msg=name)
 
 
+def test_ray_fast_decode_gives_the_local_fast_rows_and_known_content_needs_no_ray(tmp_path, tiny_weights,
+                                                                                  tiny_model, ray_local):
+    """`--decode fast` on Ray decodes as the local ingest does (a large image, which it reduces,
+    among small ones): the same rows, bit for bit, under the fast decode's fingerprint. Then a
+    copy of cached content is recognised by the driver: no model, no Ray."""
+    from PIL import Image
+
+    from faramir.config import decoded_fingerprint
+
+    imgs = tmp_path / "imgs"
+    write_images(imgs, 3, seed=13)
+    y, x = np.mgrid[0:1500, 0:2200]
+    Image.fromarray(np.stack([x % 251, y % 241, (x + y) % 239], -1).astype(np.uint8)).save(imgs / "big.jpg",
+                                                                                       quality=90)
+    local_db, ray_db = tmp_path / "local.lancedb", f"file://{tmp_path / 'ray.lancedb'}"
+    ingest_all([imgs], db=local_db, model=tiny_model, workers=0, decode="fast")
+    ran = ingest_all([imgs], db=ray_db, weights_dir=tiny_weights, device="cpu", ray="local", decode="fast")
+    assert (ran.new, ran.failed) == (4, 0)
+    prefixes = [h["prefix"] for h in registry.heads(Cache.open(local_db))]
+    assert_same_images(images(ray_db), images(local_db), prefixes)
+    assert set(images(ray_db).column("experts_fingerprint").to_pylist()) == \
+        {decoded_fingerprint(tiny_model.info.experts_fingerprint, "fast")}
+
+    shutil.copy(imgs / "big.jpg", imgs / "big-copy.jpg")
+    again = ingest_all([imgs], db=ray_db, model=never_load, ray="ray://nowhere:1", decode="fast")
+    assert (again.new, again.unchanged, again.duplicate) == (0, 4, 1)
+
+
+def test_gpu_model_actors_take_two_batches_at_once_and_cpu_actors_one():
+    """The strategy a GPU cluster gets (not run here: no GPU) double-buffers its model actors; a
+    CPU actor computes one batch at a time, with all its node's cores, as a local ingest does."""
+    from faramir.store.ingestion.ray_run import GPU_CALLS, actor_strategy
+
+    gpu = actor_strategy(gpus=2, nodes=1)
+    assert (gpu.min_size, gpu.max_size, gpu.max_concurrent_calls_per_actor) == (1, 2, GPU_CALLS) and GPU_CALLS == 2
+    assert gpu._enable_true_multi_threading
+    cpu = actor_strategy(gpus=0, nodes=3)
+    assert (cpu.min_size, cpu.max_size) == (3, 3) and not cpu._enable_true_multi_threading
+
+
 CHILD = """
 import sys
 from faramir.store.ingestion import ingest_all

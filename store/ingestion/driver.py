@@ -1,10 +1,13 @@
 """`ingest`: plan, run, write, and end-of-run housekeeping; the one entry point of stage one.
 
-The driver plans (`plan`), loads the model only when some file has to be read, runs the plan
-(`run`, the model thread) while a writer thread commits (`write`), then scores any row a head
-has not scored (`faramir.store.heads.unscored`), and finally compacts and indexes what it touched. An ingest that
-finds nothing new never imports torch and touches nothing; a cache is created only once the
-model has loaded, so a run that cannot load it leaves no empty cache behind.
+The driver plans (`plan`), recognises cached content by its hash (`recognise`), loads the model
+only when some file holds new content, runs the plan (`run`, the model thread) while a writer
+thread commits (`write`), then scores any row a head has not scored
+(`faramir.store.heads.unscored`), and finally compacts and indexes what it touched. An ingest that
+finds nothing new never imports torch and touches nothing; one that finds only renamed or copied
+content reads and hashes those files, records their paths, and never imports torch either; a
+cache is created only once the model has loaded, so a run that cannot load it leaves no empty
+cache behind.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from datetime import timedelta
 
 from faramir.config import PRECISIONS
 from faramir.errors import InputError
+from faramir.reading import check_decode
 from faramir.sources import discover
 from faramir.store import limits, schema
 from faramir.store.cache import Cache, check_writable, default_db, is_conflict, retrying
 from faramir.store.errors import NoCache, storage_error
 from faramir.store.ingestion.events import IngestEvent, IngestPlan, IngestSummary
 from faramir.store.ingestion.plan import make_plan
+from faramir.store.ingestion.recognise import recognise
 
 COMMIT_ROWS = 1024  # files per commit: ~10 MB of rows at full size, ~1,000 fragments per 1M images
 COMMIT_SECONDS = 60.0  # ...or this much compute, so a crash on a slow CPU loses at most a minute
@@ -66,20 +71,24 @@ def ingest(
     commit_every: int = COMMIT_ROWS,
     commit_seconds: float = COMMIT_SECONDS,
     ray: str | None = None,
+    decode: str = "faithful",
 ) -> Iterator[IngestEvent]:
     """Ingest image files into the cache at `db` (default: `faramir.store.cache.default_db()`), yielding
     progress events: an `IngestPlan`, an `IngestProgress` per batch, and last an `IngestSummary`.
 
     `model` is a `FaramirModel` loaded for `precision`, or a function returning one, called only
-    when some file has to be read; without it the model is loaded from `weights_dir` (resolved, and
-    downloaded if needed, by `faramir.download`) onto `device` for `precision`.
+    when some file holds content the cache lacks; without it the model is loaded from `weights_dir`
+    (resolved, and downloaded if needed, by `faramir.download`) onto `device` for `precision`.
+
+    `decode` is "faithful" (upstream's preprocessing, bit for bit) or "fast" (`faramir.fast_decode`:
+    large images decoded smaller); a cache holds the vectors of one of them only.
 
     `ray` runs the reading and the experts on Ray Data (`faramir.store.ingestion.ray_run`): "local" starts
     Ray on this machine, "auto", "ray://HOST:PORT" or "HOST:PORT" joins a cluster. The plan and
     the commits stay here; `model` (on the CPU) only fixes the weights, which each model actor
     loads from its `weights_dir` onto `device`; `workers` does not apply. `compile` runs the
     experts through torch.compile for batches of `batch_size` (`faramir.compiled`)."""
-    _check_options(precision, batch_size, workers, commit_every, ray)
+    _check_options(precision, batch_size, workers, commit_every, ray, decode)
     started = time.monotonic()
     sources = discover([os.fspath(p) for p in paths], recursive,
                        os.fspath(file_list) if file_list is not None else None)
@@ -90,7 +99,9 @@ def ingest(
     compute_s = 0.0
     if plan.to_read:
         check_writable(uri)  # before the model loads
-        options = {"precision": precision, "commit_every": commit_every, "commit_seconds": commit_seconds}
+        recognised, to_decode = recognise(cache, plan, known)
+        options = {"precision": precision, "commit_every": commit_every, "commit_seconds": commit_seconds,
+                   "decode": decode, "recognised": recognised, "to_decode": to_decode}
         cache, run = _start(db, cache, plan, known, (model, weights_dir, device, precision),
                             batch_size if compile else None, ray, options)
         writer = run.writer
@@ -103,7 +114,9 @@ def ingest(
     yield _summary(uri, plan, run, writer, time.monotonic() - started, compute_s, compacted, indexed)
 
 
-def _check_options(precision: str, batch_size: int, workers: int | None, commit_every: int, ray: str | None) -> None:
+def _check_options(precision: str, batch_size: int, workers: int | None, commit_every: int, ray: str | None,
+                   decode: str) -> None:
+    check_decode(decode)
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     limits.check("batch size", batch_size, 1, limits.MAX_BATCH, InputError)
@@ -140,7 +153,10 @@ def _start(db, cache: Cache | None, plan, known: set[str], load: tuple, compile_
            ray: str | None, options: dict):
     """(the cache, made now if new, a run over the plan's files): the model loads first, for this
     machine and compiled if asked, or on the CPU only to fix the weights where Ray's model actors
-    each load (and compile) their own."""
+    each load (and compile) their own; and not at all when every file was recognised by its hash
+    (then the cache exists: it holds their content)."""
+    if not options["to_decode"]:
+        return cache, _recorded_run(cache, plan, known, options)
     model, weights_dir, device, precision = load
     here = ray is None
     model = _load(model, weights_dir, device if here else "cpu", precision, compile_batch if here else None)
@@ -155,7 +171,15 @@ def _local_run(cache: Cache, plan, known: set[str], model, options: dict):
     from faramir.store.ingestion.run import Run
     from faramir.store.ingestion.write import Writer, prepare
 
-    return Run(model, plan, known, Writer(cache, *prepare(cache, model)), **options)
+    return Run(model, plan, known, Writer(cache, *prepare(cache, model, options["decode"])), **options)
+
+
+def _recorded_run(cache: Cache, plan, known: set[str], options: dict):
+    """A run with nothing to decode: the recognised files' paths recorded, no model, no torch."""
+    from faramir.store.ingestion.run import Run
+    from faramir.store.ingestion.write import Writer
+
+    return Run(None, plan, known, Writer(cache, cache.images().schema, {}), **options)
 
 
 def _ray_run(cache: Cache, plan, known: set[str], model, address: str, device: str, compile_batch: int | None,
@@ -166,7 +190,7 @@ def _ray_run(cache: Cache, plan, known: set[str], model, address: str, device: s
     from faramir.store.ingestion.ray_run import RayRun
     from faramir.store.ingestion.write import prepare
 
-    writer = FragmentWriter(cache, *prepare(cache, model))
+    writer = FragmentWriter(cache, *prepare(cache, model, options["decode"]))
     return RayRun(address, model.info, plan, known, writer, device=device, compile_batch=compile_batch,
                   **options)
 
@@ -187,6 +211,7 @@ def _summary(db: str, plan, run, writer, elapsed_s: float, compute_s: float, com
         duplicate=counts["duplicate"] + counts["known"] + lost - already,
         failed=len(failures), failures=failures,
         elapsed_s=elapsed_s, compute_s=compute_s, compacted=compacted, indexed=indexed,
+        waits=dict(run.waits) if run is not None else {},
     )
 
 

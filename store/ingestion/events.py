@@ -57,6 +57,9 @@ class IngestSummary:
     compute_s: float  # from the first file read (model loaded) to the last commit
     compacted: list[str]  # tables compacted at the end
     indexed: list[str] = field(default_factory=list)  # columns whose indexes were built or updated
+    # Seconds the model thread waited, of compute_s: for decoded batches ("decoding"), for the
+    # device's results ("device"), for the writer to take a chunk ("writer"). Empty without a run.
+    waits: dict[str, float] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:

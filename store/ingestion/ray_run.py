@@ -36,8 +36,9 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from faramir.decoding import Item
+from faramir.config import decoded_fingerprint
 from faramir.errors import InputError
+from faramir.reading import Item
 from faramir.sources import Source
 from faramir.store.ingestion import ray_tasks
 from faramir.store.ingestion.events import IngestProgress
@@ -51,6 +52,7 @@ FRAGMENT_ROWS = 256  # files per fragment task at most with GPUs (~2.5 MB of row
 CPU_FRAGMENT_ROWS = 32  # ...and without: Ray hands a fragment task its files only once it has
 # them all, and a CPU cluster is slow to compute 256 (a driver killed meanwhile loses them)
 FRAGMENT_CPUS = 0.25  # scoring and writing a fragment is brief; this bounds how many run at once
+GPU_CALLS = 2  # batches a GPU model actor works on at once
 ACTOR_CPUS = 0.5  # not the read tasks' 1: Ray Data fuses maps that ask for the same resources,
 # and reading inside the model actor would no longer overlap the experts
 
@@ -61,9 +63,10 @@ class RayRun(Run):
 
     def __init__(self, address: str, info, plan: Plan, known: set[str], writer: FragmentWriter, *,
                  device: str, compile_batch: int | None = None, precision: str, commit_every: int,
-                 commit_seconds: float):
+                 commit_seconds: float, decode: str = "faithful", recognised=(), to_decode=None):
         super().__init__(None, plan, known, writer, precision=precision, commit_every=commit_every,
-                         commit_seconds=commit_seconds)
+                         commit_seconds=commit_seconds, decode=decode, recognised=recognised, to_decode=to_decode)
+        self.fingerprint = decoded_fingerprint(info.experts_fingerprint, decode)
         self.address, self.info, self.device, self.compile_batch = address, info, device, compile_batch
         self.chunk = FragmentChunk()
         self.waiting: dict[str, list[Item]] = {}  # later copies of content whose first copy is not in yet
@@ -87,6 +90,12 @@ class RayRun(Run):
     def _drive(self, batch_size: int) -> Iterator[IngestProgress]:
         results, _claims = self._pipeline(batch_size)  # (the claims actor lives while `_claims` does)
         try:
+            for i in range(0, len(self.recognised), batch_size):  # recognised by the driver: paths only
+                for it in self.recognised[i:i + batch_size]:
+                    self._other(it)
+                    self.done += 1
+                self._commit_if_due()
+                yield self._progress([])
             for out in results.iter_batches(batch_size=None, batch_format="pyarrow"):
                 warned = self._apply_output(out)
                 self.done += out.num_rows
@@ -117,11 +126,13 @@ class RayRun(Run):
         compute, gpus, actor_device = _actors(self.device)
         # One block per read task, of READ_FILES files: model batches then hold the files a local
         # ingest batches together (with a batch size dividing READ_FILES), so the embeddings are its.
-        runs = [{"first": i, "paths": [src.display for src in files[i:i + ray_tasks.READ_FILES]]}
-                for i in range(0, len(files), ray_tasks.READ_FILES)]
+        runs = [{"indexes": chunk, "paths": [files[i].display for i in chunk]}
+                for chunk in (self.to_decode[i:i + ray_tasks.READ_FILES]
+                              for i in range(0, len(self.to_decode), ray_tasks.READ_FILES))]
         ds = ray.data.from_items(runs, override_num_blocks=len(runs))
         ds = ds.map_batches(ray_tasks.read_files, batch_format="pyarrow", num_cpus=1, fn_kwargs={
-            "known": ray_tasks.digests(self.known), "claims": claims, "res": (cfg.backbone_res, cfg.quality_res)})
+            "known": ray_tasks.digests(self.known), "claims": claims, "res": (cfg.backbone_res, cfg.quality_res),
+            "decode_mode": self.decode})
         ds = ds.map_batches(ray_tasks.Experts, batch_size=batch_size, batch_format="pyarrow", compute=compute,
                             num_cpus=ACTOR_CPUS, num_gpus=gpus, fn_constructor_kwargs={
                                 "weights_dir": self.info.weights_dir, "fingerprint": self.info.experts_fingerprint,
@@ -131,7 +142,7 @@ class RayRun(Run):
         ds = ds.map_batches(ray_tasks.write_fragments, batch_size=fragment_rows, batch_format="pyarrow",
                             num_cpus=FRAGMENT_CPUS, fn_kwargs={
                                 "uri": self.writer.uri, "images_schema": self.writer.images_schema,
-                                "scorers": self.writer.scorers, "fingerprint": self.info.experts_fingerprint,
+                                "scorers": self.writer.scorers, "fingerprint": self.fingerprint,
                                 "precision": self.precision})
         return ds, claims
 
@@ -181,16 +192,24 @@ class RayRun(Run):
 
 
 def _actors(device: str):
-    """(ActorPoolStrategy, GPUs per actor, actor device): one actor per GPU where the cluster has
-    GPUs (and `device` allows them), else one CPU actor per node (Ray Data spreads them), each
-    using all its node's cores."""
+    """(ActorPoolStrategy, GPUs per actor, actor device) for the cluster Ray is connected to."""
     import ray
-    from ray.data import ActorPoolStrategy
 
     gpus = int(ray.cluster_resources().get("GPU", 0)) if device in ("auto", "cuda") else 0
     if device == "cuda" and not gpus:
         raise InputError("--device cuda: the Ray cluster has no GPU; use --device auto or cpu")
-    if gpus:
-        return ActorPoolStrategy(min_size=1, max_size=gpus), 1, "cuda"
     nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1)
-    return ActorPoolStrategy(size=max(1, nodes)), 0, "cpu" if device == "auto" else device
+    return actor_strategy(gpus, nodes), 1 if gpus else 0, "cuda" if gpus else "cpu" if device == "auto" else device
+
+
+def actor_strategy(gpus: int, nodes: int):
+    """One model actor per GPU where the cluster has GPUs, each taking `GPU_CALLS` batches at once
+    (double buffering: one batch is stacked into pinned memory and uploaded while the other
+    computes); else one CPU actor per node (Ray Data spreads them), each using all its node's
+    cores on one batch at a time, as a local ingest does (the same threads, the same vectors)."""
+    from ray.data import ActorPoolStrategy
+
+    if gpus:
+        return ActorPoolStrategy(min_size=1, max_size=gpus, max_concurrent_calls_per_actor=GPU_CALLS,
+                                 enable_true_multi_threading=True)
+    return ActorPoolStrategy(size=max(1, nodes))

@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from faramir.decoding import Item, read_item
 from faramir.preprocess import ImageFacts
+from faramir.reading import Item, read_item
 from faramir.sources import Source
 from faramir.store.errors import ExpertsMismatch
 from faramir.store.ingestion.write import EMBEDDING_FIELDS, image_row, images_table
@@ -60,13 +60,14 @@ def has(sorted_digests: np.ndarray, hex_id: str) -> bool:
     return i < len(sorted_digests) and bool(sorted_digests[i] == key)
 
 
-def read_files(batch: pa.Table, known: np.ndarray, claims, res: tuple[int, int]) -> pa.Table:
-    """Read task over runs of files (a row: the index of the first, and the paths)."""
+def read_files(batch: pa.Table, known: np.ndarray, claims, res: tuple[int, int],
+               decode_mode: str = "faithful") -> pa.Table:
+    """Read task over runs of files (a row: their indexes into the plan, and their paths)."""
     import ray
 
-    items = [read_item(first + j, Source(path_from_column(p), p), lambda h: has(known, h), res)
-             for first, paths in zip(batch.column("first").to_pylist(), batch.column("paths").to_pylist())
-             for j, p in enumerate(paths)]
+    items = [read_item(i, Source(path_from_column(p), p), lambda h: has(known, h), res, decode_mode)
+             for indexes, paths in zip(batch.column("indexes").to_pylist(), batch.column("paths").to_pylist())
+             for i, p in zip(indexes, paths)]
     decoded = [it for it in items if it.xb is not None]
     if decoded:  # the first copy of a content in this run goes on; a later one is only a path
         firsts = ray.get(claims.claim.remote([(it.index, it.sha256) for it in decoded]))
@@ -125,17 +126,18 @@ class Experts:
         self.precision = precision
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """The batch's records and facts, plus the experts' outputs (float32 bytes) per file run."""
-        import torch
-
+        """The batch's records and facts, plus the experts' outputs (float32 bytes) per file run.
+        On a GPU two calls run at once (`ray_run.GPU_CALLS`): each stacks its batch into pinned
+        memory, whose upload is asynchronous, while the other's batch computes."""
         from faramir.store.ingestion.run import _HostResults
 
         cfg = self.model.info.config
+        pinned = self.model.device.type == "cuda"
         run = [i for i, valid in enumerate(batch.column("xb").is_valid().to_pylist()) if valid]
         outputs = {name: [None] * batch.num_rows for name in EMBEDDING_FIELDS}
         if run:
-            xb = torch.from_numpy(_stacked(batch.column("xb").take(run), cfg.backbone_res))  # (B, 3, R, R)
-            xq = torch.from_numpy(_stacked(batch.column("xq").take(run), cfg.quality_res))  # (B, 3, Q, Q)
+            xb = _stacked(batch.column("xb").take(run), cfg.backbone_res, pinned)  # (B, 3, R, R)
+            xq = _stacked(batch.column("xq").take(run), cfg.quality_res, pinned)  # (B, 3, Q, Q)
             arrays = _HostResults(self.model.features(xb, xq, self.precision)).wait()
             for name, values in arrays.items():
                 values = np.ascontiguousarray(values, np.float32)
@@ -147,12 +149,17 @@ class Experts:
         return table
 
 
-def _stacked(column: pa.ChunkedArray, side: int) -> np.ndarray:
-    """(B, 3, side, side) float16 from a column of B arrays' bytes: one copy, as a batch."""
+def _stacked(column: pa.ChunkedArray, side: int, pinned: bool = False):
+    """(B, 3, side, side) float16 tensor from a column of B arrays' bytes: one copy, as a batch,
+    into pinned memory when `pinned` (a GPU's asynchronous upload reads from there)."""
+    import torch
+
     values = column.combine_chunks()  # large_binary: the B arrays back to back
     offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset:values.offset + len(values) + 1]
-    data = np.frombuffer(values.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
-    return data.view(np.float16).reshape(-1, 3, side, side).copy()
+    data = np.frombuffer(values.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].view(np.float16)
+    out = torch.empty((len(values), 3, side, side), dtype=torch.float16, pin_memory=pinned)
+    np.copyto(out.numpy(), data.reshape(-1, 3, side, side))
+    return out
 
 
 def write_fragments(batch: pa.Table, uri: str, images_schema: pa.Schema, scorers: dict,

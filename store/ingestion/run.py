@@ -2,24 +2,28 @@
 content only, and finished batches become chunks for the writer (`faramir.store.ingestion.write`).
 
 Content seen twice in one run is computed once; content already cached is never decoded (the
-workers are given the cached ids). A source is opened by its `path` and recorded (rows, files,
-failures, messages) by its `display`, the path's column text (see `faramir.store.ingestion.plan`). On CUDA the batch arrives in pinned memory and the next batch
-is launched before the previous one's results are copied back.
+workers are given the cached ids, and files the driver recognised by their hash before loading
+the model come in as `recognised`, read already). A source is opened by its `path` and recorded
+(rows, files, failures, messages) by its `display`, the path's column text (see
+`faramir.store.ingestion.plan`).
+
+The device is never left waiting on this process: on CUDA a batch arrives in pinned memory, is
+uploaded on a side stream while the previous batch computes, and is launched before the previous
+one's results are copied back and handed to the writer thread. `Run.waits` says where the model
+thread waited instead: for decoded batches, for the device, for the writer.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import numpy as np
-import torch
-
-from faramir.decoding import Batch, Item, iter_batches
-from faramir.devices import torch_threads, usable_cores
+from faramir.config import decoded_fingerprint
+from faramir.reading import Batch, Item
 from faramir.store.ingestion.events import FailedFile, IngestProgress
 from faramir.store.ingestion.plan import Plan
 from faramir.store.ingestion.write import EMBEDDING_FIELDS, Chunk, Writer, image_row
@@ -29,6 +33,8 @@ class _HostResults:
     """A batch's expert outputs on their way to host memory (asynchronously on CUDA)."""
 
     def __init__(self, feats):
+        import torch
+
         tensors = {name: getattr(feats, name) for name in EMBEDDING_FIELDS}
         self.event = None
         if any(t.device.type == "cuda" for t in tensors.values()):
@@ -37,10 +43,35 @@ class _HostResults:
             self.event.record()
         self.tensors = tensors
 
-    def wait(self) -> dict[str, np.ndarray]:
+    def wait(self) -> dict:
         if self.event is not None:
             self.event.synchronize()
         return {k: t.cpu().numpy() for k, t in self.tensors.items()}
+
+
+class Uploads:
+    """Host batches to the model's device. On CUDA on a side stream, which the compute stream waits
+    for: the copy of one batch overlaps the compute of the one before (from pinned memory, the copy
+    is asynchronous). Elsewhere the tensors stay where they are (the model moves them)."""
+
+    def __init__(self, device):
+        import torch
+
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.device = device
+
+    def __call__(self, *tensors):
+        if self.stream is None:
+            return tensors
+        import torch
+
+        with torch.cuda.stream(self.stream):
+            moved = [t.to(self.device, non_blocking=True) for t in tensors]
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_stream(self.stream)
+        for t in moved:
+            t.record_stream(compute)  # not reused by the side stream before the compute is done
+        return moved
 
 
 @dataclass
@@ -56,28 +87,52 @@ class Run:
     """One pass over a plan's files: `progress()` yields an IngestProgress per batch and a last
     one; `counts` and `failures` hold what it found. Committed in chunks of `commit_every` files
     or `commit_seconds`, whichever comes first, and on the way out however it ends (an
-    interrupt keeps what was computed)."""
+    interrupt keeps what was computed).
+
+    `recognised`: files of the plan read and hashed already, whose content is cached; `to_decode`:
+    the indexes of the plan's files left to read (all of them by default). Without any, `model`
+    may be None: nothing is decoded and nothing computed."""
 
     def __init__(self, model, plan: Plan, known: set[str], writer: Writer, *, precision: str,
-                 commit_every: int, commit_seconds: float):
+                 commit_every: int, commit_seconds: float, decode: str = "faithful",
+                 recognised: Sequence[Item] = (), to_decode: Sequence[int] | None = None):
         self.model, self.plan, self.known, self.writer = model, plan, known, writer
         self.precision, self.commit_every, self.commit_seconds = precision, commit_every, commit_seconds
+        self.decode, self.recognised = decode, list(recognised)
+        self.to_decode = list(range(len(plan.to_read))) if to_decode is None else list(to_decode)
+        self.fingerprint = decoded_fingerprint(model.info.experts_fingerprint, decode) if model is not None else None
         self.counts = {"new": 0, "known": 0, "touched": 0, "duplicate": 0, "failed": 0}
         self.failures: list[FailedFile] = []
         self.in_run: set[str] = set()  # ids computed in this run (a later copy is only a new path)
         self.chunk = Chunk()
         self.done = 0
+        self.waits = {"decoding": 0.0, "device": 0.0, "writer": 0.0}  # seconds the model thread waited
+        self.uploads: Uploads | None = None  # made with the decode workers
         self.last_commit = self.t0 = time.monotonic()
 
     def progress(self, batch_size: int, workers: int | None) -> Iterator[IngestProgress]:
-        cfg = self.model.info.config
-        batches = _forked_quietly(iter_batches(
-            self.plan.to_read, batch_size, workers, known=self.known.__contains__,
-            pin_memory=self.model.device.type == "cuda", res=(cfg.backbone_res, cfg.quality_res),
-        ))
-        # The experts on this machine's cores, as a Ray model actor runs them (`torch_threads`).
-        with torch_threads(usable_cores() if self.model.device.type == "cpu" else None):
-            yield from self._run(batches)
+        """The recognised files first (their decode workers started already), then the decoded ones."""
+        recognised = (Batch([], self.recognised[i:i + batch_size], None, None)
+                      for i in range(0, len(self.recognised), batch_size))
+        if not self.to_decode:
+            yield from self._run(recognised)  # nothing to decode: no torch, no model
+        else:
+            from faramir.decoding import iter_batches
+            from faramir.devices import torch_threads, usable_cores
+
+            cfg, device = self.model.info.config, self.model.device
+            self.uploads = Uploads(device)
+            started = time.monotonic()
+            decoded = _forked_quietly(iter_batches(
+                self.plan.to_read, batch_size, workers, known=self.known.__contains__,
+                pin_memory=device.type == "cuda", res=(cfg.backbone_res, cfg.quality_res),
+                decode_mode=self.decode, indexes=self.to_decode,
+            ))
+            self.waits["decoding"] += time.monotonic() - started  # the first batch
+            # The experts on this machine's cores, as a Ray model actor runs them (`torch_threads`);
+            # beside a GPU one thread, leaving the cores to the decode workers.
+            with torch_threads(usable_cores() if device.type == "cpu" else 1):
+                yield from self._run(itertools.chain(recognised, decoded))
         yield self._progress([])
 
     def _run(self, batches: Iterator[Batch]) -> Iterator[IngestProgress]:
@@ -86,7 +141,7 @@ class Run:
         pending: _Pending | None = None
         finished = False
         try:
-            for batch in batches:
+            for batch in self._waiting_for(batches):
                 launched, warned = self._launch(batch)
                 if pending is not None:  # the device works on this batch while the previous one is written down
                     self._apply(pending)
@@ -106,6 +161,17 @@ class Run:
                     self._commit_if_due(force=True)
             finally:
                 self.writer.close()
+
+    def _waiting_for(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        """`batches`, timing how long each was waited for (`waits["decoding"]`)."""
+        batches = iter(batches)
+        while True:
+            started = time.monotonic()
+            batch = next(batches, None)
+            self.waits["decoding"] += time.monotonic() - started
+            if batch is None:
+                return
+            yield batch
 
     def _progress(self, warned: list[str]) -> IngestProgress:
         c = self.counts
@@ -130,9 +196,11 @@ class Run:
                 compute.append(row)
         results = None
         if compute:
-            xb, xq = batch.xb, batch.xq
+            import torch
+
+            xb, xq = self.uploads(batch.xb, batch.xq)  # the whole batch: a pinned batch stays pinned
             if len(compute) < len(batch.items):
-                index = torch.tensor(compute)
+                index = torch.tensor(compute, device=xb.device)
                 xb, xq = xb.index_select(0, index), xq.index_select(0, index)
             results = _HostResults(self.model.features(xb, xq, self.precision))
         return _Pending([batch.items[r] for r in compute], results, records), warned
@@ -141,12 +209,14 @@ class Run:
         """Add one finished batch to the chunk: rows first, then paths that may refer to them."""
         chunk = self.chunk
         if p.items:
+            started = time.monotonic()
             arrays = p.results.wait()
+            self.waits["device"] += time.monotonic() - started
             for name in EMBEDDING_FIELDS:
                 chunk.arrays[name].append(arrays[name])
             for it in p.items:
                 chunk.row_of[it.sha256] = len(chunk.rows)
-                chunk.rows.append(image_row(it, self.model.info.experts_fingerprint, self.precision))
+                chunk.rows.append(image_row(it, self.fingerprint, self.precision))
                 self._account("new", it)
         for kind, it in p.records:
             self._account(kind, it)
@@ -186,7 +256,9 @@ class Run:
         chunk = self.chunk
         if chunk.n and (force or chunk.n >= self.commit_every
                         or time.monotonic() - self.last_commit >= self.commit_seconds):
+            started = time.monotonic()
             self.writer.put(chunk)
+            self.waits["writer"] += time.monotonic() - started
             self.chunk = type(chunk)()  # a run on Ray collects fragments in a Chunk subclass
             self.last_commit = time.monotonic()
 
@@ -197,13 +269,12 @@ class Run:
 
 
 def _forked_quietly(batches: Iterator) -> Iterator:
-    """Start the decode workers without lancedb's fork warning. Forking is safe here: the
-    workers never call LanceDB, and they are forked before the writer thread starts, while no
-    LanceDB operation is running. Fork (not spawn) lets them share the cached-id set for free."""
+    """Start the decode workers now, without lancedb's fork warning, and return the batches.
+    Forking is safe here: the workers never call LanceDB, and they are forked before the writer
+    thread starts, while no LanceDB operation is running. Fork (not spawn) lets them share the
+    cached-id set for free."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "lancedb fork support is experimental", RuntimeWarning)
         warnings.filterwarnings("ignore", "lance is not fork-safe", UserWarning)  # pylance's wording
         first = next(batches, None)  # the DataLoader forks its workers here
-    if first is not None:
-        yield first
-        yield from batches
+    return iter(()) if first is None else itertools.chain([first], batches)

@@ -25,19 +25,22 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from faramir.checkpoints import head_from_bytes, head_to_bytes
+from faramir.config import DECODE_MODES, decoded_fingerprint
+from faramir.locations import FARAMIR_FILE
 from faramir.store import schema
 from faramir.store.cache import RETRIES, Cache, ensure_primary_key, is_conflict, retrying
 from faramir.store.errors import ExpertsMismatch
 from faramir.store.heads import registry
-from faramir.store.heads.scoring import HeadScorer, fixed_size_list
 from faramir.store.schema import HeadColumns
 from faramir.store.sql import sql_in
-from faramir.weights import FARAMIR_FILE
+
+if TYPE_CHECKING:
+    from faramir.store.heads.scoring import HeadScorer
 
 EMBEDDING_FIELDS = (  # ExpertOutputs attribute = images column
     "faramir_embedding", "siglip_embedding", "aesthetic_features", "aesthetic_score",
@@ -48,17 +51,21 @@ FACT_COLUMNS = ("id", "paths", "size", "mtime_ns", "width", "height", "format", 
                 "experts_fingerprint", "precision")
 
 
-def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, Scorer]]:
-    """Check the cache was built with these experts (or claim an empty one: the first of several
-    processes claiming it at once wins, the others are checked against it), make sure the images
-    table exists, and return its schema and the heads that score new rows (`scorers_for`)."""
+def prepare(cache: Cache, model, decode: str = "faithful") -> tuple[pa.Schema, dict[str, Scorer]]:
+    """Check the cache was built with these experts from inputs of this `decode` (or claim an empty
+    one: the first of several processes claiming it at once wins, the others are checked against
+    it), make sure the images table exists, and return its schema and the heads that score new
+    rows (`scorers_for`)."""
+    from faramir.checkpoints import head_to_bytes
+
     info = model.info
+    fingerprint = decoded_fingerprint(info.experts_fingerprint, decode)
     if not cache.get_meta("experts_fingerprint"):
-        _check_experts(cache, info, _rows_fingerprint(cache))  # a claim a power cut lost: the rows say
-        cache.set_meta(replace=False, config=info.config.to_json(), experts_fingerprint=info.experts_fingerprint,
+        _check_experts(cache, info, _rows_fingerprint(cache), decode)  # a claim a power cut lost: the rows say
+        cache.set_meta(replace=False, config=info.config.to_json(), experts_fingerprint=fingerprint,
                        pool_fingerprint=info.pool_fingerprint, weights_generated=info.generated or "")
-    if _check_experts(cache, info, cache.get_meta("experts_fingerprint")):
-        cache.set_meta(experts_fingerprint=info.experts_fingerprint)  # recorded the old way: relabelled
+    if _check_experts(cache, info, cache.get_meta("experts_fingerprint"), decode):
+        cache.set_meta(experts_fingerprint=fingerprint)  # recorded the old way: relabelled
     if not cache.has_images():
         registered = registry.heads(cache)
         if not any(h["name"] == schema.DEFAULT_HEAD for h in registered):
@@ -75,16 +82,22 @@ def prepare(cache: Cache, model) -> tuple[pa.Schema, dict[str, Scorer]]:
     return images.schema, scorers_for(cache, images.schema, {})
 
 
-def _check_experts(cache: Cache, info, built_with: str | None) -> bool:
+def _check_experts(cache: Cache, info, built_with: str | None, decode: str) -> bool:
     """Raise ExpertsMismatch unless the cache's vectors (`built_with`, None: none yet) are these
-    experts'; True when they are, but recorded the old way (`file_bytes_experts_fingerprint`)."""
-    if not built_with or built_with == info.experts_fingerprint:
+    experts' from inputs of this `decode`; True when they are, but recorded the old way
+    (`file_bytes_experts_fingerprint`)."""
+    if not built_with or built_with == decoded_fingerprint(info.experts_fingerprint, decode):
         return False
+    other = [d for d in DECODE_MODES if d != decode and built_with == decoded_fingerprint(info.experts_fingerprint, d)]
+    if other:
+        raise ExpertsMismatch(
+            f"{cache.uri} was built with --decode {other[0]}, whose vectors cannot be mixed with --decode "
+            f"{decode} ones; ingest with --decode {other[0]}, or into another cache with --db DIR")
     from faramir.errors import FaramirError
     from faramir.weights import file_bytes_experts_fingerprint
 
     try:
-        if built_with == file_bytes_experts_fingerprint(info.weights_dir):
+        if decode == "faithful" and built_with == file_bytes_experts_fingerprint(info.weights_dir):
             return True
     except (OSError, FaramirError):
         pass
@@ -109,6 +122,9 @@ def scorers_for(cache: Cache, images_schema: pa.Schema, have: dict[str, Scorer])
     those in `have` are reused. A head's columns are committed all at once; one scored before
     schema version 2 has no P_free column, and its new rows get none (`images_table` writes the
     columns there are)."""
+    from faramir.checkpoints import head_from_bytes
+    from faramir.store.heads.scoring import HeadScorer
+
     names = set(images_schema.names)
     scorers = {}
     for record in registry.heads(cache):
@@ -133,6 +149,8 @@ def images_table(images_schema: pa.Schema, scorers: dict[str, Scorer], rows: lis
                  arrays: dict[str, list[np.ndarray]], now: datetime) -> pa.Table:
     """New images as rows of the images table: `image_row`s, the experts' outputs (per
     `EMBEDDING_FIELDS` name, a list of per-batch arrays), and every registered head's scores."""
+    from faramir.store.heads.scoring import fixed_size_list
+
     n = len(rows)
     arrays = {k: np.concatenate(v) for k, v in arrays.items()}
     cols: dict[str, pa.Array] = {
