@@ -39,7 +39,8 @@ ROW_COLUMNS = ["id", "path", "confidence", "accepted", "label", "aesthetic_score
 def top(
     db: Db = None,
     filter=None,
-    sort: Annotated[Sort, typer.Option("--sort", help="confidence (the aesthetic gradient) or aesthetic.")] = Sort.confidence,
+    sort: Annotated[Sort, typer.Option(
+        "--sort", help="confidence (the aesthetic gradient), aesthetic, or newest (ingest time).")] = Sort.confidence,
     ascending: Annotated[bool, typer.Option("--ascending", help="Lowest first.")] = False,
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="At most this many rows (0: all).")] = 20,
     fmt: RowFormatOpt = RowFormat.table,
@@ -161,7 +162,8 @@ def export(
         "--shard-size", metavar="N|BYTES",
         help="webdataset/hf: images per shard (1000) or bytes (500MB, 1GiB); default 500MB.")] = None,
     filter=None,
-    sort: Annotated[Optional[Sort], typer.Option("--sort", help="With --limit: confidence or aesthetic.")] = None,
+    sort: Annotated[Optional[Sort], typer.Option(
+        "--sort", help="With --limit: confidence, aesthetic or newest.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Only the best N (by --sort).")] = None,
     dedupe: Annotated[bool, typer.Option(
         "--dedupe", help="One image per group of near-duplicates (see 'faramir duplicates').")] = False,
