@@ -316,3 +316,12 @@ def test_cli_writes_a_training_set_and_says_how_many_shards(built, tmp_path):
     bad = runner.invoke(app, ["export", str(tmp_path / "x"), "--db", str(built["db"]), "--format", "hf",
                               "--shard-size", "lots"])
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: shard size 'lots': give a number of images")
+
+
+def test_an_export_that_fails_before_its_first_shard_leaves_nothing_behind(built, tmp_path):
+    dest = tmp_path / "new" / "train"
+    with pytest.raises(Exception, match="no head named 'typo'"):
+        export(dest, built["db"], format="hf", head="typo")
+    assert not (tmp_path / "new").exists()  # so the corrected command runs
+    result = export(dest, built["db"], format="hf", head=HEAD)
+    assert result.written == 14

@@ -29,6 +29,7 @@ NAME = "train-{:06d}.parquet"
 PATTERN = r"train-(\d{6,})\.parquet"
 ROW_GROUP_BYTES = 32 << 20  # image bytes held in memory before they are written as a row group
 ROW_GROUP_ROWS = 1024
+RECORD_BYTES = 512  # about what a row's record adds to a shard beside its image (for a shard size in bytes)
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # datasets.Image's storage
 _DTYPES = {pa.string(): "string", pa.bool_(): "bool", pa.float32(): "float32", pa.float64(): "float64",
            pa.int32(): "int32", pa.int64(): "int64"}
@@ -80,7 +81,7 @@ class Shard:
         self._data.append(data)
         self._held += len(data)
         self.images += 1
-        self.bytes += len(data)
+        self.bytes += len(data) + RECORD_BYTES
         if self._held >= ROW_GROUP_BYTES or len(self._rows) >= ROW_GROUP_ROWS:
             self._flush()
         return True

@@ -157,11 +157,13 @@ class Folder:
         self.dest, self.fmt = dest, fmt
         self.manifest = {"faramir_export": 1, "format": fmt, "cache": cache_uri, "options": options}
         self._lock = None
+        self._new, self._made = False, []
 
     def __enter__(self) -> Folder:
         path = self.dest / MANIFEST
         if self.dest.is_dir() and not path.exists() and any(self.dest.iterdir()):
             raise ExportError(f"{self.dest} holds other files; export a training set into a new or empty folder")
+        self._made = [d for d in (self.dest, *self.dest.parents) if not d.exists()]
         self.dest.mkdir(parents=True, exist_ok=True)
         from faramir import __version__
         from faramir.files import atomic_path
@@ -171,14 +173,25 @@ class Folder:
         try:
             with atomic_path(path, overwrite=False) as tmp:
                 tmp.write_text(json_text.dumps(record, indent=2) + "\n", encoding="utf8")
+            self._new = True
         except FileExistsError:
-            pass  # an earlier export here, or one starting now: compared below
+            self._new = False  # an earlier export here, or one starting now: compared below
         self._check_same(path)
         self._lock = _locked(path, self.dest)
         self._remove_stale()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, tb) -> None:
+        """Unlock; after a failure before any shard (an unknown head, Ctrl-C), take back what this
+        export made, so the command can be run again as corrected."""
+        if kind is not None and self._new and self._lock is not None:
+            left = [p for p in self.dest.rglob("*") if p.name != MANIFEST and not _STALE.match(p.name)
+                    and not p.is_dir()]
+            if not left:
+                (self.dest / MANIFEST).unlink(missing_ok=True)
+                for folder in [self.dest / "data", *self._made]:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
         if self._lock is not None:
             self._lock.close()  # and so its lock
 
