@@ -43,11 +43,10 @@ def draw(events) -> None:
     from faramir.store.ingestion.watch import WatchCommit, WatchGone, WatchStarted, WatchStopped
 
     bar = task = None
-    with contextlib.closing(events):
+    with contextlib.closing(events), contextlib.ExitStack() as drawing:
         for event in events:
             if isinstance(event, IngestPlan) and event.to_read:
-                bar = progress_bar()
-                bar.__enter__()
+                bar = drawing.enter_context(progress_bar())  # closed by the summary, or at the end
                 task = bar.add_task("ingest", total=event.to_read, rate="")
             elif isinstance(event, IngestProgress):
                 for message in event.warnings:
@@ -55,21 +54,22 @@ def draw(events) -> None:
                 if task is not None:
                     bar.update(task, completed=event.done, rate=f"{event.files_per_s:.2f} img/s" if event.done else "")
             elif isinstance(event, IngestSummary):
-                if bar is not None:
-                    bar.__exit__(None, None, None)
-                    bar = task = None
+                drawing.close()
+                bar = task = None
                 _first_pass(event)
             elif isinstance(event, WatchStarted):
                 roots = ", ".join(event.roots)
                 note(f"Watching {roots} (a file is read once unchanged for {event.settle_s:g} s); Ctrl-C stops.")
             elif isinstance(event, WatchCommit):
+                drawing.close()  # a first pass stopped part way: its bar
                 _line(event)
             elif isinstance(event, WatchGone):
                 note(f"{len(event.paths)} file{'s' if len(event.paths) != 1 else ''} gone from the watched folders "
                      f"(e.g. {event.paths[0]}); their cached rows stay")
             elif isinstance(event, WatchStopped):
-                note(f"Stopped: {event.commits} commit{'s' if event.commits != 1 else ''} after the first pass; in all {event.new} new, "
-                     f"{event.known} known, {event.failed} failed ({event.elapsed_s:.1f} s).")
+                commits = f"{event.commits} commit{'s' if event.commits != 1 else ''}"
+                note(f"Stopped: {commits} after the first pass; in all {event.new} new, {event.known} known, "
+                     f"{event.failed} failed ({event.elapsed_s:.1f} s).")
 
 
 def _first_pass(s) -> None:
@@ -83,7 +83,7 @@ def _first_pass(s) -> None:
 
 def _line(c) -> None:
     """One line per commit: when, how many files, new / known / failed, how long."""
-    stopped = " (stopped part way; the rest at the next run)" if c.interrupted else ""
+    stopped = " (stopped part way: at least these; the rest at the next run)" if c.interrupted else ""
     when = c.at.astimezone().strftime("%H:%M:%S")
     stderr.print(printable(f"{when} {c.files} file{'s' if c.files != 1 else ''}: {c.new} new, {c.known} known, "
                            f"{c.failed} failed ({c.elapsed_s:.1f} s){stopped}"), markup=False, soft_wrap=True)

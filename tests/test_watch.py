@@ -24,7 +24,7 @@ import pytest
 from faramir.errors import InputError
 from faramir.store import schema
 from faramir.store.cache import Cache
-from faramir.store.ingestion import IngestSummary, ingest_all
+from faramir.store.ingestion import IngestProgress, IngestSummary, ingest_all
 from faramir.store.ingestion.watch import WatchCommit, WatchGone, WatchStarted, WatchStopped, watch
 from tests import crash
 from tests.conftest import write_images
@@ -168,6 +168,24 @@ def test_a_half_written_file_is_never_ingested(tmp_path, tiny_model):
     assert set(cached(db)) == {sha(big), sha(other)}  # no row of a partial content
     assert [c.files for c in commits(events)] == [1, 1, 1]
     assert Cache.open(db).read(schema.FAILURES).num_rows == 0  # the failure is forgotten once it reads
+
+
+def test_stopped_during_the_first_pass_it_commits_what_it_computed_and_a_rerun_finishes(tmp_path, tiny_model):
+    root, db = tmp_path / "collection", tmp_path / "db"
+    images = write_images(root, 12)
+    for path in images:
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    stop, events = threading.Event(), []
+    for event in watch([root], db=db, model=tiny_model, stop=stop, workers=0, batch_size=2, commit_every=2):
+        events.append(event)
+        if isinstance(event, IngestProgress) and event.done:
+            stop.set()  # as Ctrl-C does, after the first batch
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "IngestPlan" and kinds[-2:] == ["WatchCommit", "WatchStopped"]
+    assert "WatchStarted" not in kinds and "IngestSummary" not in kinds
+    part, committed = events[-2], len(cached(db))  # the batches drawn before the stop, and the one in flight
+    assert part.interrupted and 0 < part.new == events[-1].new <= committed < 12
+    assert ingest_all([root], db=db, model=tiny_model, workers=0).new == 12 - committed
 
 
 def test_a_watch_refuses_what_it_cannot_watch(tmp_path, tiny_model):

@@ -56,8 +56,9 @@ class WatchStarted:
 
 @dataclass
 class WatchCommit:
-    """One batch of settled files ingested (committed; `interrupted`: stopped part way, what was
-    computed committed)."""
+    """One batch of settled files ingested and committed. `interrupted`: stopped part way; the
+    counts are then those of the files read up to the last progress event, and the files read
+    after it (the batch in flight) were committed too: at least these."""
 
     at: datetime
     files: int
@@ -131,7 +132,9 @@ def watch(
         next(changes, None)  # the watch runs from here: what arrives during the first pass is seen
         first = files.first_pass()
         summary = yield from _ingest(first, {**options, "workers": workers}, stop, pass_through=True)
-        totals.add(summary)
+        totals.add(summary, commit=False)
+        if isinstance(summary, WatchCommit):  # the first pass stopped part way
+            yield summary
         if not stop.is_set():
             yield WatchStarted(_db_name(summary, db), roots, settle)
         for batch in changes if not stop.is_set() else ():
@@ -172,19 +175,21 @@ class Totals:
     known: int = 0
     failed: int = 0
 
-    def add(self, done) -> None:
+    def add(self, done, commit: bool = True) -> None:
+        """Count an ingest's `IngestSummary` or `WatchCommit` (None: nothing); `commit`: a watch's batch."""
         if isinstance(done, IngestSummary):
             self.new, self.known = self.new + done.new, self.known + done.unchanged + done.duplicate
         elif isinstance(done, WatchCommit):
-            self.new, self.known, self.commits = self.new + done.new, self.known + done.known, self.commits + 1
+            self.new, self.known = self.new + done.new, self.known + done.known
         if done is not None:
             self.failed += done.failed
+            self.commits += commit
 
 
 def _ingest(paths: list[str], options: dict, stop: threading.Event, pass_through: bool = False):
     """Ingest `paths` (a file that vanished meanwhile is left out), stopping at the next batch
-    once `stop` is set. The first pass passes ingest's events through and returns its summary;
-    a batch returns a `WatchCommit`."""
+    once `stop` is set. The first pass passes ingest's events through and returns its summary (a
+    `WatchCommit` if it stopped part way); a batch returns a `WatchCommit`."""
     t0, at = time.monotonic(), datetime.now(timezone.utc)
     last, warned = None, []
     for attempt in range(3):
@@ -207,7 +212,7 @@ def _ingest(paths: list[str], options: dict, stop: threading.Event, pass_through
                 raise
         finally:
             events.close()
-    if pass_through:
+    if pass_through and not isinstance(last, IngestProgress):
         return last if isinstance(last, IngestSummary) else None
     return _commit(last, len(paths), at, time.monotonic() - t0, warned)
 
