@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from faramir.cli import options
-from faramir.cli.common import EXIT_PARTIAL, SHOWN, handle_errors, note, progress_bar, warn
+from faramir.cli.common import EXIT_PARTIAL, SHOWN, fail, handle_errors, note, progress_bar, warn
 from faramir.cli.options import (
     BatchSize,
     Compile,
@@ -27,6 +27,7 @@ from faramir.cli.options import (
     Workers,
 )
 from faramir.cli.output import emit
+from faramir.store import limits
 
 
 @handle_errors
@@ -49,6 +50,12 @@ def ingest(
         help="Read and run the experts on Ray Data: 'local' starts Ray on this machine, 'auto' or "
              "ray://HOST:PORT joins a cluster (needs faramir[ray]; --device applies to its model "
              "actors, --workers does not).")] = None,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="After the first pass, keep ingesting files as they appear or change, one line "
+                        "per commit; Ctrl-C stops after the current commit.")] = False,
+    settle: Annotated[float, typer.Option(
+        "--settle", metavar="SECONDS", min=limits.MIN_SETTLE, max=limits.MAX_SETTLE,
+        help="With --watch: how long a file's size and mtime must stay unchanged before it is read.")] = 2.0,
 ):
     """Run the experts once per image and keep their outputs in the cache, scored by every head.
 
@@ -62,6 +69,8 @@ def ingest(
     exit status is then 3, as for 'faramir assess'.
 
     On a Ray cluster: faramir ingest /shared/art -r --db s3://bucket/art.lancedb --ray auto
+
+    Keep watching a folder that grows: faramir ingest ./incoming -r --watch
     """
     from faramir.store.ingestion import ingest as run
 
@@ -70,10 +79,28 @@ def ingest(
             return options.load_model(weights_dir, "cpu", "fp32")
         return options.load_model(weights_dir, device, precision.value, batch_size if compile else None)
 
+    if watch:
+        _watch(paths, db, load, recursive, file_list, ray, settle, batch_size=batch_size, workers=workers,
+               device=device, precision=precision.value, compile=compile, retry_failed=retry_failed)
+        return
     events = run(paths, db=db, model=load, recursive=recursive, file_list=file_list,
                  batch_size=batch_size, workers=workers, device=device, precision=precision.value,
                  compile=compile, retry_failed=retry_failed, ray=ray, decode=decode.value)
     _finish(_drawn(events))
+
+
+def _watch(paths, db, load, recursive: bool, file_list, ray, settle: float, **options) -> None:
+    """`ingest --watch`: the first pass, then every file that settles, until Ctrl-C (exit 0)."""
+    import threading
+
+    from faramir.cli.watching import draw, stopping_on_signals
+    from faramir.store.ingestion.watch import watch
+
+    if file_list is not None or ray is not None:
+        fail(f"--watch watches folders on this machine: drop {'--file-list' if file_list is not None else '--ray'}")
+    stop = threading.Event()
+    with stopping_on_signals(stop):
+        draw(watch(paths, db=db, model=load, recursive=recursive, settle=settle, stop=stop, **options))
 
 
 def _drawn(events):

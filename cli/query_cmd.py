@@ -39,7 +39,8 @@ ROW_COLUMNS = ["id", "path", "confidence", "accepted", "label", "aesthetic_score
 def top(
     db: Db = None,
     filter=None,
-    sort: Annotated[Sort, typer.Option("--sort", help="confidence (the aesthetic gradient) or aesthetic.")] = Sort.confidence,
+    sort: Annotated[Sort, typer.Option(
+        "--sort", help="confidence (the aesthetic gradient), aesthetic, or newest (ingest time).")] = Sort.confidence,
     ascending: Annotated[bool, typer.Option("--ascending", help="Lowest first.")] = False,
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="At most this many rows (0: all).")] = 20,
     fmt: RowFormatOpt = RowFormat.table,
@@ -146,16 +147,23 @@ def index(
 @handle_errors
 @filter_options
 def export(
-    dest: Annotated[Path, typer.Argument(help="A .csv/.jsonl/.parquet file, or a folder for the images.")],
+    dest: Annotated[Path, typer.Argument(help="A .csv/.jsonl/.parquet file, or a folder for the images or shards.")],
     db: Db = None,
     fmt: Annotated[Optional[ExportFormat], typer.Option(
-        "--format", "-f", help="csv, jsonl, parquet or files (default: from DEST's suffix).")] = None,
+        "--format", "-f", help="csv, jsonl, parquet, files, webdataset (tar shards) or hf (a Hugging Face "
+                               "dataset folder); default: from DEST's suffix, else files.")] = None,
     link: Annotated[Link, typer.Option("--link", help="files: copy, hardlink or symlink.")] = Link.copy,
     by_label: Annotated[bool, typer.Option("--by-label", help="files: one subfolder per label.")] = False,
     with_embeddings: Annotated[bool, typer.Option(
-        "--with-embeddings", help="jsonl/parquet: include the vectors.")] = False,
+        "--with-embeddings", help="jsonl/parquet/webdataset/hf: include the vectors (webdataset: as .npy).")] = False,
+    with_logits: Annotated[bool, typer.Option(
+        "--with-logits", help="webdataset/hf: include the head's 31 logits (30 classes, then the decision).")] = False,
+    shard_size: Annotated[Optional[str], typer.Option(
+        "--shard-size", metavar="N|BYTES",
+        help="webdataset/hf: images per shard (1000) or bytes (500MB, 1GiB); default 500MB.")] = None,
     filter=None,
-    sort: Annotated[Optional[Sort], typer.Option("--sort", help="With --limit: confidence or aesthetic.")] = None,
+    sort: Annotated[Optional[Sort], typer.Option(
+        "--sort", help="With --limit: confidence, aesthetic or newest.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Only the best N (by --sort).")] = None,
     dedupe: Annotated[bool, typer.Option(
         "--dedupe", help="One image per group of near-duplicates (see 'faramir duplicates').")] = False,
@@ -163,18 +171,22 @@ def export(
         "--dedupe-threshold", min=0.0, max=1.0, help="With --dedupe: SigLIP cosine that makes near-duplicates.")] = DEFAULT_SIMILARITY,
     keep: Annotated[Keep, typer.Option("--keep", help="With --dedupe: confidence, aesthetic or largest.")] = Keep.confidence,
 ):
-    """Export the images that pass the filters as a table or as files; never overwrites.
+    """Export the images that pass the filters as a table, as files or as a training set; never overwrites.
 
     Example: faramir export ./accepted --accepted --by-label --link hardlink
 
     In a folder, a taken name gets the image's id appended; only files whose bytes are still the
     cached image's are exported: one that is gone or changed is reported and skipped (exit status 3).
+
+    A training set: faramir export ./train --format webdataset --accepted --shard-size 1GB
+    (or --format hf, a folder that datasets.load_dataset reads). Whole shards only; a rerun with
+    the same options finishes it, or adds what is new.
     """
     from faramir.store.exports import export as run
 
     with Bar("export") as bar:
         result = run(dest, db, format=fmt.value if fmt else None, link=link.value, by_label=by_label,
-                     with_embeddings=with_embeddings,
+                     with_embeddings=with_embeddings, with_logits=with_logits, shard_size=shard_size,
                      sort=sort.value if sort else None, limit=limit, dedupe=dedupe,
                      dedupe_threshold=dedupe_threshold, keep=keep.value, progress=bar, filter=filter)
     for label, items in (("source file missing", result.missing), ("name taken, skipped", result.clashes),
@@ -183,8 +195,10 @@ def export(
             warn(f"{item}: {label}")
         if len(items) > SHOWN:
             warn(f"… and {len(items) - SHOWN} more ({label})")
-    what = "rows" if result.format != "files" else "images"
+    what = "rows" if result.format in ("csv", "jsonl", "parquet") else "images"
+    shards = f" in {result.shards} new shard{'s' if result.shards != 1 else ''}" \
+        if result.format in ("webdataset", "hf") else ""
     extra = f", {result.present} already there" if result.present else ""
-    note(f"Exported {result.written} {what} to {result.dest}{extra}.")
+    note(f"Exported {result.written} {what}{shards} to {result.dest}{extra}.")
     if result.skipped:
         raise typer.Exit(EXIT_PARTIAL)

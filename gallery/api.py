@@ -34,7 +34,7 @@ from faramir.store.vectors import nearest
 PAGE_LIMIT = 200  # most rows one grid page may ask for
 MAX_IDS = 10_000  # most ids one label write may name
 MAX_QUERY = 300  # most characters of a text search (the text tower reads 64 tokens)
-Sort = Literal["confidence", "aesthetic"]
+Sort = Literal["confidence", "aesthetic", "newest"]  # newest: by ingest time
 Order = Literal["desc", "asc"]
 
 router = APIRouter(prefix="/api")

@@ -4,6 +4,7 @@ The library twins of the `faramir` commands, importable from here (each loads it
 first use, so `import faramir.store` costs nothing and a query never imports torch):
 
     ingest, ingest_all, failures            stage one (`faramir ingest`, `failures`)
+    watch                                   `faramir ingest --watch`
     rescore, list_heads, remove_head        heads (`faramir rescore`, `heads ...`)
     count, top, stats                       queries (`faramir top`, `stats`)
     similar, search, index                  search (`faramir similar`, `search`, `index`)
@@ -29,7 +30,7 @@ import importlib
 _EXPORTS = {
     "Cache": "faramir.store.cache", "Filter": "faramir.store.filters",
     "ingest": "faramir.store.ingestion", "ingest_all": "faramir.store.ingestion",
-    "failures": "faramir.store.ingestion.failures",
+    "failures": "faramir.store.ingestion.failures", "watch": "faramir.store.ingestion.watch",
     "rescore": "faramir.store.heads.rescore", "list_heads": "faramir.store.heads.registry",
     "remove_head": "faramir.store.heads.registry",
     "count": "faramir.store.queries.counting", "stats": "faramir.store.queries.counting",

@@ -16,6 +16,11 @@ MAX_SEED = 2**32 - 1  # seeds NumPy's generator takes
 MAX_BINS = 200  # histogram bins of `stats`
 MAX_MAP_SAMPLE = 500_000  # rows the map's UMAP is fitted on (50,000 take minutes; more, far longer)
 MAX_QUEUE = 1_000  # images one `queue` asks labels for (its diverse selection grows with the square)
+MAX_SHARD_IMAGES = 10_000_000  # images per shard of a training set (export --shard-size N)
+MIN_SHARD_BYTES = 1_000  # bytes per shard of a training set (export --shard-size 500MB)
+MAX_SHARD_BYTES = 1 << 40
+MIN_SETTLE = 0.05  # seconds a watched file must stay unchanged before it is read (ingest --watch --settle)
+MAX_SETTLE = 86_400.0
 
 
 def check(name: str, value, low, high, error: type[Exception]) -> None:

@@ -50,7 +50,7 @@ def all_pages(cache, limit, **kwargs):
         after = p.next
 
 
-@pytest.mark.parametrize("sort", ["confidence", "aesthetic"])
+@pytest.mark.parametrize("sort", ["confidence", "aesthetic", "newest"])
 @pytest.mark.parametrize("descending", [True, False])
 @pytest.mark.parametrize("filters", [{}, {"accepted": True, "threshold": 0.6},
                                      {"labels": ("2d_fantasy", "text", "ui"), "threshold": 0.3},
@@ -69,6 +69,38 @@ def test_pages_are_exact_through_ties(ties, sort, descending):
     for limit in (1, 7, 30):
         got, _ = all_pages(ties, limit, sort=sort, descending=descending)
         assert [r["id"] for r in got] == [r["id"] for r in want]
+
+
+@pytest.fixture(scope="module")
+def arrivals(tmp_path_factory):
+    """60 rows that arrived at four moments (many tied to the microsecond, as one ingest's commit)."""
+    from datetime import datetime, timedelta, timezone
+
+    rng = np.random.default_rng(4)
+    n = 60
+    cache = hand_cache(tmp_path_factory.mktemp("arrivals") / "db", rng.random(n).astype(np.float32),
+                       rng.choice(ACCEPT, n), rng.choice(REJECT, n))
+    start = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    table = cache.images()
+    for n, image_id in enumerate(table.to_arrow().column("id").to_pylist()):
+        at = start + timedelta(seconds=int(rng.integers(0, 4)), microseconds=int(rng.integers(0, 2)))
+        table.update(where=f"id = '{image_id}'", values={"ingested_at": at})
+    return cache
+
+
+@pytest.mark.parametrize("descending", [True, False])
+@pytest.mark.parametrize("filters", [{}, {"accepted": True, "threshold": 0.4}])
+def test_newest_first_pages_equal_top_and_follow_the_ingest_time(arrivals, descending, filters):
+    want = top(arrivals, sort="newest", descending=descending, limit=None, **filters).to_pylist()
+    times = {r["id"]: r["ingested_at"] for r in arrivals.read("images", ["id", "ingested_at"]).to_pylist()}
+    keys = [(times[r["id"]], r["id"]) for r in want]
+    assert keys == sorted(keys, key=lambda k: (-k[0].timestamp() if descending else k[0].timestamp(), k[1]))
+    assert len({t for t, _ in keys}) > 4  # ties within a second, and to the microsecond
+    for limit in (1, 7, 25):
+        got, _ = all_pages(arrivals, limit, sort="newest", descending=descending, **filters)
+        assert [r["id"] for r in got] == [r["id"] for r in want]
+    with pytest.raises(QueryError, match="is not one this sort gives"):
+        ranking.page(arrivals, sort="newest", after="0.5e3," + "a" * 64)
 
 
 def test_a_bad_cursor_or_sort_is_refused_in_one_line(synthetic):

@@ -4,6 +4,7 @@ Each test saves a screenshot (in its tmp dir) and checks it is not blank."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -277,3 +278,24 @@ def test_a_cache_that_cannot_be_written_says_why_and_offers_no_writes(cache, pag
         page.keyboard.press("a")  # a label asked for anyway: the page says why it is not written
         page.wait_for_selector("#toast.show")
         assert "cannot be written" in page.inner_text("#toast")
+
+
+def test_newest_first_shows_a_newly_ingested_image_first(page, tmp_path, tiny_weights):
+    from faramir.gallery.app import create_app
+    from faramir.store.ingestion import ingest_all
+    from tests.conftest import write_images
+
+    db = ingested_cache(tmp_path / "growing", tiny_weights, n=8)
+    with running(create_app(db, work=tmp_path / "work")) as url:
+        page.goto(f"{url}/")
+        wait_until(page, "() => document.querySelectorAll('#grid .tile').length === 8")
+        page.select_option("#sort", "newest:desc")
+        wait_until(page, "() => new URLSearchParams(location.search).get('sort') === 'newest'")
+        [new] = write_images(tmp_path / "arrived", 1, seed=77, prefix="arrival")
+        ingest_all([new], db=db, weights_dir=tiny_weights, device="cpu", workers=0)
+        page.reload()  # the view (newest first) is in the URL
+        wait_until(page, "() => document.querySelectorAll('#grid .tile').length === 9")
+        want = [json.loads(line)["id"] for line in cli("top", "--db", db, "--sort", "newest", "--limit", "0",
+                                                       "--format", "jsonl").splitlines()]
+        assert tile_ids(page) == want and want[0] == hashlib.sha256(new.read_bytes()).hexdigest()
+        assert page.input_value("#sort") == "newest:desc"

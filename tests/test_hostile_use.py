@@ -224,11 +224,33 @@ def test_exports_into_the_kernels_file_systems_or_the_cache_are_refused(cache):
     if Path("/proc/self").is_dir():
         assert "on the kernel's proc file system" in refused("export", proc, "--db", db)
         assert "on the kernel's proc file system" in refused("export", "/proc/self/out.csv", "--db", db)
+        for fmt in ("webdataset", "hf"):
+            assert "on the kernel's proc file system" in refused("export", proc, "--db", db, "--format", fmt)
     before = listing(db)
     for dest in (db, db / "images.lance", db / "export-here", db / "rows.csv"):
         assert refused("export", dest, "--db", db) == f"Error: {dest}: inside the cache {db}; export to a folder " \
                                                      f"outside it"
+    for fmt in ("webdataset", "hf"):
+        assert "inside the cache" in refused("export", db / "train", "--db", db, "--format", fmt)
     assert listing(db) == before
+
+
+def test_a_training_set_exports_only_bytes_that_are_the_cached_image(cache, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the system's password file\n")
+    first, second = cache["images"][0], cache["images"][1]
+    first.unlink()
+    first.symlink_to(secret)  # a cached path now points outside the collection
+    second.write_bytes(second.read_bytes()[::-1])  # same size, other bytes
+    for fmt in ("webdataset", "hf"):
+        dest = tmp_path / fmt
+        status, lines = run("export", dest, "--db", cache["db"], "--format", fmt)
+        assert status == 3
+        assert any(str(first) in line and "no longer holds the cached image" in line for line in lines)
+        assert any(str(second) in line for line in lines) and any("Exported 6 images" in line for line in lines)
+        written = [p for p in dest.rglob("*") if p.is_file()]
+        assert not any(b"password" in p.read_bytes() for p in written)
+        assert not [p for p in written if p.name.startswith(".")]  # no shard left half-made
 
 
 def test_a_full_disk_during_an_export_names_the_destination(cache):
@@ -243,6 +265,10 @@ def test_a_full_disk_during_an_export_names_the_destination(cache):
         line = refused("export", dest, "--db", cache["db"])
         assert line.startswith(f"Error: {dest}: the disk is full (") and "export again" in line
         assert not [p for p in dest.iterdir() if p.name.startswith(".")]  # no half-made copy left
+        for fmt in ("webdataset", "hf"):
+            line = refused("export", mount / fmt, "--db", cache["db"], "--format", fmt)
+            assert line.startswith(f"Error: {mount / fmt}: the disk is full (") and "export again" in line
+            assert not [p for p in (mount / fmt).rglob(".*") if p.name.endswith(".tmp")]  # no half shard left
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
         mount.rmdir()

@@ -1,5 +1,8 @@
-"""Export the rows passing a filter: as a CSV, JSON-lines or Parquet file, or as the image files
-themselves copied, hard-linked or symlinked into a folder (optionally one subfolder per label).
+"""Export the rows passing a filter: as a CSV, JSON-lines or Parquet file, as the image files
+themselves copied, hard-linked or symlinked into a folder (optionally one subfolder per label), or
+as a training set: WebDataset tar shards or a Hugging Face dataset folder
+(`faramir.store.exports.shards`, one module per format: `webdataset`, `hf`; the fields of a
+sample written once, `records`).
 
 Nothing is ever overwritten:
 
@@ -9,9 +12,12 @@ Nothing is ever overwritten:
   goes in as ``NAME.<first 12 hex digits of its id>.EXT``; if that is taken too it is skipped and
   reported as a clash. A name already holding the same content (same size and sha256, as after a
   rerun of the same export) counts as present and is left alone, so an export can be resumed.
+- a training set goes into a new or empty folder, one whole shard at a time; a rerun with the
+  same options resumes it (the images already in a shard count as present), other options or
+  other files there are refused.
 - a row none of whose paths exists any more is reported as missing, and one whose files no longer
   hold its content (edited, replaced, a symlink to something else) as changed: only bytes that
-  hash to the row's content id are exported (`faramir.store.exports.files`); the export goes on.
+  hash to the row's content id are exported (`faramir.files.copy_verified`); the export goes on.
 
 It writes only where it is asked to: never inside the cache, nor on the kernel's file systems
 (`faramir.store.exports.destination`); a full disk or a refusal there is one line naming the
@@ -19,7 +25,8 @@ destination.
 
 A cache built from GENERATED weights says so in every table it exports: a `weights_generated`
 column (what made the weights) on every row, and in Parquet also the file's metadata
-(`faramir.weights_generated`). Paths are written as the cache stores them (`faramir.store.schema`).
+(`faramir.weights_generated`); a training set says it in every sample. Paths are written as the
+cache stores them (`faramir.store.schema`).
 """
 
 from __future__ import annotations
@@ -32,15 +39,13 @@ from pathlib import Path
 from faramir.store.cache import Cache
 from faramir.store.errors import ExportError
 from faramir.store.exports.destination import check_destination, writing_to
-from faramir.store.exports.files import write_files
-from faramir.store.exports.rows import dropped, filtered_batches, marked, ranked_batches
-from faramir.store.exports.tables import write_table_file
+from faramir.store.exports.rows import Selection, marked
 from faramir.store.filters import Filter
 from faramir.store.heads.columns import on_head
-from faramir.store.queries.ranking import top
 
 TABLE_FORMATS = ("csv", "jsonl", "parquet")
-FORMATS = (*TABLE_FORMATS, "files")
+DATASET_FORMATS = ("webdataset", "hf")  # training sets, in shards
+FORMATS = (*TABLE_FORMATS, "files", *DATASET_FORMATS)
 LINKS = ("copy", "hardlink", "symlink")
 FACT_COLUMNS = ("size", "mtime_ns", "width", "height", "format", "mode", "ingested_at")
 EMBEDDING_COLUMNS = ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features")
@@ -49,7 +54,8 @@ EMBEDDING_COLUMNS = ("faramir_embedding", "siglip_embedding", "aesthetic_feature
 @dataclass
 class ExportResult:
     """What an export did. `missing`: paths of rows with no file left; `changed`: paths of rows
-    whose files no longer hold the cached content (not exported); `clashes`: names taken."""
+    whose files no longer hold the cached content (not exported); `clashes`: names taken;
+    `present`: rows already there (a rerun); `shards`: shard files this run wrote (training sets)."""
 
     dest: str
     format: str
@@ -59,6 +65,7 @@ class ExportResult:
     missing: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     clashes: list[str] = field(default_factory=list)
+    shards: int = 0
 
     @property
     def skipped(self) -> int:
@@ -79,6 +86,8 @@ def export(
     link: str = "copy",
     by_label: bool = False,
     with_embeddings: bool = False,
+    with_logits: bool = False,
+    shard_size: int | str | None = None,
     sort: str | None = None,
     descending: bool = True,
     limit: int | None = None,
@@ -91,58 +100,66 @@ def export(
 ) -> ExportResult:
     """Write the rows passing the filter (a `Filter`, or its fields as keyword arguments) to `dest`.
 
-    `format`: csv, jsonl, parquet (a file), or files (a folder; `link` copy, hardlink or symlink;
-    `by_label` makes one subfolder per label). Default: from dest's suffix, else files. Table
-    columns: id, path, confidence, accepted, label, aesthetic_score, decision, paths, the file
-    facts, and with `with_embeddings` the four vectors (jsonl and parquet only). `sort`/`limit`
-    export only the best rows, as `top` ranks them. `dedupe` leaves out the near-duplicates that
-    are not their group's keeper (`faramir.store.near_duplicates.groups`, at `dedupe_threshold` on the SigLIP
-    embedding, keeper by `keep`). `progress(done, total)` after each batch."""
+    `format`: csv, jsonl, parquet (a file), files (a folder; `link` copy, hardlink or symlink;
+    `by_label` makes one subfolder per label), webdataset or hf (a folder of shards of at most
+    `shard_size` images, or bytes as "500MB": `faramir.store.exports.shards`). Default: from
+    dest's suffix, else files. Table columns: id, path, confidence, accepted, label,
+    aesthetic_score, decision, paths, the file facts, and with `with_embeddings` the four vectors
+    (jsonl, parquet, webdataset and hf). A training set's fields: `faramir.store.exports.records`
+    (`with_logits`: also the head's 31 logits). `sort`/`limit` export only the best rows, as `top`
+    ranks them. `dedupe` leaves out the near-duplicates that are not their group's keeper
+    (`faramir.store.near_duplicates.groups`, at `dedupe_threshold` on the SigLIP embedding,
+    keeper by `keep`). `progress(done, total)` as rows are written."""
     fmt = format or infer_format(dest)
     dest = Path(dest)
-    _check(dest, fmt, link, with_embeddings)
+    _check(dest, fmt, link, with_embeddings, with_logits, shard_size)
     cache = Cache.open(db)
     check_destination(dest, cache.uri)
-    f = Filter.of(filter, **filters)
-    extra = [*FACT_COLUMNS, *(EMBEDDING_COLUMNS if with_embeddings else ())]
+    selection = Selection(Filter.of(filter, **filters), sort, descending, limit, dedupe, dedupe_threshold, keep)
     result = ExportResult(str(dest), fmt)
-    ranked = sort is not None or limit is not None
+    if fmt in DATASET_FORMATS:
+        from faramir.store.exports.shards import write_dataset
 
-    generated = cache.get_meta("weights_generated") or ""
-
-    def run(cols, ds) -> ExportResult:
-        drop = dropped(cache, f, dedupe_threshold, keep) if dedupe else set()
-        if ranked:
-            wanted = None if limit is None else limit + len(drop)
-            ids = top(cache, sort=sort or "confidence", descending=descending, limit=wanted,
-                      filter=f).column("id").to_pylist()
-            batches = ranked_batches(ds, cols, f, extra, [i for i in ids if i not in drop][:limit])
-        else:
-            batches = filtered_batches(ds, cols, f, extra, drop)
         with writing_to(dest, result):
-            if fmt == "files":
-                write_files(batches, dest, link, by_label, result, progress)
-            else:
-                write_table_file(marked(batches, generated), dest, fmt, result, progress)
+            write_dataset(dest, fmt, cache, selection, result, progress, with_embeddings=with_embeddings,
+                          with_logits=with_logits, shard_size=shard_size)
         return result
+    return on_head(cache, selection.filter.head, lambda cols, ds: _write(
+        cache, selection.batches(cache, cols, ds, [*FACT_COLUMNS, *(EMBEDDING_COLUMNS if with_embeddings else ())]),
+        dest, link, by_label, result, progress))
 
-    return on_head(cache, f.head, run)
+
+def _write(cache: Cache, batches, dest: Path, link: str, by_label: bool, result: ExportResult, progress) -> ExportResult:
+    """Write result rows as a table file or as image files."""
+    with writing_to(dest, result):
+        if result.format == "files":
+            from faramir.store.exports.files import write_files
+
+            write_files(batches, dest, link, by_label, result, progress)
+        else:
+            from faramir.store.exports.tables import write_table_file
+
+            generated = cache.get_meta("weights_generated") or ""
+            write_table_file(marked(batches, generated), dest, result.format, result, progress)
+    return result
 
 
-def _check(dest: Path, fmt: str, link: str, with_embeddings: bool) -> None:
+def _check(dest: Path, fmt: str, link: str, with_embeddings: bool, with_logits: bool, shard_size) -> None:
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
     if link not in LINKS:
         raise ExportError(f"link {link!r}: use one of {', '.join(LINKS)}")
-    if with_embeddings and fmt not in ("jsonl", "parquet"):
-        raise ExportError("embeddings can only be exported to jsonl or parquet")
+    if with_embeddings and fmt not in ("jsonl", "parquet", *DATASET_FORMATS):
+        raise ExportError(f"embeddings can only be exported to jsonl or parquet, or a training set "
+                          f"({', '.join(DATASET_FORMATS)})")
+    if (with_logits or shard_size is not None) and fmt not in DATASET_FORMATS:
+        what = "the logits" if with_logits else "a shard size"
+        raise ExportError(f"{what}: only for --format {' or '.join(DATASET_FORMATS)} (a training set)")
+    if fmt in DATASET_FORMATS:
+        from faramir.store.exports.shards import parse_shard_size
+
+        parse_shard_size(shard_size)  # a bad one refused before the cache opens
     if fmt in TABLE_FORMATS and (dest.exists() or dest.is_symlink()):
         raise ExportError(f"{dest} exists; choose another name or remove it first")
-    if fmt == "files" and dest.exists() and not dest.is_dir():
+    if fmt not in TABLE_FORMATS and dest.exists() and not dest.is_dir():
         raise ExportError(f"{dest} exists and is not a folder")
-
-
-# -- table files ----------------------------------------------------------------------------------
-
-
-# -- image files ----------------------------------------------------------------------------------

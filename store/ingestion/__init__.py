@@ -22,7 +22,8 @@ With `ray=ADDRESS` (`faramir ingest --ray`), steps 2 and 3 run on a Ray cluster 
 reading, the experts, rows written as Lance fragments), `fragments` (the writer that commits a
 chunk's fragments as one Append), `ray_cluster` (starting or joining Ray).
 
-`failures` lists the files ingest could not read.
+`failures` lists the files ingest could not read; `watch` keeps ingesting what appears under the
+watched paths (`faramir ingest --watch`), one ordinary ingest per batch of settled files.
 """
 
 from faramir.store.ingestion.driver import COMMIT_ROWS, COMMIT_SECONDS, COMPACT_AT, KEEP_VERSIONS, ingest, ingest_all

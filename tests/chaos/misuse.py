@@ -4,8 +4,9 @@ a user runs it (or the gallery's API), and must end as expected: its exit status
 one `Error:` line and no traceback, nothing written where it was not asked, and afterwards the
 cache passes every invariant, unchanged.
 
-    export     a cached file replaced by a symlink to a secret, or by other bytes of its size;
-               destinations in /proc and inside the cache; a full disk at the destination
+    export     a cached file replaced by a symlink to a secret, or by other bytes of its size (as
+               files and as WebDataset shards); destinations in /proc and inside the cache (also
+               for training sets); a full disk at the destination
     numbers    bounds beyond float32's range, NaN, infinity and huge integers, CLI and gallery
     read-only  every writing command, and the gallery's writes, on a read-only file system
     db         --db another LanceDB database, a file, a folder of other files
@@ -64,14 +65,18 @@ def export_symlink(fx: dict, db: str, folder: Path) -> dict:
     images[0].symlink_to(secret)
     images[1].write_bytes(images[1].read_bytes()[::-1])
     got = _cli("export", folder / "out", "--db", db)
-    leaked = [p for p in (folder / "out").iterdir() if b"password" in p.read_bytes()] if (folder / "out").is_dir() else []
-    return _verdict(got, 3, f"exported the secret as {leaked[0].name}" if leaked else "")
+    shards = _cli("export", folder / "shards", "--db", db, "--format", "webdataset")
+    leaked = [p for out in ("out", "shards") if (folder / out).is_dir() for p in (folder / out).iterdir()
+              if b"password" in p.read_bytes()]
+    return _verdict(got if shards["exit"] == 3 else shards, 3, f"exported the secret in {leaked[0].name}" if leaked else "")
 
 
 def export_destinations(fx: dict, db: str, folder: Path) -> dict:
     before = _listing(Path(db))
     results = [_cli("export", dest, "--db", db)
                for dest in ("/proc/self/faramir-export", Path(db), Path(db) / "images.lance", Path(db) / "rows.csv")]
+    results += [_cli("export", dest, "--db", db, "--format", fmt) for dest, fmt in (
+        ("/proc/self/faramir-export", "webdataset"), (Path(db) / "train", "hf"))]
     bad = next((r for r in results if r["exit"] != 1 or r["traceback"] or len(r["errors"]) != 1), results[0])
     return _verdict(bad, 1, "" if _listing(Path(db)) == before else "files written into the cache")
 
