@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 CHROMIUM = os.environ.get("FARAMIR_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -96,3 +97,46 @@ def spread_head(db, weights: Path, name: str = "spread", scale: float = 2.5) -> 
     torch.save(head, path)
     rescore(path, name, db=db)
     return name
+
+
+# -- the browser (fixtures for the test modules that drive the page; they import these) --------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, for a module's tests."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path, request):
+    """A fresh page; its screenshot is saved in the test's tmp dir, must not be blank, and the page
+    must have thrown no error."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    shot = tmp_path / f"{request.node.name}.png"
+    pg.screenshot(path=str(shot))
+    context.close()
+    assert not_blank(shot), f"blank screenshot {shot}"
+    assert errors == [], errors
+
+
+def wait_until(pg, expression: str, arg=None, timeout: float = 20.0):
+    """Poll `expression` (a JavaScript function of `arg`) until it is truthy. Playwright's own
+    wait_for_function evaluates strings with eval, which the page's CSP (rightly) forbids."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not pg.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression} ({arg!r})")
+        pg.wait_for_timeout(50)

@@ -12,7 +12,15 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import read_only
-from tests.gallery_helpers import CHROMIUM, CHROMIUM_ARGS, ingested_cache, not_blank, running, spread_head
+from tests.gallery_helpers import (  # noqa: F401 (browser, page: fixtures)
+    CHROMIUM,
+    browser,
+    ingested_cache,
+    page,
+    running,
+    spread_head,
+    wait_until,
+)
 
 pytest.importorskip("fastapi", reason="the gallery needs the 'serve' extra: pip install 'faramir[serve]'")
 pytest.importorskip("playwright", reason="browser tests need playwright: pip install 'faramir[dev]'")
@@ -48,45 +56,6 @@ def server(cache, tmp_path_factory, tiny_weights):
     app = create_app(cache, work=tmp_path_factory.mktemp("work"), weights_dir=tiny_weights)
     with running(app) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, tmp_path, request):
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    shot = tmp_path / f"{request.node.name}.png"
-    pg.screenshot(path=str(shot))
-    context.close()
-    assert not_blank(shot), f"blank screenshot {shot}"
-    assert errors == [], errors
-
-
-def wait_until(pg, expression: str, arg=None, timeout: float = 15.0):
-    """Poll `expression` (a JavaScript function of `arg`) until it is truthy. Playwright's own
-    wait_for_function evaluates strings with eval, which the page's CSP (rightly) forbids."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if pg.evaluate(expression, arg):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {expression} ({arg!r})")
-        pg.wait_for_timeout(50)
 
 
 def tile_ids(pg) -> list[str]:

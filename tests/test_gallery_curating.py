@@ -9,7 +9,15 @@ import os
 
 import pytest
 
-from tests.gallery_helpers import CHROMIUM, CHROMIUM_ARGS, ingested_cache, not_blank, running, spread_head
+from tests.gallery_helpers import (  # noqa: F401 (browser, page: fixtures)
+    CHROMIUM,
+    browser,
+    ingested_cache,
+    page,
+    running,
+    spread_head,
+    wait_until,
+)
 
 pytest.importorskip("fastapi", reason="the gallery needs the 'serve' extra: pip install 'faramir[serve]'")
 pytest.importorskip("playwright", reason="browser tests need playwright: pip install 'faramir[dev]'")
@@ -37,41 +45,6 @@ def server(cache, tmp_path):
 
     with running(create_app(cache, work=tmp_path / "work")) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, tmp_path, request):
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    pg = context.new_page()
-    pg.set_default_timeout(20_000)
-    errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    shot = tmp_path / f"{request.node.name}.png"
-    pg.screenshot(path=str(shot))
-    context.close()
-    assert not_blank(shot), f"blank screenshot {shot}"
-    assert errors == [], errors
-
-
-def wait_until(pg, expression: str, arg=None, timeout: float = 20.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not pg.evaluate(expression, arg):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {expression} ({arg!r})")
-        pg.wait_for_timeout(50)
 
 
 PIXELS = """() => {
