@@ -158,7 +158,7 @@ def measure(op: str, db: str, workdir: Path, queries: int) -> dict:
         for q in range(min(CLI_RUNS, len(ids))):
             t0 = time.perf_counter()
             out = subprocess.run(
-                [sys.executable, "-c", "import sys; from cli.app import main; sys.argv[0] = 'faramir'; main()",
+                [sys.executable, "-c", "import sys; from faramir.cli.app import main; sys.argv[0] = 'faramir'; main()",
                  "similar", str(ids[q]), "--db", db, "--accepted", "--threshold", str(THRESHOLD),
                  "--k", "10", "--format", "jsonl"],
                 capture_output=True, text=True, check=False, cwd=ROOT,
