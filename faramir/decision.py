@@ -18,8 +18,10 @@ import numpy as np
 
 
 def f32(value: float) -> float:
-    """`value` rounded to float32, as torch rounds a Python scalar compared with a float32 tensor."""
-    return float(np.float32(value))
+    """`value` rounded to float32, as torch rounds a Python scalar compared with a float32 tensor;
+    beyond float32's range, ±inf without a warning (callers that need a finite value check)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
 
 
 def sql_float(value: float) -> str:
