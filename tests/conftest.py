@@ -71,6 +71,18 @@ def make_images():
     return write_images
 
 
+def cli(*args) -> str:
+    """`faramir ARGS...` in this process (typer's runner), each argument as a string: its stdout,
+    once it exited with status 0."""
+    from typer.testing import CliRunner
+
+    from faramir.cli.app import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
 @contextlib.contextmanager
 def read_only(folder: Path):
     """`folder` copied onto a read-only file system (a tmpfs remounted read-only, as root) or, for

@@ -3,7 +3,8 @@ not a plain RGB image, and the special files a recursive walk can meet.
 
 `write_hostile_corpus(dest)` returns which files are good (each must end up cached, by content)
 and which are bad (each must be listed by `faramir failures` with a one-line reason). Used by
-tests/test_chaos.py and tests/chaos/run.py.
+tests/test_chaos.py and tests/chaos/run.py. `spoil_cached` changes cached files as an attacker could
+before an export (tests/test_hostile_use.py, tests/test_export_datasets.py, tests/chaos/misuse.py).
 """
 
 from __future__ import annotations
@@ -119,3 +120,17 @@ def write_hostile_corpus(dest: str | os.PathLike) -> Corpus:
     os.symlink("loop.png", root / "loop.png")
     corpus.bad["symlink loop"] = str(root / "loop.png")
     return corpus
+
+
+SECRET = "root:x:0:0:the system's password file\n"  # what an export must never copy
+
+
+def spoil_cached(link: Path, other: Path, secret_dir: Path) -> None:
+    """What a cached path can hold by export time: `link` replaced by a symlink to a file outside
+    the collection (SECRET, written in `secret_dir`), `other` rewritten with other bytes of its
+    size (its bytes reversed)."""
+    secret = secret_dir / "secret.txt"
+    secret.write_text(SECRET)
+    link.unlink()
+    link.symlink_to(secret)
+    other.write_bytes(other.read_bytes()[::-1])

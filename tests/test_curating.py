@@ -13,18 +13,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.conftest import cli
 from tests.gallery_helpers import ingested_cache, spread_head
 
 HEAD = "spread"
 runner = CliRunner()
-
-
-def cli(*args) -> str:
-    from faramir.cli.app import app
-
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 def near_copies(original: Path, dest: Path, n: int) -> list[Path]:

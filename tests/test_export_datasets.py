@@ -34,6 +34,7 @@ from faramir.store.labels.table import set_labels
 from faramir.store.queries.ranking import top
 from tests.conftest import write_images
 from tests.gallery_helpers import middle_threshold, spread_head
+from tests.hostile import spoil_cached
 
 wds = pytest.importorskip("webdataset", reason="reading shards back needs webdataset: pip install 'faramir[dev]'")
 pytest.importorskip("datasets", reason="reading the folder back needs datasets: pip install 'faramir[dev]'")
@@ -199,12 +200,8 @@ def test_every_filter_dedupe_and_ranking_choose_the_rows_a_table_export_does(bui
 
 def test_a_changed_or_vanished_file_is_skipped_and_listed_with_exit_status_3(own, tmp_path):
     imgs = own["root"] / "imgs"
-    secret = tmp_path / "secret.txt"
-    secret.write_text("root:x:0:0:the password file\n")
-    (imgs / "img00000.png").unlink()
-    (imgs / "img00000.png").symlink_to(secret)
     other = imgs / "img00001.png"
-    other.write_bytes(other.read_bytes()[::-1])  # same size, other bytes
+    spoil_cached(imgs / "img00000.png", other, tmp_path)  # a symlink to a password file; same size, other bytes
     (imgs / "img00003.png").unlink()
     for fmt in ("webdataset", "hf"):
         dest = tmp_path / fmt

@@ -23,6 +23,7 @@ from faramir.cli.app import app as cli_app  # noqa: E402
 from faramir.gallery.app import create_app  # noqa: E402
 from faramir.store.heads.compare import disagreements  # noqa: E402
 from faramir.store.queries.ranking import top  # noqa: E402
+from tests.conftest import cli  # noqa: E402
 from tests.gallery_helpers import ingested_cache, spread_head  # noqa: E402
 
 runner = CliRunner()
@@ -55,12 +56,6 @@ def gallery(cache):
 
 def writes(app) -> dict:
     return {"X-Faramir-Token": app.state.token}
-
-
-def cli(*args):
-    result = runner.invoke(cli_app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 def one_line_error(response, status: int | tuple = (400, 499)) -> str:

@@ -9,9 +9,8 @@ import json
 import os
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.conftest import read_only
+from tests.conftest import cli, read_only
 from tests.gallery_helpers import (  # noqa: F401 (browser, page: fixtures)
     CHROMIUM,
     browser,
@@ -30,15 +29,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 HEAD = "spread"
-runner = CliRunner()
-
-
-def cli(*args) -> str:
-    from faramir.cli.app import app
-
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 @pytest.fixture(scope="module")

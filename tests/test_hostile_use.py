@@ -21,6 +21,7 @@ from faramir.store.cache import Cache
 from faramir.store.heads import registry
 from faramir.weights import FARAMIR_FILE
 from tests.conftest import read_only, write_images
+from tests.hostile import spoil_cached
 
 runner = CliRunner()
 BASE = "http://127.0.0.1:8765"
@@ -76,13 +77,16 @@ def cache(tmp_path, tiny_weights) -> dict:
 # -- 1. export copies only the cached content -----------------------------------------------------
 
 
-def test_export_copies_only_bytes_that_are_the_cached_image(cache, tmp_path):
-    secret = tmp_path / "secret.txt"
-    secret.write_text("root:x:0:0:the system's password file\n")
+def spoil_two_images(cache: dict, tmp_path: Path) -> tuple[Path, Path]:
+    """The cache's first image made a symlink to a password file, its second the same size with
+    other bytes (`spoil_cached`); returns both paths."""
     first, second = cache["images"][0], cache["images"][1]
-    first.unlink()
-    first.symlink_to(secret)  # a cached path now points outside the collection
-    second.write_bytes(second.read_bytes()[::-1])  # same size, other bytes
+    spoil_cached(first, second, tmp_path)
+    return first, second
+
+
+def test_export_copies_only_bytes_that_are_the_cached_image(cache, tmp_path):
+    first, second = spoil_two_images(cache, tmp_path)
     dest = tmp_path / "out"
     status, lines = run("export", dest, "--db", cache["db"])
     assert status == 3
@@ -236,12 +240,7 @@ def test_exports_into_the_kernels_file_systems_or_the_cache_are_refused(cache):
 
 
 def test_a_training_set_exports_only_bytes_that_are_the_cached_image(cache, tmp_path):
-    secret = tmp_path / "secret.txt"
-    secret.write_text("root:x:0:0:the system's password file\n")
-    first, second = cache["images"][0], cache["images"][1]
-    first.unlink()
-    first.symlink_to(secret)  # a cached path now points outside the collection
-    second.write_bytes(second.read_bytes()[::-1])  # same size, other bytes
+    first, second = spoil_two_images(cache, tmp_path)
     for fmt in ("webdataset", "hf"):
         dest = tmp_path / fmt
         status, lines = run("export", dest, "--db", cache["db"], "--format", fmt)

@@ -22,9 +22,7 @@ from faramir.store.filters import Filter
 from faramir.store.heads.columns import head_columns, on_head
 from faramir.store.labels.table import labelled_ids
 from faramir.store.schema import HeadColumns
-from faramir.store.sql import sql_in
-
-ID_CHUNK = 1024  # labelled ids per `id IN (...)` lookup
+from faramir.store.sql import id_filters
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,16 @@ def _flips_where(a: str, b: str, threshold: float) -> str:
             f"({accepted_sql(a, threshold, False)} AND {accepted_sql(b, threshold)}))")
 
 
+def _two_heads(head_a: str, head_b: str, db, threshold: float) -> tuple[float, Cache, HeadColumns]:
+    """The threshold checked as every query checks it, the cache, and head B's columns (head A's
+    come through `on_head`, with the dataset version they were read at)."""
+    if head_a == head_b:
+        raise QueryError(f"compare two different heads (both are {head_a!r})")
+    threshold = Filter(threshold=threshold).threshold
+    cache = Cache.open(db)
+    return threshold, cache, head_columns(cache, head_b)
+
+
 def disagreements(
     head_a: str,
     head_b: str,
@@ -77,11 +85,7 @@ def disagreements(
     accepted and label under each head (suffixes _a and _b)."""
     if offset < 0 or limit < 1:
         raise QueryError(f"offset {offset} / limit {limit}: offset must be at least 0, limit at least 1")
-    if head_a == head_b:
-        raise QueryError(f"compare two different heads (both are {head_a!r})")
-    threshold = Filter(threshold=threshold).threshold  # checked as every query checks it
-    cache = Cache.open(db)
-    cols_b = head_columns(cache, head_b)
+    threshold, cache, cols_b = _two_heads(head_a, head_b, db, threshold)
 
     def run(cols_a: HeadColumns, ds) -> Disagreements:
         a, b = cols_a.confidence, cols_b.confidence
@@ -126,11 +130,7 @@ def heads_diff(head_a: str, head_b: str, db: str | os.PathLike | Cache | None = 
     """What switching from head `head_a` to `head_b` changes at `threshold`: the images that
     flip each way, by B's reason (its label at the threshold), and how many curator labels each
     head's decisions agree with. The flips themselves, largest change first: `disagreements`."""
-    if head_a == head_b:
-        raise QueryError(f"compare two different heads (both are {head_a!r})")
-    threshold = Filter(threshold=threshold).threshold  # checked as every query checks it
-    cache = Cache.open(db)
-    cols_b = head_columns(cache, head_b)
+    threshold, cache, cols_b = _two_heads(head_a, head_b, db, threshold)
 
     def run(cols_a: HeadColumns, ds) -> HeadsDiff:
         a, b = cols_a.confidence, cols_b.confidence
@@ -156,12 +156,8 @@ def _label_agreement(ds, a: str, b: str, threshold: float, cache: Cache) -> tupl
     that both heads scored."""
     labels = labelled_ids(cache)
     target = dict(zip(labels.column("id").to_pylist(), labels.column("target").to_pylist()))
-    ids = sorted(target)
-    parts = [ds.to_table(columns=["id", a, b], filter=f"{sql_in('id', ids[i:i + ID_CHUNK])} AND {a} IS NOT NULL "
-                                                      f"AND {b} IS NOT NULL") for i in range(0, len(ids), ID_CHUNK)]
-    if not parts:
-        return 0, 0, 0, 0, 0
-    rows = pa.concat_tables(parts)
+    rows = pa.concat_tables([ds.to_table(columns=["id", a, b], filter=where)
+                             for where in id_filters(sorted(target), f"{a} IS NOT NULL AND {b} IS NOT NULL")])
     truth = np.array([target[i] for i in rows.column("id").to_pylist()], bool)
     right_a, right_b = (accepted(rows.column(c), threshold).to_numpy(zero_copy_only=False) == truth for c in (a, b))
     return (len(truth), int(right_a.sum()), int(right_b.sum()), int((right_b & ~right_a).sum()),

@@ -20,16 +20,12 @@ from faramir.store.cache import Cache
 from faramir.store.errors import TuningError
 from faramir.store.heads import registry
 from faramir.store.labels.table import labelled_ids
-from faramir.store.sql import sql_in
-
-ID_CHUNK = 512  # ids per `id IN (...)` query when gathering labelled rows
+from faramir.store.sql import id_filters
 
 
 def gather(cache: Cache, ids: list[str], columns: list[str]) -> pa.Table:
     """Rows of `images` for these ids (any order), reading only `columns`."""
-    parts = [cache.read(schema.IMAGES, ["id", *columns], sql_in("id", ids[i:i + ID_CHUNK]))
-             for i in range(0, len(ids), ID_CHUNK)]
-    return pa.concat_tables(parts) if parts else cache.read(schema.IMAGES, ["id", *columns], "false")
+    return pa.concat_tables([cache.read(schema.IMAGES, ["id", *columns], where) for where in id_filters(ids)])
 
 
 def labelled(cache: Cache) -> pa.Table:

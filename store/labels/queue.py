@@ -37,13 +37,12 @@ from faramir.store.errors import QueryError
 from faramir.store.filters import Filter
 from faramir.store.heads.columns import head_columns, on_head, read_columns, results
 from faramir.store.schema import HeadColumns
-from faramir.store.sql import sql_in
+from faramir.store.sql import id_filters
 
 REASON_WEIGHT = 0.5  # an ambiguous reason weighs half the decision's signals
 POOL_FACTOR = 4  # the pool farthest-point selection draws from: this × limit, ...
 MIN_POOL = 100  # ... at least this many
 SIGNALS = ("uncertainty", "disagreement", "ambiguity")
-ID_CHUNK = 1024  # ids of a selection per `id IN (...)` lookup
 
 
 @dataclass(frozen=True)
@@ -155,8 +154,7 @@ def _queue(ds, cols: HeadColumns, vs_cols: HeadColumns | None, f: Filter, labell
         cand = ds.to_table(columns=read, filter=where)
     else:  # a selection (the map's lasso): its ids a chunk at a time, each looked up by the id index
         ids = sorted(set(ids))
-        cand = pa.concat_tables([ds.to_table(columns=read, filter=f"({where}) AND {sql_in('id', ids[i:i + ID_CHUNK])}")
-                                 for i in range(0, len(ids), ID_CHUNK)] or [ds.to_table(columns=read, filter="false")])
+        cand = pa.concat_tables([ds.to_table(columns=read, filter=each) for each in id_filters(ids, where)])
     scores = signals(cand.column(cols.decision).to_numpy(zero_copy_only=False),
                      vectors(cand.column(cols.logits), 30).astype(np.float64), f.threshold,
                      None if vs_cols is None else cand.column(vs_cols.decision).to_numpy(zero_copy_only=False))

@@ -22,7 +22,7 @@ from faramir.labels import canonical_label, label_is_accept
 from faramir.store import schema
 from faramir.store.cache import Cache
 from faramir.store.errors import LabelsError
-from faramir.store.sql import sql_in, sql_str
+from faramir.store.sql import id_filters, sql_in, sql_str
 
 
 def path_index(cache: Cache) -> dict[str, str]:
@@ -101,8 +101,7 @@ def _check_ids(cache: Cache, ids: list[str]) -> list[str]:
         raise LabelsError(f"{str(bad[0])[:80]!r} is not a content id (64 lowercase hex digits)")
     if not unique:
         return unique
-    found = cache.read(schema.IMAGES, ["id"], sql_in("id", unique)).column("id")
-    missing = sorted(set(unique) - set(found.to_pylist()))
+    missing = sorted(set(unique) - set(cached_among(cache, unique).to_pylist()))
     if missing:
         raise LabelsError(f"{missing[0]}: no cached image has this id in {cache.uri}")
     return unique
@@ -173,16 +172,12 @@ def label_counts(db: str | os.PathLike | Cache | None = None) -> LabelCounts:
     return LabelCounts(total=len(labels), accept=accept, reject=len(labels) - accept)
 
 
-ID_CHUNK = 1024  # ids per `id IN (...)` lookup (the id column's scalar index answers each)
-
-
 def cached_among(cache: Cache, ids: list[str]) -> pa.Array:
     """Those of `ids` that are cached images' ids, looked up by id (never the set of every cached
     id: at a million rows building that took longer than the evaluation it was for)."""
     if not ids or not cache.has_images():
         return pa.array([], pa.string())
-    found = [cache.read(schema.IMAGES, ["id"], sql_in("id", ids[i:i + ID_CHUNK])).column("id")
-             for i in range(0, len(ids), ID_CHUNK)]
+    found = [cache.read(schema.IMAGES, ["id"], where).column("id") for where in id_filters(ids)]
     return pa.chunked_array(found, pa.string()).combine_chunks()
 
 

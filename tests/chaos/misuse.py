@@ -24,6 +24,7 @@ import subprocess
 from pathlib import Path
 
 from tests.chaos import commands as cmds
+from tests.hostile import spoil_cached
 
 GIB = 1 << 30
 
@@ -58,12 +59,8 @@ def _listing(folder: Path) -> dict:
 # -- the cases: each returns _verdict(...) ------------------------------------------------------------
 
 def export_symlink(fx: dict, db: str, folder: Path) -> dict:
-    secret = folder / "secret.txt"
-    secret.write_text("root:x:0:0:the password file\n")
     images = sorted(Path(folder / "images").iterdir())
-    images[0].unlink()
-    images[0].symlink_to(secret)
-    images[1].write_bytes(images[1].read_bytes()[::-1])
+    spoil_cached(images[0], images[1], folder)
     got = _cli("export", folder / "out", "--db", db)
     shards = _cli("export", folder / "shards", "--db", db, "--format", "webdataset")
     leaked = [p for out in ("out", "shards") if (folder / out).is_dir() for p in (folder / out).iterdir()
