@@ -81,7 +81,8 @@ def ingest(
 
     if watch:
         _watch(paths, db, load, recursive, file_list, ray, settle, batch_size=batch_size, workers=workers,
-               device=device, precision=precision.value, compile=compile, retry_failed=retry_failed)
+               device=device, precision=precision.value, compile=compile, retry_failed=retry_failed,
+               decode=decode.value)
         return
     events = run(paths, db=db, model=load, recursive=recursive, file_list=file_list,
                  batch_size=batch_size, workers=workers, device=device, precision=precision.value,

@@ -117,6 +117,20 @@ def test_a_lost_claim_in_meta_is_restored_by_the_next_ingest(tmp_path, tiny_mode
     assert Cache.open(db).config() == tiny_model.info.config
 
 
+def test_a_lost_claim_of_a_fast_decode_cache_is_restored_for_the_fast_decode(tmp_path, tiny_model):
+    from faramir.config import decoded_fingerprint
+
+    imgs, db = tmp_path / "imgs", tmp_path / "db"
+    write_images(imgs, 2, size=(32, 24))
+    ingest_all([imgs], db=db, model=tiny_model, workers=0, decode="fast")
+    _cut(db, schema.META)
+    with pytest.warns(CacheRecovered):
+        assert Cache.open(db).get_meta("experts_fingerprint") is None
+    assert ingest_all([imgs], db=db, model=tiny_model, workers=0, decode="fast").new == 0
+    assert Cache.open(db).get_meta("experts_fingerprint") == \
+        decoded_fingerprint(tiny_model.info.experts_fingerprint, "fast")
+
+
 def test_disk_full_is_recognised_from_python_and_from_lance():
     assert isinstance(storage_error(OSError(errno.ENOSPC, "No space left on device")), DiskFull)
     lance_error = RuntimeError("lance error: LanceError(IO): Generic LocalFileSystem error: Unable to copy data "

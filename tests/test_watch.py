@@ -201,9 +201,9 @@ def _faramir(*args, log: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"), start_new_session=True)
 
 
-def _watch_cli(root: Path, db: Path, weights: Path, log: Path) -> subprocess.Popen:
+def _watch_cli(root: Path, db: Path, weights: Path, log: Path, *extra) -> subprocess.Popen:
     return _faramir("ingest", root, "-r", "--watch", "--settle", "0.3", "--db", db, "--weights-dir", weights,
-                    "--device", "cpu", "--workers", "0", log=log)
+                    "--device", "cpu", "--workers", "0", *extra, log=log)
 
 
 def test_the_cli_draws_a_line_per_commit_and_ctrl_c_stops_it_with_exit_status_0(tmp_path, tiny_weights):
@@ -225,6 +225,27 @@ def test_the_cli_draws_a_line_per_commit_and_ctrl_c_stops_it_with_exit_status_0(
     assert lines[-1].startswith("Note: Stopped: ") and "5 new, 0 known, 0 failed" in lines[-1]
     assert sum(" new, " in line and " known, " in line and line[:2].isdigit() for line in lines) >= 1
     assert "Traceback" not in log.read_text()
+
+
+def test_a_watch_with_the_fast_decode_caches_fast_decoded_vectors(tmp_path, tiny_weights, tiny_model):
+    from faramir.config import decoded_fingerprint
+
+    root, db, log = tmp_path / "incoming", tmp_path / "db", tmp_path / "watch.log"
+    write_images(root, 2)
+    child = _watch_cli(root, db, tiny_weights, log, "--decode", "fast")
+    try:
+        wait_for(lambda: b"Watching " in log.read_bytes(), "the watch to start")
+        write_images(root / "more", 1, seed=4)
+        wait_for(lambda: len(cached(db)) == 3, "the new file")
+        child.send_signal(signal.SIGINT)
+        assert child.wait(LIMIT_S) == 0, log.read_text()
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    fast = decoded_fingerprint(tiny_model.info.experts_fingerprint, "fast")
+    cache = Cache.open(db)
+    assert cache.get_meta("experts_fingerprint") == fast
+    assert set(cache.images().to_arrow().column("experts_fingerprint").to_pylist()) == {fast}
 
 
 WATCHER = """

@@ -109,7 +109,7 @@ def ingest(
         yield from run.progress(batch_size, workers)
         compute_s = time.monotonic() - compute_started
     elif cache is not None and cache.has_images() and not cache.get_meta("experts_fingerprint"):
-        _reclaim(cache, _load(model, weights_dir, device, precision))
+        _reclaim(cache, resolve_model(model, weights_dir, device, precision), decode)
     compacted, indexed = _housekeeping(cache, writer.touched if writer is not None else set())
     yield _summary(uri, plan, run, writer, time.monotonic() - started, compute_s, compacted, indexed)
 
@@ -142,11 +142,12 @@ def _plan(db, sources, retry_failed: bool):
     return cache, known, make_plan(cache, sources, known, retry_failed), uri
 
 
-def _reclaim(cache: Cache, model) -> None:
-    """The meta table lost its experts claim (a power cut can lose its newest version): restore it."""
+def _reclaim(cache: Cache, model, decode: str) -> None:
+    """The meta table lost its experts claim (a power cut can lose its newest version): restore it
+    for the vectors of this `decode`."""
     from faramir.store.ingestion.write import prepare
 
-    prepare(cache, model)
+    prepare(cache, model, decode)
 
 
 def _start(db, cache: Cache | None, plan, known: set[str], load: tuple, compile_batch: int | None,
@@ -159,7 +160,7 @@ def _start(db, cache: Cache | None, plan, known: set[str], load: tuple, compile_
         return cache, _recorded_run(cache, plan, known, options)
     model, weights_dir, device, precision = load
     here = ray is None
-    model = _load(model, weights_dir, device if here else "cpu", precision, compile_batch if here else None)
+    model = resolve_model(model, weights_dir, device if here else "cpu", precision, compile_batch if here else None)
     cache = Cache.open(db if cache is None else cache, create=True)  # only now: the model loaded
     if here:
         return cache, _local_run(cache, plan, known, model, options)
@@ -269,7 +270,10 @@ def _unless_contested(housekeeping, otherwise):
         return otherwise
 
 
-def _load(model, weights_dir, device, precision, compile_batch: int | None = None):
+def resolve_model(model, weights_dir, device, precision, compile_batch: int | None = None):
+    """The model an ingest computes with: `model` (a loaded one, or a callable that loads it) or,
+    for None, the weights in `weights_dir` loaded for `device`; checked for `precision`, and
+    compiled for `compile_batch` when given."""
     if model is None:
         from faramir.devices import resolve_device
         from faramir.download import resolve_weights_dir

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from faramir.errors import InputError
 from faramir.sources import discover, image_extensions
 from faramir.store import limits
-from faramir.store.ingestion.driver import COMMIT_ROWS, COMMIT_SECONDS, ingest
+from faramir.store.ingestion.driver import COMMIT_ROWS, COMMIT_SECONDS, ingest, resolve_model
 from faramir.store.ingestion.events import FailedFile, IngestPlan, IngestProgress, IngestSummary
 
 DEFAULT_SETTLE = 2.0  # seconds a file's size and mtime must stay unchanged before it is read
@@ -109,6 +109,7 @@ def watch(
     retry_failed: bool = False,
     commit_every: int = COMMIT_ROWS,
     commit_seconds: float = COMMIT_SECONDS,
+    decode: str = "faithful",
 ) -> Iterator[WatchEvent]:
     """Ingest `paths` (the first pass: its `IngestPlan`, `IngestProgress` and `IngestSummary`),
     then yield `WatchStarted` and, until `stop` is set, a `WatchCommit` per batch of files that
@@ -120,7 +121,7 @@ def watch(
     stop = stop if stop is not None else threading.Event()
     options = {"db": db, "model": _Once(model, weights_dir, device, precision), "batch_size": batch_size,
                "device": device, "precision": precision, "compile": compile, "retry_failed": retry_failed,
-               "commit_every": commit_every, "commit_seconds": commit_seconds}
+               "commit_every": commit_every, "commit_seconds": commit_seconds, "decode": decode}
     files = Pending(roots, recursive, settle)
     started, totals = time.monotonic(), Totals()
     import watchfiles
@@ -235,19 +236,7 @@ class _Once:
 
     def __call__(self):
         if self.loaded is None:
-            import torch
-
-            model = self.model
-            if model is None:
-                from faramir.devices import resolve_device
-                from faramir.download import resolve_weights_dir
-                from faramir.weights import load_model
-
-                model = load_model(resolve_weights_dir(self.weights_dir, download=True),
-                                   resolve_device(self.device), self.precision)
-            elif callable(model) and not isinstance(model, torch.nn.Module):
-                model = model()
-            self.loaded = model
+            self.loaded = resolve_model(self.model, self.weights_dir, self.device, self.precision)
         return self.loaded
 
 
