@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from faramir.files import copy_verified, sha256_file
+from faramir.files import copy_verified
 from faramir.store.schema import path_from_column
 
 if TYPE_CHECKING:
@@ -55,18 +55,23 @@ def _export_one(paths: list[str], folder: Path, image_id: str, size: int, link: 
         return "missing"
     for source in paths:
         folder.mkdir(exist_ok=True)
-        if link == "copy":
+        name = Path(source).name
+        if link != "copy":
+            if copy_verified(source, _Discard(), image_id, size) is not None:
+                return _place(Path(source), name, folder, image_id, size, link)
+        elif _held(folder, name, image_id, size):  # exported before (a rerun): verified, not copied again
+            if copy_verified(source, _Discard(), image_id, size) is not None:
+                return "present"
+        else:
             staged = folder / f".{image_id[:12]}.{secrets.token_hex(4)}.part"
             try:
                 with open(staged, "xb") as out:
                     good = copy_verified(source, out, image_id, size) is not None
                 if good:
                     shutil.copystat(source, staged)
-                    return _place(staged, Path(source).name, folder, image_id, link)
+                    return _place(staged, name, folder, image_id, size, link)
             finally:
                 staged.unlink(missing_ok=True)
-        elif copy_verified(source, _Discard(), image_id, size) is not None:
-            return _place(Path(source), Path(source).name, folder, image_id, link)
     return "changed"
 
 
@@ -77,11 +82,28 @@ class _Discard:
         return len(data)
 
 
-def _place(source: Path, name: str, folder: Path, image_id: str, link: str) -> str:
+def _names(folder: Path, name: str, image_id: str) -> tuple[Path, Path]:
+    """Where an image goes in `folder`: under its own name, or beside a file of another content
+    that holds that name, under its name with its id's first 12 digits."""
+    stem, ext = os.path.splitext(name)
+    return folder / name, folder / f"{stem}.{image_id[:12]}{ext}"
+
+
+def _held(folder: Path, name: str, image_id: str, size: int) -> bool:
+    """Whether `_place` would find this content already in `folder` (the first of its names that
+    is free or holds the content holds it)."""
+    for candidate in _names(folder, name, image_id):
+        if not os.path.lexists(candidate):
+            return False
+        if _same_content(candidate, image_id, size):
+            return True
+    return False
+
+
+def _place(source: Path, name: str, folder: Path, image_id: str, size: int, link: str) -> str:
     """Link `source` (a verified copy, or the original) into `folder` as `name` without overwriting:
     "written", "present" or the clashing path."""
-    stem, ext = os.path.splitext(name)
-    for candidate in (folder / name, folder / f"{stem}.{image_id[:12]}{ext}"):
+    for candidate in _names(folder, name, image_id):
         try:
             if link == "symlink":
                 os.symlink(os.path.abspath(source), candidate)
@@ -89,13 +111,17 @@ def _place(source: Path, name: str, folder: Path, image_id: str, link: str) -> s
                 os.link(source, candidate)
             return "written"
         except FileExistsError:
-            if _same_content(candidate, image_id):
+            if _same_content(candidate, image_id, size, source if link != "copy" else None):
                 return "present"
     return str(folder / name)
 
 
-def _same_content(target: Path, image_id: str) -> bool:
+def _same_content(target: Path, image_id: str, size: int, verified: Path | None = None) -> bool:
+    """Whether `target` holds the content `image_id` of `size` bytes: it is the file `verified`
+    (a link to the source just verified), or its bytes hash to the id (another size: not read)."""
     try:
-        return sha256_file(target) == image_id
+        if verified is not None and os.path.samefile(target, verified):
+            return True
     except OSError:
         return False
+    return copy_verified(target, _Discard(), image_id, size) is not None
