@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import Response
 
 from faramir.config import DEFAULT_THRESHOLD
-from faramir.gallery.api import MAX_IDS, PAGE_LIMIT, Gallery, Refused, gallery, tiles, view
+from faramir.gallery.api import PAGE_LIMIT, Gallery, Refused, gallery, tiles, view
 from faramir.store import schema
 from faramir.store.filters import Filter
 from faramir.store.heads import registry
@@ -172,7 +172,7 @@ def map_label(
     if len(ids) > MAX_LASSO_LABELS:
         raise Refused(400, f"the lasso covers {len(ids)} images; label at most {MAX_LASSO_LABELS} at once "
                            f"(zoom in and draw a smaller one)")
-    written = sum(set_labels(ids[i:i + MAX_IDS], label, g.cache) for i in range(0, len(ids), MAX_IDS))
+    written = set_labels(ids, label, g.cache)  # one commit: all of them or none
     g.jobs.warm()
     return {"written": written, "label": label, "counts": label_counts(g.cache).to_dict()}
 

@@ -110,12 +110,12 @@
     recolour(values, by, t) {
       const t0 = performance.now();
       const n = this.info.count, out = this.rgba, tf = Math.fround(t);
+      const conf = by === "reason" ? this.values[`confidence:${this.ctx.state().head}`] : null;  // the side of each reason
       for (let i = 0; i < n; i++) {
         let c;
         if (by === "decision") c = values[i] === values[i] ? (values[i] > tf ? ACC : REJ) : NONE;
         else if (by === "confidence") c = ramp(values[i]);
         else if (by === "reason") {
-          const conf = this.values[`confidence:${this.ctx.state().head}`];
           const code = conf && conf[i] > tf ? values[2 * i] : values[2 * i + 1];
           c = code < 30 ? PALETTE[code] : NONE;
         } else c = values[i] === 0 ? FAINT : values[i] === 1 || (values[i] >= 3 && values[i] < 12) ? ACC : REJ;
@@ -194,8 +194,8 @@
       const path = this.lasso || this.poly;
       if (!path || path.length < 2) return;
       g.beginPath();
+      const [sx, sy] = this.scale(), { rect } = this.size();
       path.forEach(([x, y], k) => {
-        const [sx, sy] = this.scale(), { rect } = this.size();
         const px = ((x - this.view.cx) * sx + 1) / 2 * rect.width * dpr, py = (1 - (y - this.view.cy) * sy) / 2 * rect.height * dpr;
         k ? g.lineTo(px, py) : g.moveTo(px, py);
       });

@@ -72,9 +72,10 @@ def _counts(shards: list[Path]) -> dict:
     decision, reason, curated = collections.Counter(), collections.Counter(), collections.Counter()
     rows = nbytes = 0
     for path in shards:
-        meta = pq.ParquetFile(path).metadata
+        shard = pq.ParquetFile(path)
+        meta = shard.metadata
         nbytes += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        for batch in pq.ParquetFile(path).iter_batches(columns=["decision", "reason", "curator_label"]):
+        for batch in shard.iter_batches(columns=["decision", "reason", "curator_label"]):
             rows += batch.num_rows
             decision.update(batch.column("decision").to_pylist())
             reason.update(batch.column("reason").to_pylist())

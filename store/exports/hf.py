@@ -123,13 +123,13 @@ def finish(folder, records: Records, cache, where: str, options: dict) -> None:
     from faramir.files import atomic_path
     from faramir.store.exports.card import write_card
 
-    shards = folder.shards(sys.modules[__name__])
+    shards, table_schema = folder.shards(sys.modules[__name__]), dataset_schema(records)
     if not shards:
         path = folder.dest / FOLDER / NAME.format(0)
         path.parent.mkdir(exist_ok=True)
         with atomic_path(path, overwrite=False) as tmp:
-            pq.ParquetWriter(tmp, dataset_schema(records)).close()  # no row group: `datasets` reads no rows
+            pq.ParquetWriter(tmp, table_schema).close()  # no row group: `datasets` reads no rows
         shards = [(0, path)]
-    features = {f.name: feature(f.type) for f in dataset_schema(records)}
+    features = {f.name: feature(f.type) for f in table_schema}
     write_card(folder.dest, [p for _, p in shards], features, f"{FOLDER}/train-*.parquet", records, cache, where,
                options)

@@ -31,11 +31,11 @@ import pyarrow.compute as pc
 from faramir.config import N_CLASSES
 from faramir.store import schema
 from faramir.store.cache import Cache
+from faramir.store.exports import EMBEDDING_COLUMNS as EMBEDDINGS
 from faramir.store.filters import Filter
 from faramir.store.heads import registry
 from faramir.store.schema import HeadColumns
 
-EMBEDDINGS = ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features")
 FACTS = ("width", "height", "format", "size", "ingested_at", "mtime_ns", "experts_fingerprint")
 
 

@@ -35,10 +35,6 @@ class MapPoints:
     ids: pa.Array  # point i's content id
     xy: np.ndarray  # (N, 2) float32 places
 
-    def check(self, key: int) -> None:
-        if key != self.key:
-            raise MapError(f"the map changed (layout {key} is now {self.key}); reload it")
-
 
 def points(cache: Cache) -> MapPoints | None:
     """The stored layout's points (None: there is no layout), kept per layout version."""
