@@ -41,6 +41,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
 
+import numpy as np
 import pyarrow as pa
 
 from faramir.config import N_CLASSES, N_FREE, FaramirConfig
@@ -74,6 +75,14 @@ HEAD_INPUTS = ["faramir_embedding", "aesthetic_features", "quality_features"]  #
 
 def _vec(n: int) -> pa.DataType:
     return pa.list_(pa.float32(), n)
+
+
+def vectors(column: pa.ChunkedArray | pa.Array, dim: int | None = None) -> np.ndarray:
+    """A fixed_size_list<float32> column as a (N, dim) float32 array (dim: the list size by
+    default), without copying when it can."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.values.to_numpy(zero_copy_only=False).reshape(-1, dim or column.type.list_size)
 
 
 def images_schema(cfg: FaramirConfig, head_prefixes: list[str] = ()) -> pa.Schema:

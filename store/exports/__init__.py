@@ -39,6 +39,7 @@ from pathlib import Path
 from faramir.store.cache import Cache
 from faramir.store.errors import ExportError
 from faramir.store.exports.destination import check_destination, writing_to
+from faramir.store.exports.records import EMBEDDING_COLUMNS
 from faramir.store.exports.rows import Selection, marked
 from faramir.store.filters import Filter
 from faramir.store.heads.columns import on_head
@@ -48,7 +49,6 @@ DATASET_FORMATS = ("webdataset", "hf")  # training sets, in shards
 FORMATS = (*TABLE_FORMATS, "files", *DATASET_FORMATS)
 LINKS = ("copy", "hardlink", "symlink")
 FACT_COLUMNS = ("size", "mtime_ns", "width", "height", "format", "mode", "ingested_at")
-EMBEDDING_COLUMNS = ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features")
 
 
 @dataclass

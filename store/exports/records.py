@@ -31,11 +31,11 @@ import pyarrow.compute as pc
 from faramir.config import N_CLASSES
 from faramir.store import schema
 from faramir.store.cache import Cache
-from faramir.store.exports import EMBEDDING_COLUMNS as EMBEDDINGS
 from faramir.store.filters import Filter
 from faramir.store.heads import registry
 from faramir.store.schema import HeadColumns
 
+EMBEDDING_COLUMNS = ("faramir_embedding", "siglip_embedding", "aesthetic_features", "quality_features")
 FACTS = ("width", "height", "format", "size", "ingested_at", "mtime_ns", "experts_fingerprint")
 
 
@@ -60,19 +60,19 @@ class Records:
             ("experts_fingerprint", pa.string()), ("head_fingerprint", pa.string()),
             ("weights_generated", pa.bool_()),
             *([("logits", pa.list_(pa.float32(), N_CLASSES + 1))] if with_logits else []),
-            *([(name, images.field(name).type) for name in EMBEDDINGS] if with_embeddings else []),
+            *([(name, images.field(name).type) for name in EMBEDDING_COLUMNS] if with_embeddings else []),
         ])
 
     @property
     def extra(self) -> list[str]:
         """The columns to read beside a result row's."""
         return [*FACTS, *([self.cols.logits] if self.with_logits else []),
-                *(EMBEDDINGS if self.with_embeddings else [])]
+                *(EMBEDDING_COLUMNS if self.with_embeddings else [])]
 
     @property
     def vectors(self) -> list[str]:
         """The record's vector columns (a WebDataset sample keeps them as .npy files)."""
-        return list(EMBEDDINGS) if self.with_embeddings else []
+        return list(EMBEDDING_COLUMNS) if self.with_embeddings else []
 
     def table(self, rows: pa.Table) -> pa.Table:
         """The records of result rows, in `schema`; `path` is each row's first path until the

@@ -17,16 +17,9 @@ import torch
 
 from faramir.config import LABELS, N_CLASSES
 from faramir.head import FaramirHead, side_labels
-from faramir.store.schema import HeadColumns
+from faramir.store.schema import HeadColumns, vectors
 
 _LABEL_ARRAY = pa.array(LABELS, pa.string())
-
-
-def vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
-    """A fixed_size_list<float32> column as a (N, dim) float32 array, without copying when it can."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    return column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
 def head_inputs(rows: pa.Table | pa.RecordBatch, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

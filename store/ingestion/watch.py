@@ -40,6 +40,7 @@ from faramir.sources import discover, image_extensions
 from faramir.store import limits
 from faramir.store.ingestion.driver import COMMIT_ROWS, COMMIT_SECONDS, ingest, resolve_model
 from faramir.store.ingestion.events import FailedFile, IngestPlan, IngestProgress, IngestSummary
+from faramir.store.ingestion.plan import stat
 
 DEFAULT_SETTLE = 2.0  # seconds a file's size and mtime must stay unchanged before it is read
 IN_PROCESS_BELOW = 32  # a batch of fewer files is read without starting decode workers
@@ -124,11 +125,7 @@ def watch(
                "commit_every": commit_every, "commit_seconds": commit_seconds, "decode": decode}
     files = Pending(roots, recursive, settle)
     started, totals = time.monotonic(), Totals()
-    import watchfiles
-
-    tick = int(min(1000, max(50, settle * 250)))  # ms between looks at the waiting files
-    changes = watchfiles.watch(*roots, watch_filter=None, recursive=recursive, stop_event=stop, debounce=tick,
-                               step=50, rust_timeout=tick, yield_on_timeout=True, raise_interrupt=False)
+    changes = _changes(roots, recursive, settle, stop)
     try:
         next(changes, None)  # the watch runs from here: what arrives during the first pass is seen
         first = files.first_pass()
@@ -153,6 +150,16 @@ def watch(
     finally:
         changes.close()
     yield WatchStopped(totals.commits, totals.new, totals.known, totals.failed, time.monotonic() - started)
+
+
+def _changes(roots: list[str], recursive: bool, settle: float, stop: threading.Event) -> Iterator:
+    """watchfiles' sets of changes under `roots` until `stop`, and an empty set at least every
+    tick, so that waiting files are looked at again while nothing happens."""
+    import watchfiles
+
+    tick = int(min(1000, max(50, settle * 250)))  # ms between looks at the waiting files
+    return watchfiles.watch(*roots, watch_filter=None, recursive=recursive, stop_event=stop, debounce=tick,
+                            step=50, rust_timeout=tick, yield_on_timeout=True, raise_interrupt=False)
 
 
 def _roots(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -255,8 +262,8 @@ class Pending:
         now_ns, ready = time.time_ns(), []
         for source in discover(self.roots, self.recursive):
             path = os.path.abspath(source.path)
-            st = _stat(path)
-            if st is not None and now_ns - st[1] < self.settle * 1e9:
+            st = stat(path)
+            if st[0] is not None and now_ns - st[1] < self.settle * 1e9:
                 self.files[path] = (*st, time.monotonic())
             else:
                 ready.append(path)
@@ -294,16 +301,16 @@ class Pending:
                 self._seen(path)
 
     def _seen(self, path: str) -> None:
-        st = _stat(path)
-        if st is not None:
+        st = stat(path)
+        if st[0] is not None:
             self.files[path] = (*st, time.monotonic())
 
     def ready(self) -> list[str]:
         """The files whose size and mtime stayed the same for `settle` seconds (no longer waiting)."""
         now, ready = time.monotonic(), []
         for path, (size, mtime, since) in list(self.files.items()):
-            st = _stat(path)
-            if st is None:
+            st = stat(path)
+            if st[0] is None:
                 del self.files[path]  # gone before it settled
             elif st != (size, mtime):
                 self.files[path] = (*st, now)
@@ -315,11 +322,3 @@ class Pending:
     def take_gone(self) -> list[str]:
         gone, self.gone = self.gone, []
         return gone
-
-
-def _stat(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns

@@ -36,7 +36,7 @@ from faramir.store.cache import Cache
 from faramir.store.errors import QueryError
 from faramir.store.filters import Filter
 from faramir.store.heads.columns import head_columns, on_head, read_columns, results
-from faramir.store.schema import HeadColumns
+from faramir.store.schema import HeadColumns, vectors
 from faramir.store.sql import id_filters
 
 REASON_WEIGHT = 0.5  # an ambiguous reason weighs half the decision's signals
@@ -57,13 +57,6 @@ class Queue:
 
     def to_dict(self) -> dict:
         return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "rows": self.rows.to_pylist()}
-
-
-def vectors(column, dim: int) -> np.ndarray:
-    """A fixed_size_list<float32> column as a (N, dim) array."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    return column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -164,7 +157,7 @@ def _queue(ds, cols: HeadColumns, vs_cols: HeadColumns | None, f: Filter, labell
     if not len(pool):
         return Queue(f.head, vs, f.threshold, len(offsets), _empty(ds, cols, f))
     vecs = ds.take(offsets[pool], columns=[embedding]).column(embedding)
-    picked, spread = farthest_points(scores["priority"][pool], vectors(vecs, vecs.type.list_size), limit)
+    picked, spread = farthest_points(scores["priority"][pool], vectors(vecs), limit)
     chosen = pool[picked]
     rows = results(ds.take(offsets[chosen], columns=read_columns(cols)), cols, f.threshold)
     for name in ("priority", *SIGNALS):

@@ -76,7 +76,7 @@ def _fit(cache: Cache, embedding: str, sample: int, seed: int, progress: Progres
     if progress:
         progress("fit", 0, len(chosen))
     rows = ds.take(chosen, columns=["id", column])
-    model = fit(_vectors(rows.column(column)), embedding, seed)
+    model = fit(schema.vectors(rows.column(column)), embedding, seed)
     if progress:
         progress("fit", len(chosen), len(chosen))
     in_sample = np.zeros(n, bool)
@@ -89,7 +89,7 @@ def _fit(cache: Cache, embedding: str, sample: int, seed: int, progress: Progres
         ids.append(batch.column("id"))
         rest = ~in_sample[at]
         if rest.any():
-            places[at[rest]] = _place(model, _vectors(batch.filter(pa.array(rest)).column(column)))
+            places[at[rest]] = _place(model, schema.vectors(batch.filter(pa.array(rest)).column(column)))
             done += int(rest.sum())
         if progress:
             progress("place", done, n)
@@ -111,7 +111,8 @@ def place_new(cache: Cache, progress: Progress | None = None) -> int:
     done = 0
     for start in range(0, len(todo), PLACE_BATCH):
         rows = ds.take(todo[start:start + PLACE_BATCH], columns=["id", column])
-        done += storage.append_placed(cache, model, rows.column("id"), _place(model, _vectors(rows.column(column))))
+        places = _place(model, schema.vectors(rows.column(column)))
+        done += storage.append_placed(cache, model, rows.column("id"), places)
         if progress:
             progress("place", done, len(todo))
     return done
@@ -121,9 +122,3 @@ def _place(model: LayoutModel, vectors: np.ndarray) -> np.ndarray:
     from faramir.store.map.placing import place
 
     return place(model, vectors)
-
-
-def _vectors(column) -> np.ndarray:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
