@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import typer
@@ -85,6 +85,21 @@ def warn(message: str) -> None:
 def note(message: str) -> None:
     """Advice, not a problem: one line on stderr."""
     stderr.print(printable(f"Note: {message}"), markup=False, soft_wrap=True)
+
+
+def say_first(items: Sequence[T], line: Callable[[T], str], more: str, say: Callable[[str], None] = warn) -> None:
+    """`say` the line of each of the first SHOWN `items`, then how many `more` there were."""
+    for item in items[:SHOWN]:
+        say(line(item))
+    if len(items) > SHOWN:
+        say(f"… and {len(items) - SHOWN} more {more}")
+
+
+def failed_files(failures) -> None:
+    """The first of the files an ingest could not read, each with why; then how many more."""
+    say_first(failures, lambda f: f"Failed: {f.path}: {f.reason}" + (
+        " (unchanged since it failed before; not retried)" if f.recorded_earlier else ""),
+        "failed files: 'faramir failures' lists them all.", note)
 
 
 def warn_generated(info) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from faramir.cli.common import EXIT_PARTIAL, SHOWN, fail, handle_errors, note, progress_bar, stderr, warn
+from faramir.cli.common import EXIT_PARTIAL, fail, handle_errors, note, progress_bar, say_first, stderr
 from faramir.cli.options import Db, ReportFormat, ReportFormatOpt, RowFormat, RowFormatOpt, Seed, Threshold
 from faramir.cli.output import emit, emit_json
 from faramir.config import DEFAULT_THRESHOLD
@@ -32,10 +32,7 @@ def labels_import(
     from faramir.store.labels.files import import_labels
 
     report = import_labels(file, db=db, source=source)
-    for s in report.skipped[:SHOWN]:
-        warn(f"{report.file}:{s.line}: {s.ref or '(empty)'}: {s.reason}")
-    if len(report.skipped) > SHOWN:
-        warn(f"… and {len(report.skipped) - SHOWN} more rows skipped")
+    say_first(report.skipped, lambda s: f"{report.file}:{s.line}: {s.ref or '(empty)'}: {s.reason}", "rows skipped")
     if not report.imported:
         fail(f"{report.file}: no label imported ({len(report.skipped)} rows skipped, reasons above); "
              f"give a CSV with a header (path,label or id,label) naming cached images, or JSON lines")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from faramir.cli import options
-from faramir.cli.common import EXIT_PARTIAL, SHOWN, fail, handle_errors, note, progress_bar, warn
+from faramir.cli.common import EXIT_PARTIAL, fail, failed_files, handle_errors, note, progress_bar, warn
 from faramir.cli.options import (
     BatchSize,
     Compile,
@@ -130,11 +130,7 @@ def _drawn(events):
 
 def _finish(s) -> None:
     """Print the summary; exit with status 3 when some files could not be read, as assess does."""
-    for f in s.failures[:SHOWN]:
-        note(f"Failed: {f.path}: {f.reason}" + (" (unchanged since it failed before; not retried)"
-                                                if f.recorded_earlier else ""))
-    if len(s.failures) > SHOWN:
-        note(f"… and {len(s.failures) - SHOWN} more failed files: 'faramir failures' lists them all.")
+    failed_files(s.failures)
     rate = f", {s.images_per_s:.2f} images/s" if s.new else ""
     note(f"Ingested {s.found} files into {s.db}: {s.new} new, {s.unchanged} unchanged, "
          f"{s.duplicate} duplicate, {s.failed} failed ({s.elapsed_s:.1f} s{rate}).")

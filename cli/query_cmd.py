@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from faramir.cli.common import EXIT_PARTIAL, SHOWN, Bar, fail, handle_errors, note, warn
+from faramir.cli.common import EXIT_PARTIAL, Bar, fail, handle_errors, note, say_first
 from faramir.cli.options import (
     Db,
     Device,
@@ -191,10 +191,7 @@ def export(
                      dedupe_threshold=dedupe_threshold, keep=keep.value, progress=bar, filter=filter)
     for label, items in (("source file missing", result.missing), ("name taken, skipped", result.clashes),
                          ("no longer holds the cached image, not exported", result.changed)):
-        for item in items[:SHOWN]:
-            warn(f"{item}: {label}")
-        if len(items) > SHOWN:
-            warn(f"… and {len(items) - SHOWN} more ({label})")
+        say_first(items, lambda item, label=label: f"{item}: {label}", f"({label})")
     what = "rows" if result.format in ("csv", "jsonl", "parquet") else "images"
     shards = f" in {result.shards} new shard{'s' if result.shards != 1 else ''}" \
         if result.format in ("webdataset", "hf") else ""

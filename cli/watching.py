@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from faramir.cli.common import SHOWN, note, progress_bar, stderr, warn
+from faramir.cli.common import failed_files, note, progress_bar, stderr, warn
 from faramir.cli.output import printable
 
 
@@ -73,10 +73,7 @@ def draw(events) -> None:
 
 
 def _first_pass(s) -> None:
-    for f in s.failures[:SHOWN]:
-        note(f"Failed: {f.path}: {f.reason}")
-    if len(s.failures) > SHOWN:
-        note(f"… and {len(s.failures) - SHOWN} more failed files: 'faramir failures' lists them all.")
+    failed_files(s.failures)
     note(f"Ingested {s.found} files into {s.db}: {s.new} new, {s.unchanged} unchanged, {s.duplicate} duplicate, "
          f"{s.failed} failed ({s.elapsed_s:.1f} s).")
 
@@ -89,5 +86,4 @@ def _line(c) -> None:
                            f"{c.failed} failed ({c.elapsed_s:.1f} s){stopped}"), markup=False, soft_wrap=True)
     for message in c.warnings:
         warn(message)
-    for f in c.failures[:SHOWN]:
-        note(f"Failed: {f.path}: {f.reason}")
+    failed_files(c.failures)
