@@ -122,6 +122,11 @@ KERNEL_FILE_SYSTEMS = frozenset({  # the kernel's views of itself: no place to w
     "configfs", "pstore", "bpf", "efivarfs", "fusectl", "mqueue", "binfmt_misc", "autofs", "hugetlbfs"})
 
 
+def inside(path: str, folder: str) -> bool:
+    """Whether `path` lies below `folder` (both absolute, normalised; the folder itself is not)."""
+    return path.startswith(folder.rstrip("/") + "/")
+
+
 def file_system_type(path: str | os.PathLike) -> str | None:
     """The type of the file system `path` is on (or would be created on), as the kernel names it
     ("ext4", "proc", ...), from /proc/self/mountinfo; None where that cannot be read."""
@@ -137,6 +142,6 @@ def file_system_type(path: str | os.PathLike) -> str | None:
         if len(fields) < 5 or not right:
             continue
         point = fields[4].replace("\\040", " ")
-        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+        if (target == point or inside(target, point)) and len(point) >= len(best):
             best, found = point, right.split(" ")[0]
     return found

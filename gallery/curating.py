@@ -60,7 +60,7 @@ def label_next(
 @router.get("/map")
 def map_info(g: Gallery = Depends(gallery)):
     pts = map_points.points(g.cache) if g.cache.has_images() else None
-    unplaced = map_points.unplaced(g.cache, pts) if g.cache.has_images() else 0
+    unplaced = map_points.unplaced(g.cache, pts)  # 0 without images
     if pts is None:
         return {"count": 0, "unplaced": unplaced,
                 "missing": f"No map yet: run 'faramir map --db {g.cache.uri}' once (a few minutes for a "

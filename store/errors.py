@@ -84,7 +84,7 @@ class ReadOnlyCache(CacheError):
     """The cache's folder cannot be written: a read-only file system or folder."""
 
 
-_FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # a disk full, a quota used up
 _FULL_TEXT = ("No space left on device", "Disk quota exceeded", "(os error 28)", "(os error 122)")
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 _READ_ONLY_TEXT = ("Read-only file system", "(os error 30)", "Permission denied", "(os error 13)",
@@ -95,7 +95,7 @@ def storage_error(ex: BaseException, uri: str | None = None) -> CacheError | Non
     """The one-line error for an exception that says the cache's storage refused a write, from
     Python or from Lance (whose errors carry the OS error only in their text): `DiskFull`, or
     `ReadOnlyCache`; None for any other exception."""
-    if (isinstance(ex, OSError) and ex.errno in _FULL) or any(t in str(ex) for t in _FULL_TEXT):
+    if (isinstance(ex, OSError) and ex.errno in FULL_ERRNOS) or any(t in str(ex) for t in _FULL_TEXT):
         where = f"{uri}: " if uri else ""
         return DiskFull(f"{where}the disk is full (no space left on device); what was committed is kept: "
                         f"free some space and run the command again to finish")

@@ -5,13 +5,12 @@ writing there is one line naming the destination, not the cache."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from faramir.files import KERNEL_FILE_SYSTEMS, file_system_type
-from faramir.store.errors import ExportError
+from faramir.files import KERNEL_FILE_SYSTEMS, file_system_type, inside
+from faramir.store.errors import FULL_ERRNOS, ExportError
 
 
 def check_destination(dest: Path, cache_uri: str) -> None:
@@ -19,7 +18,7 @@ def check_destination(dest: Path, cache_uri: str) -> None:
     where = os.path.realpath(dest)
     if "://" not in cache_uri:
         cache = os.path.realpath(cache_uri)
-        if where == cache or where.startswith(cache.rstrip("/") + "/"):
+        if where == cache or inside(where, cache):
             raise ExportError(f"{dest}: inside the cache {cache_uri}; export to a folder outside it")
     kind = file_system_type(dest)
     if kind in KERNEL_FILE_SYSTEMS:
@@ -37,7 +36,7 @@ def writing_to(dest: Path, result) -> Iterator[None]:
         raise
     except OSError as ex:
         done = f"{result.written} of {result.rows} written, each whole" if result.rows else "nothing written"
-        if ex.errno in (errno.ENOSPC, errno.EDQUOT):
+        if ex.errno in FULL_ERRNOS:
             raise ExportError(f"{dest}: the disk is full ({done}); free some space there and run the "
                               f"export again: it skips what is already there") from None
         raise ExportError(f"{dest}: cannot write there ({ex.strerror or ex}; {done}); choose another "

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from faramir.errors import InputError
+from faramir.files import inside
 from faramir.sources import discover, image_extensions
 from faramir.store import limits
 from faramir.store.ingestion.driver import COMMIT_ROWS, COMMIT_SECONDS, ingest, resolve_model
@@ -280,7 +281,7 @@ class Pending:
     def _below(self, path: str) -> list[str] | None:
         """`path`'s parts below the root it is in, none of them hidden; None when it is in none."""
         for root in self.roots:
-            if path.startswith(root.rstrip("/") + "/"):
+            if inside(path, root):
                 parts = os.path.relpath(path, root).split(os.sep)
                 return None if any(p.startswith(".") for p in parts) else parts
         return None
