@@ -163,8 +163,12 @@ class Bar:
         return self.bar.__exit__(*exc)
 
 
-class download_progress:
-    """A progress callback `(file, done, total)` for weight downloads: a bar per file on stderr."""
+class bars_by_name:
+    """A progress callback `(name, done, total)`: a bar per name on stderr, labelled `prefix` and
+    the name (the files of a download, the stages of a map)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
 
     def __enter__(self):
         self._bar = progress_bar()
@@ -174,8 +178,13 @@ class download_progress:
 
     def __call__(self, name: str, done: int, total: int | None) -> None:
         if name not in self._tasks:
-            self._tasks[name] = self._bar.add_task(f"download {name}", total=total, rate="")
+            self._tasks[name] = self._bar.add_task(f"{self.prefix}{name}", total=total, rate="")
         self._bar.update(self._tasks[name], completed=done, total=total)
 
     def __exit__(self, *exc):
         return self._bar.__exit__(*exc)
+
+
+def download_progress() -> bars_by_name:
+    """The progress of weight downloads: a bar per file."""
+    return bars_by_name("download ")

@@ -43,25 +43,6 @@ def queue(
     emit_results(result.rows, fmt, QUEUE_COLUMNS)
 
 
-class _Stages:
-    """A progress callback `(stage, done, total)`: a bar per stage on stderr."""
-
-    def __enter__(self):
-        from faramir.cli.common import progress_bar
-
-        self.bar, self.tasks = progress_bar(), {}
-        self.bar.__enter__()
-        return self
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(f"map: {stage}", total=total, rate="")
-        self.bar.update(self.tasks[stage], completed=done, total=total)
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
-
-
 @handle_errors
 def map(
     db: Db = None,
@@ -80,10 +61,10 @@ def map(
     The first run fits UMAP on a sample and places every other image with the fit; later runs,
     and every ingest, place only the images without a place, so the map stays put.
     """
-    from faramir.cli.common import note
+    from faramir.cli.common import bars_by_name, note
     from faramir.store.map.layout import map_layout
 
-    with _Stages() as bar:
+    with bars_by_name("map: ") as bar:
         info = map_layout(db, embedding=embedding.value, sample=sample, refit=refit, seed=seed, progress=bar)
     if info.fitted:
         note(f"Laid out {info.rows} images by their {info.embedding} embedding: UMAP fitted on {info.sample}, "
