@@ -822,25 +822,23 @@ function showJob(job) {
   $("ft-state").textContent = text;
 }
 
+function metricTile(name, value, cls = "") {  // a figure over its name (the evaluation, the diff step)
+  const m = document.createElement("div");
+  m.className = `metric ${cls}`.trim();
+  const b = document.createElement("b");
+  b.textContent = value;
+  const span = document.createElement("span");
+  span.textContent = name;
+  m.append(b, span);
+  return m;
+}
+
 async function finished(job) {
   $("ft-start").disabled = false;
   const e = job.evaluation;
   const box = $("ft-eval");
-  box.replaceChildren();
-  const metric = (name, value) => {
-    const m = document.createElement("div");
-    m.className = "metric";
-    const b = document.createElement("b");
-    b.textContent = value;
-    const s = document.createElement("span");
-    s.textContent = name;
-    m.append(b, s);
-    box.append(m);
-  };
-  metric("MCC", fmt(e.mcc));
-  metric("precision", fmt(e.precision));
-  metric("recall", fmt(e.recall));
-  metric("best threshold", Number(e.best.threshold).toFixed(2));
+  box.replaceChildren(metricTile("MCC", fmt(e.mcc)), metricTile("precision", fmt(e.precision)),
+    metricTile("recall", fmt(e.recall)), metricTile("best threshold", Number(e.best.threshold).toFixed(2)));
   const note = document.createElement("div");
   note.className = "note";
   note.textContent = `On all ${e.n} labelled images at threshold ${Number(job.threshold).toFixed(2)}; MCC ${fmt(e.best.mcc)} at the MCC-best threshold. `;
@@ -866,20 +864,11 @@ async function showDiff(mine) {
   try {
     const d = await api("/api/diff", new URLSearchParams({ a: state.head, b: state.b, threshold: state.t }));
     if (mine !== gen) return;
-    const metric = (name, value, cls = "") => {
-      const m = document.createElement("div");
-      m.className = `metric ${cls}`;
-      const b = document.createElement("b");
-      b.textContent = value;
-      const span = document.createElement("span");
-      span.textContent = name;
-      m.append(b, span);
-      return m;
-    };
     box.replaceChildren(
-      metric("accept → reject", num(d.accept_to_reject), "rej"), metric("reject → accept", num(d.reject_to_accept), "acc"),
-      metric(`labels right: ${d.head_a}`, d.labelled ? `${num(d.right_a)} / ${num(d.labelled)}` : "–"),
-      metric(`labels right: ${d.head_b}`, d.labelled ? `${num(d.right_b)} / ${num(d.labelled)}` : "–"));
+      metricTile("accept → reject", num(d.accept_to_reject), "rej"),
+      metricTile("reject → accept", num(d.reject_to_accept), "acc"),
+      metricTile(`labels right: ${d.head_a}`, d.labelled ? `${num(d.right_a)} / ${num(d.labelled)}` : "–"),
+      metricTile(`labels right: ${d.head_b}`, d.labelled ? `${num(d.right_b)} / ${num(d.labelled)}` : "–"));
     box.dataset.a2r = d.accept_to_reject;
     box.dataset.r2a = d.reject_to_accept;
     box.title = d.labelled ? `${d.fixed} flips fix a decision the labels say was wrong; ${d.broken} break a right one` : "no curator labels on these images";
